@@ -1,0 +1,52 @@
+//! Skiff's benchmarks: each subcommand measures, writes its figures as JSON and prints a table.
+
+mod report;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Skiff benchmarks: measure, write the figures to a file, print a table")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The store: the embedded redb backend against a Debian etcd on loopback, same workloads.
+    Store {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller workloads, for a quick look (the figures are not the ones to report).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
+    #[command(hide = true)]
+    StoreMemoryChild {
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        count: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match Cli::parse().command {
+        Command::Store { out, quick } => {
+            let report = runtime.block_on(store::run(store::Sizes::new(quick)))?;
+            report.write(&out)?;
+        }
+        Command::StoreMemoryChild { path, count } => {
+            runtime.block_on(store::memory_child(&path, count))?;
+        }
+    }
+    Ok(())
+}
