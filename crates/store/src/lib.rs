@@ -341,6 +341,24 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// A copy for each of several callers failed by one cause (I/O errors are not `Clone`).
+    pub(crate) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Io { path, source } => StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::Locked { path } => StoreError::Locked { path: path.clone() },
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
 fn fmt_compacted(compacted: Option<Revision>) -> String {
     compacted.map_or(String::new(), |c| format!(" (history starts at {c})"))
 }

@@ -302,6 +302,13 @@ fn redb_error(path: &str, err: redb::Error) -> StoreError {
         redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_string(),
         },
+        // redb refuses every operation after a failed write until the file is reopened.
+        redb::Error::PreviousIo => StoreError::Io {
+            path: path.to_string(),
+            source: std::io::Error::other(
+                "an earlier write failed (is the disk full?); restart Skiff once it has room",
+            ),
+        },
         other => StoreError::Backend(format!("{path}: {other}")),
     }
 }
@@ -630,6 +637,8 @@ impl Shared {
 /// The single writer: batches requests, commits them durably, publishes them to watchers.
 struct Writer {
     shared: Arc<Shared>,
+    /// Requests in the last batch: about as many writers are waiting to write again.
+    last_batch: usize,
     /// (when, revision) samples, to find the revision at the edge of the history window.
     samples: VecDeque<(Instant, Revision)>,
     last_compaction_check: Instant,
@@ -637,10 +646,14 @@ struct Writer {
 
 type Reply = oneshot::Sender<Result<TxnResponse, StoreError>>;
 
+/// The longest a batch waits for the writers of the previous batch to come back.
+const GATHER_WAIT: Duration = Duration::from_micros(200);
+
 impl Writer {
     fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
+            last_batch: 1,
             samples: VecDeque::new(),
             last_compaction_check: Instant::now(),
         }
@@ -657,11 +670,10 @@ impl Writer {
                 }
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            let batch = self.gather(first, &rx);
+            self.last_batch = batch.len();
             let mut txns = Vec::new();
             let mut compactions = Vec::new();
-            let batch = std::iter::once(first).chain(
-                std::iter::from_fn(|| rx.try_recv().ok()).take(self.shared.options.max_batch - 1),
-            );
             for req in batch {
                 match req {
                     WriteRequest::Txn(txn, reply) => txns.push((txn, reply)),
@@ -679,6 +691,30 @@ impl Writer {
         tracing::debug!(path = %self.shared.path, "store writer stopped");
     }
 
+    /// Takes every request already waiting. When the last batch was larger, its writers are
+    /// probably about to write again (their answers were just sent): wait a moment for about as
+    /// many, so that concurrent writers share one fsync instead of alternating small and large
+    /// batches. A lone writer (a batch of one) never waits.
+    fn gather(
+        &self,
+        first: WriteRequest,
+        rx: &std_mpsc::Receiver<WriteRequest>,
+    ) -> Vec<WriteRequest> {
+        let max = self.shared.options.max_batch;
+        let mut batch = vec![first];
+        batch.extend(std::iter::from_fn(|| rx.try_recv().ok()).take(max - 1));
+        let expected = self.last_batch.min(max);
+        let deadline = Instant::now() + GATHER_WAIT;
+        while batch.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
     fn commit_batch(&mut self, txns: Vec<(Txn, Reply)>) {
         let start = self.shared.current.load(Ordering::Acquire);
         match self.write_batch(start, &txns) {
@@ -694,15 +730,8 @@ impl Writer {
             }
             Err(err) => {
                 tracing::error!(path = %self.shared.path, %err, batch = txns.len(), "store commit failed");
-                let message = err.to_string();
                 for (_, reply) in txns {
-                    let _ = reply.send(Err(match &err {
-                        StoreError::Io { path, source } => StoreError::Io {
-                            path: path.clone(),
-                            source: std::io::Error::new(source.kind(), message.clone()),
-                        },
-                        _ => StoreError::Backend(message.clone()),
-                    }));
+                    let _ = reply.send(Err(err.duplicate()));
                 }
             }
         }

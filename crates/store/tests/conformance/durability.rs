@@ -305,3 +305,101 @@ async fn history_outside_the_window_is_compacted_by_itself() {
     assert!(store.compacted_revision().unwrap() > first.mod_revision);
     assert_eq!(store.get("/w/a", None).await.unwrap().kv, Some(kv));
 }
+
+/// A size-limited tmpfs mounted for one test (needs root, as CI has); unmounted when dropped,
+/// even when the test fails.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "skiff-test-full-disk",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("the full-disk test needs the mount command (util-linux)");
+        assert!(
+            status.success(),
+            "the full-disk test needs root to mount a tmpfs"
+        );
+        SmallDisk { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting the test tmpfs failed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
+    let disk = SmallDisk::mount("4m");
+    let path = disk.dir.path().join("store.redb");
+    let mut acked = Vec::new();
+    let failure = {
+        let store = open(&path);
+        let mut failure = None;
+        for i in 0..100_000 {
+            let key = format!("/full/{i:06}");
+            match store.create(&key, Bytes::from(vec![b'f'; 4096])).await {
+                Ok(kv) => acked.push(kv),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("a 4 MiB disk never filled up");
+        // Later writes keep failing cleanly, saying what to do, and nothing panics.
+        match store.create("/full/after", Bytes::from_static(b"x")).await {
+            Err(e @ StoreError::Io { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("store.redb") && msg.contains("restart"),
+                    "{msg}"
+                );
+            }
+            other => panic!("a write after the disk filled: {other:?}"),
+        }
+        failure
+    };
+    let message = failure.to_string();
+    eprintln!("full disk after {} writes: {message}", acked.len());
+    assert!(
+        message.contains("store.redb"),
+        "the error names the file: {message}"
+    );
+    assert!(acked.len() > 100, "only {} writes fit", acked.len());
+
+    // With room again, the store opens with every acknowledged write and continues.
+    disk.resize("64m");
+    let store = open(&path);
+    let present = all(&store, "/full/").await;
+    assert_eq!(
+        present, acked,
+        "acknowledged writes are all there, nothing else"
+    );
+    let next = store
+        .create("/full/next", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(next.mod_revision, acked.last().unwrap().mod_revision + 1);
+}
