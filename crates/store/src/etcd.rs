@@ -341,30 +341,7 @@ fn first_failed_guard(txn: &Txn, responses: &[TxnOpResponse]) -> Result<StoreErr
             continue;
         };
         let existing = get.kvs().first().map(to_kv).transpose()?;
-        let failed = match (op, existing) {
-            (Op::Create { key, .. }, Some(_)) => {
-                Some(StoreError::AlreadyExists { key: key.clone() })
-            }
-            (Op::Delete { key, .. }, None) => Some(StoreError::NotFound { key: key.clone() }),
-            (Op::Update { key, expected, .. }, None) => Some(StoreError::Conflict {
-                key: key.clone(),
-                expected: *expected,
-                actual: None,
-            }),
-            (
-                Op::Update { key, expected, .. }
-                | Op::Delete {
-                    key,
-                    expected: Some(expected),
-                },
-                Some(kv),
-            ) if kv.mod_revision != *expected => Some(StoreError::Conflict {
-                key: key.clone(),
-                expected: *expected,
-                actual: Some(kv.mod_revision),
-            }),
-            _ => None,
-        };
+        let failed = op.check(existing.as_ref()).err();
         if let Some(err) = failed {
             return Ok(err);
         }

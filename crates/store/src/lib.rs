@@ -108,6 +108,34 @@ impl Op {
             Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
         }
     }
+
+    /// Checks this operation's guard against the key's current state (`None`: absent).
+    pub fn check(&self, existing: Option<&KeyValue>) -> Result<(), StoreError> {
+        match (self, existing) {
+            (Op::Create { key, .. }, Some(_)) => {
+                Err(StoreError::AlreadyExists { key: key.clone() })
+            }
+            (Op::Delete { key, .. }, None) => Err(StoreError::NotFound { key: key.clone() }),
+            (Op::Update { key, expected, .. }, None) => Err(StoreError::Conflict {
+                key: key.clone(),
+                expected: *expected,
+                actual: None,
+            }),
+            (
+                Op::Update { key, expected, .. }
+                | Op::Delete {
+                    key,
+                    expected: Some(expected),
+                },
+                Some(kv),
+            ) if kv.mod_revision != *expected => Err(StoreError::Conflict {
+                key: key.clone(),
+                expected: *expected,
+                actual: Some(kv.mod_revision),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Operations applied atomically at one revision if every guard holds.
@@ -463,6 +491,52 @@ mod tests {
         ];
         for (prefix, want) in cases {
             assert_eq!(prefix_end(prefix).as_deref(), *want, "prefix {prefix:?}");
+        }
+    }
+
+    #[test]
+    fn guards_against_the_current_state() {
+        let kv = KeyValue {
+            key: "k".into(),
+            value: Bytes::new(),
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+        };
+        let create = Op::Create {
+            key: "k".into(),
+            value: Bytes::new(),
+        };
+        let update = |expected| Op::Update {
+            key: "k".into(),
+            value: Bytes::new(),
+            expected,
+        };
+        let delete = |expected| Op::Delete {
+            key: "k".into(),
+            expected,
+        };
+        let cases: Vec<(Op, Option<&KeyValue>, &str)> = vec![
+            (create.clone(), None, "ok"),
+            (create, Some(&kv), "already exists"),
+            (update(5), Some(&kv), "ok"),
+            (update(4), Some(&kv), "expected mod revision 4, found 5"),
+            (update(5), None, "expected mod revision 5, found no key"),
+            (delete(None), Some(&kv), "ok"),
+            (delete(Some(5)), Some(&kv), "ok"),
+            (
+                delete(Some(6)),
+                Some(&kv),
+                "expected mod revision 6, found 5",
+            ),
+            (delete(None), None, "not found"),
+            (delete(Some(5)), None, "not found"),
+        ];
+        for (op, existing, want) in cases {
+            let got = op
+                .check(existing)
+                .map_or_else(|e| e.to_string(), |()| "ok".into());
+            assert!(got.contains(want), "{op:?} over {existing:?}: {got}");
         }
     }
 

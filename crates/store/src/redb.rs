@@ -795,7 +795,7 @@ impl Writer {
                 ),
                 None => None,
             };
-            if let Err(guard) = check_guard(op, existing.as_ref()) {
+            if let Err(guard) = op.check(existing.as_ref()) {
                 return Ok(Err(guard));
             }
             current.push(existing);
@@ -928,32 +928,6 @@ fn prune_key(
         }
     }
     Ok(())
-}
-
-fn check_guard(op: &Op, existing: Option<&KeyValue>) -> Result<(), StoreError> {
-    match (op, existing) {
-        (Op::Create { key, .. }, Some(_)) => Err(StoreError::AlreadyExists { key: key.clone() }),
-        (Op::Create { .. }, None) => Ok(()),
-        (Op::Update { key, expected, .. }, None) => Err(StoreError::Conflict {
-            key: key.clone(),
-            expected: *expected,
-            actual: None,
-        }),
-        (Op::Delete { key, .. }, None) => Err(StoreError::NotFound { key: key.clone() }),
-        (
-            Op::Update { key, expected, .. }
-            | Op::Delete {
-                key,
-                expected: Some(expected),
-            },
-            Some(kv),
-        ) if kv.mod_revision != *expected => Err(StoreError::Conflict {
-            key: key.clone(),
-            expected: *expected,
-            actual: Some(kv.mod_revision),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// The record `op` writes at `revision` over `existing`, what the caller gets back, and the event.
