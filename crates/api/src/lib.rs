@@ -1,0 +1,10 @@
+//! Kubernetes API semantics as pure functions: no I/O, no HTTP, no store.
+//!
+//! What is here today: the syntax rules for names, label keys and values ([`names`]) and label
+//! selectors ([`label_selector`]). The kinds table, validation, defaulting and patches of the API
+//! server issues grow here too.
+
+pub mod label_selector;
+pub mod names;
+
+pub use label_selector::{LabelSelector, Operator, Requirement, SelectorError};
