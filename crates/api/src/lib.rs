@@ -5,6 +5,7 @@
 //! server issues grow here too.
 
 pub mod field_selector;
+pub mod kinds;
 pub mod label_selector;
 pub mod names;
 
