@@ -11,3 +11,29 @@ pub mod names;
 
 pub use field_selector::{FieldRequirement, FieldSelector, FieldSelectorError};
 pub use label_selector::{LabelSelector, Operator, Requirement, SelectorError};
+
+#[cfg(test)]
+mod testing {
+    use std::fmt::Display;
+
+    /// Table check for parsers: each case is (input, canonical form), or (input, "error: " and a
+    /// fragment the error message must contain).
+    pub fn check_parse<T: Display, E: Display>(
+        cases: &[(&str, &str)],
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) {
+        for (input, want) in cases {
+            let got = match parse(input) {
+                Ok(parsed) => parsed.to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            match want.strip_prefix("error: ") {
+                Some(fragment) => assert!(
+                    got.starts_with("error: ") && got.contains(fragment),
+                    "{input:?}: {got}"
+                ),
+                None => assert_eq!(&got, want, "{input:?}"),
+            }
+        }
+    }
+}
