@@ -199,6 +199,8 @@ mod tests {
             (r"a=b\", "error: unfinished escape"),
         ];
         crate::testing::check_parse(&cases, FieldSelector::parse);
+        assert!(FieldSelector::parse(" ").unwrap().is_everything());
+        assert!(!FieldSelector::parse("a=b").unwrap().is_everything());
     }
 
     #[test]

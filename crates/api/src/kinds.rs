@@ -15,9 +15,6 @@ pub struct Kind {
     pub categories: &'static [&'static str],
 }
 
-/// The verbs every kind served by the generic machinery supports.
-pub const VERBS: &[&str] = &["create", "delete", "get", "list", "update", "watch"];
-
 impl Kind {
     /// `v1` for the core group, `group/version` otherwise.
     pub fn api_version(&self) -> String {
@@ -89,17 +86,6 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
     KINDS
         .iter()
         .find(|k| k.group == group && k.version == version && k.plural == plural)
-}
-
-/// The group-versions served, in table order, without repeats.
-pub fn group_versions() -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for k in KINDS {
-        if !out.contains(&(k.group, k.version)) {
-            out.push((k.group, k.version));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -440,6 +440,8 @@ mod tests {
             ("!a=b", "error: found '=', expected ',' or the end"),
         ];
         crate::testing::check_parse(&cases, LabelSelector::parse);
+        assert!(LabelSelector::parse(" ").unwrap().is_everything());
+        assert!(!LabelSelector::parse("a=b").unwrap().is_everything());
     }
 
     #[test]

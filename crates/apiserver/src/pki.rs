@@ -237,10 +237,24 @@ mod tests {
         );
 
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("pki/ca.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("pki/ca.key")), 0o600);
+
+        use base64::Engine;
+        let path = changed
+            .write_admin_kubeconfig(dir.path(), "https://127.0.0.1:6443")
+            .unwrap();
+        assert_eq!(mode(&path), 0o600, "the kubeconfig holds the admin key");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for want in [
+            "server: https://127.0.0.1:6443".to_string(),
+            format!("certificate-authority-data: {}", b64(&changed.ca_cert)),
+            format!("client-certificate-data: {}", b64(&changed.admin_cert)),
+            format!("client-key-data: {}", b64(&changed.admin_key)),
+            "current-context: skiff".to_string(),
+        ] {
+            assert!(text.contains(&want), "kubeconfig lacks {want:?}:\n{text}");
+        }
     }
 }

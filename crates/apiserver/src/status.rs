@@ -187,4 +187,85 @@ mod tests {
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"app-config\" not found","reason":"NotFound","details":{"name":"app-config","kind":"configmaps"},"code":404}"#
         );
     }
+
+    #[test]
+    fn each_error_has_its_code_reason_and_message() {
+        let cases = [
+            (
+                ApiError::already_exists("", "configmaps", "a"),
+                409,
+                "AlreadyExists",
+                "configmaps \"a\" already exists",
+            ),
+            (
+                ApiError::conflict("apps", "deployments", "d"),
+                409,
+                "Conflict",
+                "Operation cannot be fulfilled on deployments \"d\"",
+            ),
+            (ApiError::bad_request("bad"), 400, "BadRequest", "bad"),
+            (
+                ApiError::invalid(
+                    "ConfigMap",
+                    "a",
+                    vec![Cause {
+                        reason: "FieldValueInvalid",
+                        message: "Invalid value: \"A\"".into(),
+                        field: "metadata.name".into(),
+                    }],
+                ),
+                422,
+                "Invalid",
+                "ConfigMap \"a\" is invalid: metadata.name: Invalid value: \"A\"",
+            ),
+            (
+                ApiError::unauthorized(),
+                401,
+                "Unauthorized",
+                "Unauthorized",
+            ),
+            (
+                ApiError::method_not_allowed("PATCH"),
+                405,
+                "MethodNotAllowed",
+                "this method on the requested resource: PATCH",
+            ),
+            (
+                ApiError::internal("boom"),
+                500,
+                "InternalError",
+                "Internal error occurred: boom",
+            ),
+            (
+                ApiError::from_store(StoreError::Compacted {
+                    requested: 7,
+                    compacted: Some(9),
+                }),
+                410,
+                "Expired",
+                "too old resource version: 7",
+            ),
+            (
+                ApiError::from_store(StoreError::FutureRevision {
+                    requested: 9,
+                    current: 4,
+                }),
+                504,
+                "Timeout",
+                "Too large resource version: 9, current: 4",
+            ),
+            (
+                ApiError::from_store(StoreError::Closed),
+                500,
+                "InternalError",
+                "the store is closed",
+            ),
+        ];
+        for (err, code, reason, fragment) in cases {
+            assert_eq!((err.code, err.reason), (code, reason), "{}", err.message);
+            assert!(err.message.contains(fragment), "{}", err.message);
+            let response = err.into_response();
+            assert_eq!(response.status().as_u16(), code);
+        }
+    }
 }

@@ -341,9 +341,8 @@ fn first_failed_guard(txn: &Txn, responses: &[TxnOpResponse]) -> Result<StoreErr
             continue;
         };
         let existing = get.kvs().first().map(to_kv).transpose()?;
-        let failed = op.check(existing.as_ref()).err();
-        if let Some(err) = failed {
-            return Ok(err);
+        if let Err(failed) = op.check(existing.as_ref()) {
+            return Ok(failed);
         }
     }
     // The guards held when re-read: a concurrent writer changed a key and changed it back.
