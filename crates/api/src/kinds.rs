@@ -9,10 +9,25 @@ pub struct Kind {
     pub kind: &'static str,
     /// The resource name in URLs (`configmaps`).
     pub plural: &'static str,
-    pub singular: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
+    /// Subresources served besides the object itself (`status`, `scale`, ...).
+    pub subresources: &'static [&'static str],
+    /// Fields usable in field selectors besides `metadata.name` and `metadata.namespace`, as
+    /// dotted paths into the object.
+    pub selectable_fields: &'static [&'static str],
+    /// How objects of this kind live: stored, or answered on create and never kept.
+    pub storage: Storage,
+}
+
+/// Where a kind's objects live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// In the store, under the group's and plural's prefix.
+    Stored,
+    /// Answered on create and never kept (access reviews).
+    Virtual,
 }
 
 impl Kind {
@@ -25,8 +40,19 @@ impl Kind {
         }
     }
 
+    /// The singular resource name (`configmap`), as discovery gives it.
+    pub fn singular(&self) -> String {
+        self.kind.to_lowercase()
+    }
+
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
+    }
+
+    /// Whether `status` is its own subresource: the main endpoint then ignores status changes, and
+    /// `metadata.generation` counts changes to everything else.
+    pub fn has_status(&self) -> bool {
+        self.subresources.contains(&"status")
     }
 
     /// The store prefix holding every object of this kind; a namespaced kind adds `ns/`.
@@ -39,6 +65,14 @@ impl Kind {
         format!("/registry/{group}/{}/", self.plural)
     }
 
+    /// The store prefix of one namespace's objects, or of all objects when `namespace` is `None`.
+    pub fn store_prefix_in(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.store_prefix()),
+            _ => self.store_prefix(),
+        }
+    }
+
     /// The store key of one object.
     pub fn store_key(&self, namespace: Option<&str>, name: &str) -> String {
         match namespace {
@@ -46,46 +80,314 @@ impl Kind {
             None => format!("{}{name}", self.store_prefix()),
         }
     }
-}
 
-const fn core(
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-) -> Kind {
-    Kind {
-        group: "",
-        version: "v1",
-        kind,
-        plural,
-        singular,
-        namespaced,
-        short_names,
-        categories: &[],
+    /// The verbs served on the resource itself, in discovery's order.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        match self.storage {
+            Storage::Virtual => &["create"],
+            Storage::Stored => &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
+        }
     }
 }
 
-/// Every kind served. FIXME(issue 3): the rest of the issue's list joins as each gets validation.
-pub static KINDS: &[Kind] = &[
-    core("Namespace", "namespaces", "namespace", false, &["ns"]),
-    core("ConfigMap", "configmaps", "configmap", true, &["cm"]),
-    core("Secret", "secrets", "secret", true, &[]),
-    core(
-        "ServiceAccount",
-        "serviceaccounts",
-        "serviceaccount",
-        true,
-        &["sa"],
+/// The kinds of one group-version, written compactly: each entry's group and version come from
+/// the table they are in.
+struct Entry {
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [&'static str],
+    selectable_fields: &'static [&'static str],
+}
+
+const NAMESPACED: bool = true;
+const CLUSTER: bool = false;
+
+const fn entry(kind: &'static str, plural: &'static str, namespaced: bool) -> Entry {
+    Entry {
+        kind,
+        plural,
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        selectable_fields: &[],
+    }
+}
+
+impl Entry {
+    const fn short(mut self, names: &'static [&'static str]) -> Self {
+        self.short_names = names;
+        self
+    }
+    /// In the `all` category (`kubectl get all`).
+    const fn all(mut self) -> Self {
+        self.categories = &["all"];
+        self
+    }
+    const fn sub(mut self, subresources: &'static [&'static str]) -> Self {
+        self.subresources = subresources;
+        self
+    }
+    const fn fields(mut self, fields: &'static [&'static str]) -> Self {
+        self.selectable_fields = fields;
+        self
+    }
+}
+
+const STATUS: &[&str] = &["status"];
+const STATUS_SCALE: &[&str] = &["status", "scale"];
+
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+static GROUPS: &[(&str, &str, &[Entry])] = &[
+    (
+        "",
+        "v1",
+        &[
+            entry("Namespace", "namespaces", CLUSTER)
+                .short(&["ns"])
+                .sub(STATUS)
+                .fields(&["status.phase"]),
+            entry("Node", "nodes", CLUSTER)
+                .short(&["no"])
+                .sub(STATUS)
+                .fields(&["spec.unschedulable"]),
+            entry("Pod", "pods", NAMESPACED)
+                .short(&["po"])
+                .all()
+                .sub(&["status", "binding", "eviction"])
+                .fields(POD_FIELDS),
+            entry("Service", "services", NAMESPACED)
+                .short(&["svc"])
+                .all()
+                .sub(STATUS),
+            entry("Endpoints", "endpoints", NAMESPACED).short(&["ep"]),
+            entry("ConfigMap", "configmaps", NAMESPACED).short(&["cm"]),
+            entry("Secret", "secrets", NAMESPACED).fields(&["type"]),
+            entry("Event", "events", NAMESPACED)
+                .short(&["ev"])
+                .fields(EVENT_FIELDS),
+            entry("ServiceAccount", "serviceaccounts", NAMESPACED).short(&["sa"]),
+            entry("PersistentVolume", "persistentvolumes", CLUSTER)
+                .short(&["pv"])
+                .sub(STATUS),
+            entry("PersistentVolumeClaim", "persistentvolumeclaims", NAMESPACED)
+                .short(&["pvc"])
+                .sub(STATUS),
+            entry("ReplicationController", "replicationcontrollers", NAMESPACED)
+                .short(&["rc"])
+                .all()
+                .sub(STATUS_SCALE)
+                .fields(&["status.replicas"]),
+        ],
+    ),
+    (
+        "apps",
+        "v1",
+        &[
+            entry("Deployment", "deployments", NAMESPACED)
+                .short(&["deploy"])
+                .all()
+                .sub(STATUS_SCALE),
+            entry("ReplicaSet", "replicasets", NAMESPACED)
+                .short(&["rs"])
+                .all()
+                .sub(STATUS_SCALE)
+                .fields(&["status.replicas"]),
+            entry("StatefulSet", "statefulsets", NAMESPACED)
+                .short(&["sts"])
+                .all()
+                .sub(STATUS_SCALE),
+            entry("DaemonSet", "daemonsets", NAMESPACED)
+                .short(&["ds"])
+                .all()
+                .sub(STATUS),
+            entry("ControllerRevision", "controllerrevisions", NAMESPACED),
+        ],
+    ),
+    (
+        "batch",
+        "v1",
+        &[
+            entry("Job", "jobs", NAMESPACED)
+                .all()
+                .sub(STATUS)
+                .fields(&["status.successful"]),
+            entry("CronJob", "cronjobs", NAMESPACED)
+                .short(&["cj"])
+                .all()
+                .sub(STATUS),
+        ],
+    ),
+    (
+        "coordination.k8s.io",
+        "v1",
+        &[entry("Lease", "leases", NAMESPACED)],
+    ),
+    (
+        "discovery.k8s.io",
+        "v1",
+        &[entry("EndpointSlice", "endpointslices", NAMESPACED)],
+    ),
+    (
+        "events.k8s.io",
+        "v1",
+        &[entry("Event", "events", NAMESPACED)],
+    ),
+    (
+        "policy",
+        "v1",
+        &[entry("PodDisruptionBudget", "poddisruptionbudgets", NAMESPACED)
+            .short(&["pdb"])
+            .sub(STATUS)],
+    ),
+    (
+        "autoscaling",
+        "v2",
+        &[entry("HorizontalPodAutoscaler", "horizontalpodautoscalers", NAMESPACED)
+            .short(&["hpa"])
+            .all()
+            .sub(STATUS)],
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        &[
+            entry("Ingress", "ingresses", NAMESPACED)
+                .short(&["ing"])
+                .sub(STATUS),
+            entry("IngressClass", "ingressclasses", CLUSTER),
+            entry("NetworkPolicy", "networkpolicies", NAMESPACED).short(&["netpol"]),
+        ],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        &[
+            entry("Role", "roles", NAMESPACED),
+            entry("RoleBinding", "rolebindings", NAMESPACED),
+            entry("ClusterRole", "clusterroles", CLUSTER),
+            entry("ClusterRoleBinding", "clusterrolebindings", CLUSTER),
+        ],
+    ),
+    (
+        "storage.k8s.io",
+        "v1",
+        &[entry("StorageClass", "storageclasses", CLUSTER).short(&["sc"])],
+    ),
+    (
+        "scheduling.k8s.io",
+        "v1",
+        &[entry("PriorityClass", "priorityclasses", CLUSTER).short(&["pc"])],
+    ),
+    (
+        "certificates.k8s.io",
+        "v1",
+        &[
+            entry("CertificateSigningRequest", "certificatesigningrequests", CLUSTER)
+                .short(&["csr"])
+                .sub(&["status", "approval"]),
+        ],
     ),
 ];
 
+/// Kinds answered on create and never stored.
+static VIRTUAL: &[(&str, &str, &[Entry])] = &[(
+    "authorization.k8s.io",
+    "v1",
+    &[
+        entry("SelfSubjectAccessReview", "selfsubjectaccessreviews", CLUSTER),
+        entry("SelfSubjectRulesReview", "selfsubjectrulesreviews", CLUSTER),
+    ],
+)];
+
+fn build() -> Vec<Kind> {
+    let tables = [(GROUPS, Storage::Stored), (VIRTUAL, Storage::Virtual)];
+    let mut kinds = Vec::new();
+    for (groups, storage) in tables {
+        for (group, version, entries) in groups.iter() {
+            for e in entries.iter() {
+                kinds.push(Kind {
+                    group,
+                    version,
+                    kind: e.kind,
+                    plural: e.plural,
+                    namespaced: e.namespaced,
+                    short_names: e.short_names,
+                    categories: e.categories,
+                    subresources: e.subresources,
+                    selectable_fields: e.selectable_fields,
+                    storage,
+                });
+            }
+        }
+    }
+    kinds
+}
+
+/// Every kind served, in discovery order.
+pub fn all() -> &'static [Kind] {
+    static KINDS: std::sync::OnceLock<Vec<Kind>> = std::sync::OnceLock::new();
+    KINDS.get_or_init(build)
+}
+
 /// The kind served at `group`/`version` under `plural`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
-    KINDS
+    all()
         .iter()
         .find(|k| k.group == group && k.version == version && k.plural == plural)
+}
+
+/// The kind served at `group`/`version` named `kind`.
+pub fn find_kind(group: &str, version: &str, kind: &str) -> Option<&'static Kind> {
+    all()
+        .iter()
+        .find(|k| k.group == group && k.version == version && k.kind == kind)
+}
+
+/// The group-versions served, in discovery order, each with its kinds.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for k in all() {
+        if !out.contains(&(k.group, k.version)) {
+            out.push((k.group, k.version));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -94,9 +396,8 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        for k in KINDS {
+        for k in all() {
             assert_eq!(k.plural, k.plural.to_lowercase(), "{}", k.kind);
-            assert_eq!(k.singular, k.kind.to_lowercase(), "{}", k.kind);
             assert_eq!(
                 find(k.group, k.version, k.plural),
                 Some(k),
@@ -104,7 +405,7 @@ mod tests {
                 k.kind
             );
         }
-        let mut names: Vec<&str> = KINDS
+        let mut names: Vec<&str> = all()
             .iter()
             .flat_map(|k| k.short_names.iter().copied())
             .collect();

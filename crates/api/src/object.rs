@@ -1,0 +1,311 @@
+//! Reading and checking API objects held as JSON: metadata accessors, labels and selectable
+//! fields for selectors, and field errors in Kubernetes' words.
+
+use serde_json::{Map, Value};
+
+use crate::label_selector::Labels;
+use crate::{names, FieldSelector, LabelSelector};
+
+/// One problem with one field of an object, as a `Status` cause reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueForbidden`, ...
+    pub reason: &'static str,
+    /// The field path (`metadata.name`).
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {value:?}: {detail}"),
+        }
+    }
+
+    pub fn required(field: impl Into<String>, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value: {detail}"),
+        }
+    }
+
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
+    }
+}
+
+/// The object's `metadata`, if it is an object.
+pub fn metadata(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata")?.as_object()
+}
+
+/// A string field of `metadata` (`name`, `namespace`, `uid`, `resourceVersion`, ...).
+pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    metadata(obj)?.get(field)?.as_str()
+}
+
+pub fn name(obj: &Value) -> &str {
+    meta_str(obj, "name").unwrap_or_default()
+}
+
+/// The object's finalizers (empty when it has none).
+pub fn finalizers(obj: &Value) -> Vec<&str> {
+    metadata(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// `metadata.labels` seen by label selectors.
+pub struct ObjectLabels<'a>(Option<&'a Map<String, Value>>);
+
+impl<'a> ObjectLabels<'a> {
+    pub fn of(obj: &'a Value) -> Self {
+        ObjectLabels(
+            metadata(obj)
+                .and_then(|m| m.get("labels"))
+                .and_then(Value::as_object),
+        )
+    }
+}
+
+impl Labels for ObjectLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0?.get(key)?.as_str()
+    }
+}
+
+/// The value of a dotted field path as a field selector compares it: strings as they are,
+/// booleans and numbers in their JSON spelling; `None` when absent or not a scalar.
+pub fn field_value(obj: &Value, path: &str) -> Option<String> {
+    let mut v = obj;
+    for part in path.split('.') {
+        v = v.get(part)?;
+    }
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(_) | Value::Number(_) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+/// A list or watch filter: label and field selectors together.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub labels: Option<LabelSelector>,
+    pub fields: Option<FieldSelector>,
+}
+
+impl Filter {
+    pub fn is_everything(&self) -> bool {
+        self.labels.as_ref().is_none_or(LabelSelector::is_everything)
+            && self.fields.as_ref().is_none_or(FieldSelector::is_everything)
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        if let Some(labels) = &self.labels {
+            if !labels.matches(&ObjectLabels::of(obj)) {
+                return false;
+            }
+        }
+        match &self.fields {
+            None => true,
+            Some(fields) => {
+                let values: Vec<(String, Option<String>)> = fields
+                    .requirements()
+                    .iter()
+                    .map(|r| (r.field.clone(), selectable(obj, &r.field)))
+                    .collect();
+                fields.matches(|f| {
+                    values
+                        .iter()
+                        .find(|(name, _)| name == f)
+                        .and_then(|(_, v)| v.as_deref())
+                })
+            }
+        }
+    }
+}
+
+/// A field as field selectors see it. Fields a kind does not select on are refused before
+/// matching (see [`check_selectable`]); an absent string field compares as "".
+fn selectable(obj: &Value, field: &str) -> Option<String> {
+    // Events' `source` selects on the reporting component.
+    let path = if field == "source" {
+        "source.component"
+    } else {
+        field
+    };
+    Some(field_value(obj, path).unwrap_or_default())
+}
+
+/// Refuses a field selector naming a field the kind does not support, as Kubernetes does.
+pub fn check_selectable(
+    selector: &FieldSelector,
+    kind: &crate::kinds::Kind,
+) -> Result<(), String> {
+    for r in selector.requirements() {
+        let f = r.field.as_str();
+        if f != "metadata.name" && f != "metadata.namespace" && !kind.selectable_fields.contains(&f)
+        {
+            return Err(format!(
+                "field label not supported: {f} (supported for {}: metadata.name, metadata.namespace{})",
+                kind.plural,
+                kind.selectable_fields
+                    .iter()
+                    .map(|f| format!(", {f}"))
+                    .collect::<String>()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the syntax of metadata every kind shares: the name (a DNS label or subdomain, as the
+/// kind wants), label keys and values, annotation keys.
+pub fn validate_metadata(obj: &Value, name_is_label: bool) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let name = name(obj);
+    let rule = if name_is_label {
+        names::dns1123_label
+    } else {
+        names::dns1123_subdomain
+    };
+    for problem in rule(name) {
+        errs.push(FieldError::invalid("metadata.name", name, &problem));
+    }
+    let Some(meta) = metadata(obj) else {
+        return errs;
+    };
+    for (field, check_values) in [("labels", true), ("annotations", false)] {
+        let Some(map) = meta.get(field) else { continue };
+        let Some(map) = map.as_object() else {
+            errs.push(FieldError::invalid(
+                format!("metadata.{field}"),
+                &map.to_string(),
+                "must be a map of strings",
+            ));
+            continue;
+        };
+        for (key, value) in map {
+            let path = format!("metadata.{field}");
+            for problem in names::qualified_name(key) {
+                errs.push(FieldError::invalid(&path, key, &problem));
+            }
+            match value.as_str() {
+                Some(v) if check_values => {
+                    for problem in names::label_value(v) {
+                        errs.push(FieldError::invalid(format!("{path}[{key}]"), v, &problem));
+                    }
+                }
+                Some(_) => {}
+                None => errs.push(FieldError::invalid(
+                    format!("{path}[{key}]"),
+                    &value.to_string(),
+                    "must be a string",
+                )),
+            }
+        }
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod() -> Value {
+        json!({
+            "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web", "tier": "front"}},
+            "spec": {"nodeName": "n1", "hostNetwork": false},
+            "status": {"phase": "Running"}
+        })
+    }
+
+    #[test]
+    fn filters_match_labels_and_fields() {
+        let cases = [
+            ("app=web", "", true),
+            ("app=db", "", false),
+            ("app in (web,db),!canary", "", true),
+            ("", "spec.nodeName=n1", true),
+            ("", "spec.nodeName=n2", false),
+            ("", "spec.nodeName!=n2,status.phase=Running", true),
+            ("", "spec.hostNetwork=false", true),
+            ("tier=front", "metadata.name=web-1,metadata.namespace=default", true),
+            ("", "status.podIP=", true),
+            ("", "status.podIP!=", false),
+        ];
+        for (labels, fields, want) in cases {
+            let filter = Filter {
+                labels: Some(LabelSelector::parse(labels).unwrap()),
+                fields: Some(FieldSelector::parse(fields).unwrap()),
+            };
+            assert_eq!(filter.matches(&pod()), want, "{labels:?} {fields:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_naming_the_supported_ones() {
+        let pods = crate::kinds::find("", "v1", "pods").unwrap();
+        let cms = crate::kinds::find("", "v1", "configmaps").unwrap();
+        let check = |kind, s: &str| check_selectable(&FieldSelector::parse(s).unwrap(), kind);
+        assert_eq!(check(pods, "spec.nodeName=n1,metadata.name=a"), Ok(()));
+        let err = check(cms, "spec.nodeName=n1").unwrap_err();
+        assert!(
+            err.contains("field label not supported: spec.nodeName")
+                && err.contains("metadata.name, metadata.namespace"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metadata_errors_name_the_field() {
+        let cases = [
+            (json!({"metadata": {"name": "ok-name"}}), false, vec![]),
+            (
+                json!({"metadata": {"name": "Bad_Name"}}),
+                false,
+                vec!["metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"],
+            ),
+            (
+                json!({"metadata": {"name": "a.b"}}),
+                true,
+                vec!["metadata.name: Invalid value: \"a.b\": a lowercase RFC 1123 label"],
+            ),
+            (
+                json!({"metadata": {"name": "x", "labels": {"app": "has space", "-k": "v"}}}),
+                false,
+                vec![
+                    "metadata.labels[app]: Invalid value: \"has space\"",
+                    "metadata.labels: Invalid value: \"-k\"",
+                ],
+            ),
+            (
+                json!({"metadata": {"name": "x", "annotations": {"note": 3}}}),
+                false,
+                vec!["metadata.annotations[note]: Invalid value: \"3\": must be a string"],
+            ),
+        ];
+        for (obj, label, want) in cases {
+            let got: Vec<String> = validate_metadata(&obj, label)
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            assert_eq!(got.len(), want.len(), "{obj}: {got:?}");
+            for w in want {
+                assert!(got.iter().any(|g| g.starts_with(w)), "{obj}: {got:?} lacks {w}");
+            }
+        }
+    }
+}

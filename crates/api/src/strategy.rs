@@ -1,0 +1,404 @@
+//! What the server does to an object on create and update, whatever its kind: type and name
+//! checks, system metadata (uid, timestamps, generation), status kept to its own endpoint.
+//!
+//! Pure: the caller supplies the clock, the uid and the random name suffix.
+
+use serde_json::{Map, Value};
+
+use crate::kinds::Kind;
+use crate::object::{self, FieldError};
+
+/// Why a create or update is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// 400: the body does not fit the request.
+    BadRequest(String),
+    /// 422: field errors.
+    Invalid(Vec<FieldError>),
+}
+
+/// What the server supplies to a create.
+pub struct CreateContext<'a> {
+    /// The namespace of the URL, for namespaced kinds.
+    pub namespace: Option<&'a str>,
+    pub uid: &'a str,
+    /// RFC 3339, seconds precision, UTC.
+    pub now: &'a str,
+    /// Appended to `generateName` when the object has no name.
+    pub name_suffix: &'a str,
+}
+
+/// Which endpoint an update came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The object itself: status changes are ignored for kinds with a status subresource.
+    Main,
+    /// `/status`: only status changes are taken.
+    Status,
+}
+
+/// Metadata fields only the server writes; a client's values are dropped on create.
+const SYSTEM_ON_CREATE: &[&str] = &[
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "selfLink",
+];
+
+/// Metadata fields an update keeps from the stored object, whatever the client sent.
+const SYSTEM_ON_UPDATE: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "namespace",
+];
+
+/// Checks `apiVersion` and `kind` of a body against the endpoint's, filling them when absent.
+fn check_type(obj: &mut Map<String, Value>, kind: &Kind) -> Result<(), Rejection> {
+    let want_version = kind.api_version();
+    for (field, want) in [("apiVersion", want_version.as_str()), ("kind", kind.kind)] {
+        match obj.get(field) {
+            None => {
+                obj.insert(field.into(), Value::String(want.into()));
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                obj.insert(field.into(), Value::String(want.into()));
+            }
+            Some(Value::String(s)) if s == want => {}
+            Some(other) => {
+                let what = if field == "kind" { "kind" } else { "API version" };
+                return Err(Rejection::BadRequest(format!(
+                    "the {what} in the data ({}) does not match the expected {what} ({want})",
+                    other.as_str().map_or_else(|| other.to_string(), str::to_string)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn as_object(body: Value) -> Result<Map<String, Value>, Rejection> {
+    match body {
+        Value::Object(map) => Ok(map),
+        other => Err(Rejection::BadRequest(format!(
+            "the request body must be a JSON object, not {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn metadata_mut(obj: &mut Map<String, Value>) -> Result<&mut Map<String, Value>, Rejection> {
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if meta.is_null() {
+        *meta = Value::Object(Map::new());
+    }
+    if !meta.is_object() {
+        return Err(Rejection::Invalid(vec![FieldError::invalid(
+            "metadata",
+            &meta.to_string(),
+            "must be an object",
+        )]));
+    }
+    Ok(meta.as_object_mut().expect("checked above"))
+}
+
+/// Kinds whose names are DNS labels rather than subdomains.
+fn name_is_label(kind: &Kind) -> bool {
+    kind.group.is_empty() && matches!(kind.kind, "Namespace" | "Service")
+}
+
+fn validate(obj: &Value, kind: &Kind) -> Result<(), Rejection> {
+    let errs = object::validate_metadata(obj, name_is_label(kind));
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid(errs))
+    }
+}
+
+/// Everything but metadata and status: what `generation` counts changes of.
+fn spec_part(obj: &Map<String, Value>) -> std::collections::BTreeMap<&String, &Value> {
+    obj.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status"))
+        .collect()
+}
+
+/// The object to store for a create.
+pub fn prepare_create(kind: &Kind, body: Value, ctx: &CreateContext) -> Result<Value, Rejection> {
+    let mut obj = as_object(body)?;
+    check_type(&mut obj, kind)?;
+    let meta = metadata_mut(&mut obj)?;
+    for field in SYSTEM_ON_CREATE {
+        meta.shift_remove(*field);
+    }
+    match (kind.namespaced, ctx.namespace) {
+        (true, Some(ns)) => match meta.get("namespace").and_then(Value::as_str) {
+            Some(given) if !given.is_empty() && given != ns => {
+                return Err(Rejection::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                        .into(),
+                ))
+            }
+            _ => {
+                meta.insert("namespace".into(), ns.into());
+            }
+        },
+        _ => {
+            meta.shift_remove("namespace");
+        }
+    }
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        let prefix = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if prefix.is_empty() {
+            return Err(Rejection::Invalid(vec![FieldError::required(
+                "metadata.name",
+                "name or generateName is required",
+            )]));
+        }
+        let generated = format!("{prefix}{}", ctx.name_suffix);
+        meta.insert("name".into(), generated.into());
+    }
+    meta.insert("uid".into(), ctx.uid.into());
+    meta.insert("creationTimestamp".into(), ctx.now.into());
+    if kind.has_status() {
+        meta.insert("generation".into(), 1.into());
+        obj.insert("status".into(), initial_status(kind));
+    }
+    if kind.group.is_empty() && kind.kind == "Namespace" {
+        let spec = obj
+            .entry("spec")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.entry("finalizers")
+                .or_insert_with(|| Value::Array(vec!["kubernetes".into()]));
+        }
+    }
+    let obj = Value::Object(obj);
+    validate(&obj, kind)?;
+    Ok(obj)
+}
+
+/// The status a new object starts with: clients do not set it.
+fn initial_status(kind: &Kind) -> Value {
+    let phase = match (kind.group, kind.kind) {
+        ("", "Namespace") => Some("Active"),
+        ("", "Pod") => Some("Pending"),
+        _ => None,
+    };
+    let mut status = Map::new();
+    if let Some(phase) = phase {
+        status.insert("phase".into(), phase.into());
+    }
+    Value::Object(status)
+}
+
+/// The object to store for an update of `old` with `body` through `endpoint`. The caller
+/// compares the result with `old` to skip writes that change nothing.
+pub fn prepare_update(
+    kind: &Kind,
+    old: &Value,
+    body: Value,
+    endpoint: Endpoint,
+) -> Result<Value, Rejection> {
+    let mut new = as_object(body)?;
+    check_type(&mut new, kind)?;
+    let old_obj = old.as_object().cloned().unwrap_or_default();
+    let old_meta = object::metadata(old).cloned().unwrap_or_default();
+    let name = object::name(old);
+    {
+        let meta = metadata_mut(&mut new)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(given) if given != name => {
+                return Err(Rejection::BadRequest(format!(
+                    "the name of the object ({given}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), name.into());
+            }
+        }
+        if let (Some(given), Some(had)) = (
+            meta.get("uid").and_then(Value::as_str),
+            old_meta.get("uid").and_then(Value::as_str),
+        ) {
+            if !given.is_empty() && given != had {
+                return Err(Rejection::Invalid(vec![FieldError::invalid(
+                    "metadata.uid",
+                    given,
+                    "field is immutable",
+                )]));
+            }
+        }
+        meta.shift_remove("resourceVersion");
+        meta.shift_remove("selfLink");
+        for field in SYSTEM_ON_UPDATE {
+            match old_meta.get(*field) {
+                Some(v) => meta.insert((*field).into(), v.clone()),
+                None => meta.shift_remove(*field),
+            };
+        }
+    }
+    let mut result = match endpoint {
+        Endpoint::Main => {
+            if kind.has_status() {
+                match old_obj.get("status") {
+                    Some(s) => new.insert("status".into(), s.clone()),
+                    None => new.shift_remove("status"),
+                };
+            }
+            new
+        }
+        Endpoint::Status => {
+            // Only status changes; everything else stays as stored.
+            let mut kept = old_obj.clone();
+            match new.shift_remove("status") {
+                Some(s) => kept.insert("status".into(), s),
+                None => kept.shift_remove("status"),
+            };
+            kept
+        }
+    };
+    if kind.has_status() && endpoint == Endpoint::Main && spec_part(&result) != spec_part(&old_obj)
+    {
+        let generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if let Some(meta) = result.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("generation".into(), (generation + 1).into());
+        }
+    }
+    let result = Value::Object(result);
+    validate(&result, kind)?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::find;
+    use serde_json::json;
+
+    fn ctx(namespace: Option<&str>) -> CreateContext<'_> {
+        CreateContext {
+            namespace,
+            uid: "u-1",
+            now: "2026-11-25T12:00:00Z",
+            name_suffix: "x7k2p",
+        }
+    }
+
+    fn show(r: Result<Value, Rejection>) -> String {
+        match r {
+            Ok(v) => v.to_string(),
+            Err(Rejection::BadRequest(m)) => format!("400 {m}"),
+            Err(Rejection::Invalid(errs)) => format!(
+                "422 {}",
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+    }
+
+    #[test]
+    fn create() {
+        let cm = find("", "v1", "configmaps").unwrap();
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        let ns = find("", "v1", "namespaces").unwrap();
+        let cases = [
+            (
+                cm,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config", "resourceVersion": "9", "uid": "mine"}, "data": {"a": "1"}}),
+                Some("default"),
+                r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"app-config","namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z"},"data":{"a":"1"}}"#,
+            ),
+            (
+                cm,
+                json!({"metadata": {"generateName": "cfg-"}}),
+                Some("default"),
+                r#"{"metadata":{"generateName":"cfg-","namespace":"default","name":"cfg-x7k2p","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z"},"apiVersion":"v1","kind":"ConfigMap"}"#,
+            ),
+            (
+                deploy,
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api-server"}, "spec": {"replicas": 3}, "status": {"replicas": 9}}),
+                Some("default"),
+                r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"api-server","namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z","generation":1},"spec":{"replicas":3},"status":{}}"#,
+            ),
+            (
+                ns,
+                json!({"metadata": {"name": "team-a", "namespace": "ignored"}}),
+                None,
+                r#"{"metadata":{"name":"team-a","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z","generation":1},"apiVersion":"v1","kind":"Namespace","status":{"phase":"Active"},"spec":{"finalizers":["kubernetes"]}}"#,
+            ),
+            (cm, json!({"metadata": {}}), Some("default"), "422 metadata.name: Required value: name or generateName is required"),
+            (cm, json!({"metadata": {"name": "Bad"}}), Some("default"), "422 metadata.name: Invalid value: \"Bad\": a lowercase RFC 1123 subdomain"),
+            (ns, json!({"metadata": {"name": "a.b"}}), None, "422 metadata.name: Invalid value: \"a.b\": a lowercase RFC 1123 label"),
+            (cm, json!({"apiVersion": "apps/v1", "metadata": {"name": "a"}}), Some("default"), "400 the API version in the data (apps/v1) does not match the expected API version (v1)"),
+            (cm, json!({"kind": "Secret", "metadata": {"name": "a"}}), Some("default"), "400 the kind in the data (Secret) does not match the expected kind (ConfigMap)"),
+            (cm, json!({"metadata": {"name": "a", "namespace": "other"}}), Some("default"), "400 the namespace of the provided object does not match"),
+            (cm, json!([1]), Some("default"), "400 the request body must be a JSON object, not an array"),
+            (cm, json!({"metadata": 5}), Some("default"), "422 metadata: Invalid value: \"5\": must be an object"),
+        ];
+        for (kind, body, namespace, want) in cases {
+            let got = show(prepare_create(kind, body.clone(), &ctx(namespace)));
+            assert!(got.starts_with(want), "{body}:\n got {got}\nwant {want}");
+        }
+    }
+
+    #[test]
+    fn update() {
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        let cm = find("", "v1", "configmaps").unwrap();
+        let old = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0", "generation": 2},
+            "spec": {"replicas": 3}, "status": {"replicas": 3}});
+        let old_cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0"}, "data": {"a": "1"}});
+        let cases = [
+            // A spec change bumps generation; the status sent on the main endpoint is ignored.
+            (deploy, &old, json!({"metadata": {"name": "d", "resourceVersion": "5"}, "spec": {"replicas": 4}, "status": {"replicas": 0}}), Endpoint::Main,
+             r#"{"metadata":{"name":"d","uid":"u-1","creationTimestamp":"t0","generation":3,"namespace":"default"},"spec":{"replicas":4},"status":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment"}"#),
+            // A label change alone does not.
+            (deploy, &old, json!({"metadata": {"name": "d", "labels": {"a": "b"}}, "spec": {"replicas": 3}}), Endpoint::Main,
+             r#"{"metadata":{"name":"d","labels":{"a":"b"},"uid":"u-1","creationTimestamp":"t0","generation":2,"namespace":"default"},"spec":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment","status":{"replicas":3}}"#),
+            // The status endpoint takes status only.
+            (deploy, &old, json!({"metadata": {"name": "d"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}), Endpoint::Status,
+             r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#),
+            // System fields cannot be overwritten.
+            (cm, &old_cm, json!({"metadata": {"name": "c", "creationTimestamp": "t9", "namespace": "x"}, "data": {"a": "2"}}), Endpoint::Main,
+             r#"{"metadata":{"name":"c","creationTimestamp":"t0","namespace":"default","uid":"u-1"},"data":{"a":"2"},"apiVersion":"v1","kind":"ConfigMap"}"#),
+            (cm, &old_cm, json!({"metadata": {"name": "other"}}), Endpoint::Main,
+             "400 the name of the object (other) does not match the name on the URL (c)"),
+            (cm, &old_cm, json!({"metadata": {"name": "c", "uid": "u-2"}}), Endpoint::Main,
+             "422 metadata.uid: Invalid value: \"u-2\": field is immutable"),
+        ];
+        for (kind, old, body, endpoint, want) in cases {
+            let got = show(prepare_update(kind, old, body.clone(), endpoint));
+            assert!(got.starts_with(want), "{body}:\n got {got}\nwant {want}");
+        }
+    }
+}
