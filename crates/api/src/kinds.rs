@@ -205,14 +205,22 @@ static GROUPS: &[(&str, &str, &[Entry])] = &[
             entry("PersistentVolume", "persistentvolumes", CLUSTER)
                 .short(&["pv"])
                 .sub(STATUS),
-            entry("PersistentVolumeClaim", "persistentvolumeclaims", NAMESPACED)
-                .short(&["pvc"])
-                .sub(STATUS),
-            entry("ReplicationController", "replicationcontrollers", NAMESPACED)
-                .short(&["rc"])
-                .all()
-                .sub(STATUS_SCALE)
-                .fields(&["status.replicas"]),
+            entry(
+                "PersistentVolumeClaim",
+                "persistentvolumeclaims",
+                NAMESPACED,
+            )
+            .short(&["pvc"])
+            .sub(STATUS),
+            entry(
+                "ReplicationController",
+                "replicationcontrollers",
+                NAMESPACED,
+            )
+            .short(&["rc"])
+            .all()
+            .sub(STATUS_SCALE)
+            .fields(&["status.replicas"]),
         ],
     ),
     (
@@ -271,17 +279,23 @@ static GROUPS: &[(&str, &str, &[Entry])] = &[
     (
         "policy",
         "v1",
-        &[entry("PodDisruptionBudget", "poddisruptionbudgets", NAMESPACED)
-            .short(&["pdb"])
-            .sub(STATUS)],
+        &[
+            entry("PodDisruptionBudget", "poddisruptionbudgets", NAMESPACED)
+                .short(&["pdb"])
+                .sub(STATUS),
+        ],
     ),
     (
         "autoscaling",
         "v2",
-        &[entry("HorizontalPodAutoscaler", "horizontalpodautoscalers", NAMESPACED)
-            .short(&["hpa"])
-            .all()
-            .sub(STATUS)],
+        &[entry(
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            NAMESPACED,
+        )
+        .short(&["hpa"])
+        .all()
+        .sub(STATUS)],
     ),
     (
         "networking.k8s.io",
@@ -317,11 +331,13 @@ static GROUPS: &[(&str, &str, &[Entry])] = &[
     (
         "certificates.k8s.io",
         "v1",
-        &[
-            entry("CertificateSigningRequest", "certificatesigningrequests", CLUSTER)
-                .short(&["csr"])
-                .sub(&["status", "approval"]),
-        ],
+        &[entry(
+            "CertificateSigningRequest",
+            "certificatesigningrequests",
+            CLUSTER,
+        )
+        .short(&["csr"])
+        .sub(&["status", "approval"])],
     ),
 ];
 
@@ -330,7 +346,11 @@ static VIRTUAL: &[(&str, &str, &[Entry])] = &[(
     "authorization.k8s.io",
     "v1",
     &[
-        entry("SelfSubjectAccessReview", "selfsubjectaccessreviews", CLUSTER),
+        entry(
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            CLUSTER,
+        ),
         entry("SelfSubjectRulesReview", "selfsubjectrulesreviews", CLUSTER),
     ],
 )];

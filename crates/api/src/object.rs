@@ -107,8 +107,13 @@ pub struct Filter {
 
 impl Filter {
     pub fn is_everything(&self) -> bool {
-        self.labels.as_ref().is_none_or(LabelSelector::is_everything)
-            && self.fields.as_ref().is_none_or(FieldSelector::is_everything)
+        self.labels
+            .as_ref()
+            .is_none_or(LabelSelector::is_everything)
+            && self
+                .fields
+                .as_ref()
+                .is_none_or(FieldSelector::is_everything)
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
@@ -149,10 +154,7 @@ fn selectable(obj: &Value, field: &str) -> Option<String> {
 }
 
 /// Refuses a field selector naming a field the kind does not support, as Kubernetes does.
-pub fn check_selectable(
-    selector: &FieldSelector,
-    kind: &crate::kinds::Kind,
-) -> Result<(), String> {
+pub fn check_selectable(selector: &FieldSelector, kind: &crate::kinds::Kind) -> Result<(), String> {
     for r in selector.requirements() {
         let f = r.field.as_str();
         if f != "metadata.name" && f != "metadata.namespace" && !kind.selectable_fields.contains(&f)
@@ -242,7 +244,11 @@ mod tests {
             ("", "spec.nodeName=n2", false),
             ("", "spec.nodeName!=n2,status.phase=Running", true),
             ("", "spec.hostNetwork=false", true),
-            ("tier=front", "metadata.name=web-1,metadata.namespace=default", true),
+            (
+                "tier=front",
+                "metadata.name=web-1,metadata.namespace=default",
+                true,
+            ),
             ("", "status.podIP=", true),
             ("", "status.podIP!=", false),
         ];
@@ -304,7 +310,10 @@ mod tests {
                 .collect();
             assert_eq!(got.len(), want.len(), "{obj}: {got:?}");
             for w in want {
-                assert!(got.iter().any(|g| g.starts_with(w)), "{obj}: {got:?} lacks {w}");
+                assert!(
+                    got.iter().any(|g| g.starts_with(w)),
+                    "{obj}: {got:?} lacks {w}"
+                );
             }
         }
     }

@@ -71,10 +71,16 @@ fn check_type(obj: &mut Map<String, Value>, kind: &Kind) -> Result<(), Rejection
             }
             Some(Value::String(s)) if s == want => {}
             Some(other) => {
-                let what = if field == "kind" { "kind" } else { "API version" };
+                let what = if field == "kind" {
+                    "kind"
+                } else {
+                    "API version"
+                };
                 return Err(Rejection::BadRequest(format!(
                     "the {what} in the data ({}) does not match the expected {what} ({want})",
-                    other.as_str().map_or_else(|| other.to_string(), str::to_string)
+                    other
+                        .as_str()
+                        .map_or_else(|| other.to_string(), str::to_string)
                 )));
             }
         }
@@ -380,21 +386,51 @@ mod tests {
             "metadata": {"name": "c", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0"}, "data": {"a": "1"}});
         let cases = [
             // A spec change bumps generation; the status sent on the main endpoint is ignored.
-            (deploy, &old, json!({"metadata": {"name": "d", "resourceVersion": "5"}, "spec": {"replicas": 4}, "status": {"replicas": 0}}), Endpoint::Main,
-             r#"{"metadata":{"name":"d","uid":"u-1","creationTimestamp":"t0","generation":3,"namespace":"default"},"spec":{"replicas":4},"status":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment"}"#),
+            (
+                deploy,
+                &old,
+                json!({"metadata": {"name": "d", "resourceVersion": "5"}, "spec": {"replicas": 4}, "status": {"replicas": 0}}),
+                Endpoint::Main,
+                r#"{"metadata":{"name":"d","uid":"u-1","creationTimestamp":"t0","generation":3,"namespace":"default"},"spec":{"replicas":4},"status":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment"}"#,
+            ),
             // A label change alone does not.
-            (deploy, &old, json!({"metadata": {"name": "d", "labels": {"a": "b"}}, "spec": {"replicas": 3}}), Endpoint::Main,
-             r#"{"metadata":{"name":"d","labels":{"a":"b"},"uid":"u-1","creationTimestamp":"t0","generation":2,"namespace":"default"},"spec":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment","status":{"replicas":3}}"#),
+            (
+                deploy,
+                &old,
+                json!({"metadata": {"name": "d", "labels": {"a": "b"}}, "spec": {"replicas": 3}}),
+                Endpoint::Main,
+                r#"{"metadata":{"name":"d","labels":{"a":"b"},"uid":"u-1","creationTimestamp":"t0","generation":2,"namespace":"default"},"spec":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment","status":{"replicas":3}}"#,
+            ),
             // The status endpoint takes status only.
-            (deploy, &old, json!({"metadata": {"name": "d"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}), Endpoint::Status,
-             r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#),
+            (
+                deploy,
+                &old,
+                json!({"metadata": {"name": "d"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}),
+                Endpoint::Status,
+                r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#,
+            ),
             // System fields cannot be overwritten.
-            (cm, &old_cm, json!({"metadata": {"name": "c", "creationTimestamp": "t9", "namespace": "x"}, "data": {"a": "2"}}), Endpoint::Main,
-             r#"{"metadata":{"name":"c","creationTimestamp":"t0","namespace":"default","uid":"u-1"},"data":{"a":"2"},"apiVersion":"v1","kind":"ConfigMap"}"#),
-            (cm, &old_cm, json!({"metadata": {"name": "other"}}), Endpoint::Main,
-             "400 the name of the object (other) does not match the name on the URL (c)"),
-            (cm, &old_cm, json!({"metadata": {"name": "c", "uid": "u-2"}}), Endpoint::Main,
-             "422 metadata.uid: Invalid value: \"u-2\": field is immutable"),
+            (
+                cm,
+                &old_cm,
+                json!({"metadata": {"name": "c", "creationTimestamp": "t9", "namespace": "x"}, "data": {"a": "2"}}),
+                Endpoint::Main,
+                r#"{"metadata":{"name":"c","creationTimestamp":"t0","namespace":"default","uid":"u-1"},"data":{"a":"2"},"apiVersion":"v1","kind":"ConfigMap"}"#,
+            ),
+            (
+                cm,
+                &old_cm,
+                json!({"metadata": {"name": "other"}}),
+                Endpoint::Main,
+                "400 the name of the object (other) does not match the name on the URL (c)",
+            ),
+            (
+                cm,
+                &old_cm,
+                json!({"metadata": {"name": "c", "uid": "u-2"}}),
+                Endpoint::Main,
+                "422 metadata.uid: Invalid value: \"u-2\": field is immutable",
+            ),
         ];
         for (kind, old, body, endpoint, want) in cases {
             let got = show(prepare_update(kind, old, body.clone(), endpoint));

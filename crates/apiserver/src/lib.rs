@@ -1,5 +1,16 @@
 //! The Kubernetes REST API over TLS, on the Skiff store.
+//!
+//! [`server::start`] is the entry point: certificates ([`pki`]), the TLS listener ([`tls`]),
+//! discovery ([`discovery`], [`openapi`]), the REST endpoints ([`rest`]) over the generic object
+//! operations ([`registry`]) and watches ([`watch`]); every error is a `Status` ([`status`]).
 
+pub mod discovery;
+pub mod openapi;
 pub mod paths;
 pub mod pki;
+pub mod registry;
+pub mod rest;
+pub mod server;
 pub mod status;
+pub mod tls;
+pub mod watch;

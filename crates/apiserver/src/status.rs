@@ -38,7 +38,7 @@ pub struct ApiError {
     pub message: String,
     pub reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<Details>,
+    pub details: Option<Box<Details>>,
     pub code: u16,
 }
 
@@ -57,7 +57,7 @@ impl ApiError {
     }
 
     pub fn with_details(mut self, details: Details) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 

@@ -1,5 +1,6 @@
 //! The `skiff` binary: parses the command line and hands each subcommand to its own module.
 
+mod server;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the API server.
+    Server(server::ServerArgs),
     /// Look at a node's embedded store.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -44,6 +47,7 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match Cli::parse().command {
+        Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),
     }
 }

@@ -1,0 +1,563 @@
+//! Object operations on the store, generic over kinds: create, get, list, update, delete. Objects
+//! are stored as JSON without `resourceVersion`, which is the key's store revision on the way out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use skiff_api::kinds::{self, Kind};
+use skiff_api::object::{self, Filter};
+use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
+use skiff_store::{KeyValue, RangeRequest, Revision, Store, StoreError};
+
+use crate::status::{ApiError, Cause};
+
+/// How many times an unconditional write is retried when a concurrent writer got in first.
+const UNCONDITIONAL_RETRIES: usize = 16;
+
+/// The store as the API sees it.
+#[derive(Clone)]
+pub struct Registry {
+    pub store: Arc<dyn Store>,
+}
+
+/// Where an object lives: its kind, namespace (for namespaced kinds) and name.
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    pub kind: &'static Kind,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+}
+
+impl Target<'_> {
+    fn key(&self) -> String {
+        self.kind.store_key(self.namespace, self.name)
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError::not_found(self.kind.group, self.kind.plural, self.name)
+    }
+
+    fn conflict(&self) -> ApiError {
+        ApiError::conflict(self.kind.group, self.kind.plural, self.name)
+    }
+}
+
+/// Options of a DELETE, from its body and query.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+/// One page of a list.
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub revision: Revision,
+    /// The last key returned, when more keys follow.
+    pub continue_after: Option<String>,
+}
+
+/// A stored object with its resourceVersion set.
+pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+pub fn set_resource_version(obj: &mut Value, revision: Revision) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), revision.to_string().into());
+    }
+}
+
+fn without_resource_version(mut obj: Value) -> Value {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.shift_remove("resourceVersion");
+    }
+    obj
+}
+
+fn encode(obj: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(obj).expect("a JSON value serializes"))
+}
+
+/// RFC 3339 in seconds, as Kubernetes writes timestamps.
+pub fn timestamp(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Five characters as Kubernetes' generateName suffixes have them (no vowels, no look-alikes).
+fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4().as_bytes()[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+pub fn rejection(kind: &'static Kind, name: &str, r: Rejection) -> ApiError {
+    match r {
+        Rejection::BadRequest(message) => ApiError::bad_request(message),
+        Rejection::Invalid(errors) => ApiError::invalid(
+            kind.kind,
+            name,
+            errors
+                .into_iter()
+                .map(|e| Cause {
+                    reason: e.reason,
+                    message: e.message,
+                    field: e.field,
+                })
+                .collect(),
+        ),
+    }
+}
+
+impl Registry {
+    pub async fn get(&self, target: &Target<'_>) -> Result<Value, ApiError> {
+        let (obj, _) = self.get_raw(target).await?;
+        Ok(obj)
+    }
+
+    /// The object with its resourceVersion, and its mod revision.
+    async fn get_raw(&self, target: &Target<'_>) -> Result<(Value, Revision), ApiError> {
+        let resp = self
+            .store
+            .get(&target.key(), None)
+            .await
+            .map_err(ApiError::from_store)?;
+        let kv = resp.kv.ok_or_else(|| target.not_found())?;
+        Ok((decode(&kv)?, kv.mod_revision))
+    }
+
+    /// Refuses new objects in a namespace that does not exist or is being deleted.
+    async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        let ns_kind = kinds::find("", "v1", "namespaces").expect("namespaces are served");
+        let ns = self
+            .get(&Target {
+                kind: ns_kind,
+                namespace: None,
+                name: namespace,
+            })
+            .await?;
+        if ns.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "unable to create new content in namespace {namespace} because it is being terminated"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        body: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        if let (true, Some(ns)) = (kind.namespaced, namespace) {
+            self.check_namespace(ns).await?;
+        }
+        let uid = uuid::Uuid::new_v4().to_string();
+        let now = timestamp(jiff::Timestamp::now());
+        let suffix = name_suffix();
+        let ctx = CreateContext {
+            namespace,
+            uid: &uid,
+            now: &now,
+            name_suffix: &suffix,
+        };
+        let given_name = object::name(&body).to_string();
+        let obj = strategy::prepare_create(kind, body, &ctx)
+            .map_err(|r| rejection(kind, &given_name, r))?;
+        let target = Target {
+            kind,
+            namespace,
+            name: object::name(&obj),
+        };
+        if dry_run {
+            return Ok(obj);
+        }
+        match self.store.create(&target.key(), encode(&obj)).await {
+            Ok(kv) => {
+                let mut obj = obj;
+                set_resource_version(&mut obj, kv.mod_revision);
+                Ok(obj)
+            }
+            Err(StoreError::AlreadyExists { .. }) => Err(ApiError::already_exists(
+                kind.group,
+                kind.plural,
+                target.name,
+            )),
+            Err(e) => Err(ApiError::from_store(e)),
+        }
+    }
+
+    /// One page of objects matching `filter`, at `revision` (latest when `None`), after the key
+    /// `start_after`, at most `limit` items when given.
+    pub async fn list(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        filter: &Filter,
+        revision: Option<Revision>,
+        start_after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<ListPage, ApiError> {
+        let prefix = kind.store_prefix_in(namespace);
+        let mut items = Vec::new();
+        let mut revision = revision;
+        let mut start_after = start_after;
+        loop {
+            let want = limit.map(|l| l - items.len());
+            let resp = self
+                .store
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    revision,
+                    limit: want,
+                    start_after: start_after.clone(),
+                })
+                .await
+                .map_err(ApiError::from_store)?;
+            revision = Some(resp.revision);
+            start_after = resp.kvs.last().map(|kv| kv.key.clone());
+            for kv in &resp.kvs {
+                let obj = decode(kv)?;
+                if filter.matches(&obj) {
+                    items.push(obj);
+                }
+            }
+            let full = limit.is_some_and(|l| items.len() >= l);
+            if !resp.more || resp.kvs.is_empty() {
+                return Ok(ListPage {
+                    items,
+                    revision: resp.revision,
+                    continue_after: None,
+                });
+            }
+            if full {
+                return Ok(ListPage {
+                    items,
+                    revision: resp.revision,
+                    continue_after: start_after,
+                });
+            }
+        }
+    }
+
+    /// Replaces an object (through its main or status endpoint). A body with a resourceVersion
+    /// must match the stored one; without, the update is unconditional. An update that changes
+    /// nothing writes nothing.
+    pub async fn update(
+        &self,
+        target: &Target<'_>,
+        body: Value,
+        endpoint: Endpoint,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let wanted_rv = object::meta_str(&body, "resourceVersion")
+            .filter(|rv| !rv.is_empty())
+            .map(str::to_string);
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let (current, revision) = self.get_raw(target).await?;
+            if wanted_rv
+                .as_deref()
+                .is_some_and(|rv| rv != revision.to_string())
+            {
+                return Err(target.conflict());
+            }
+            let old = without_resource_version(current.clone());
+            let new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
+                .map_err(|r| rejection(target.kind, target.name, r))?;
+            if new == old || dry_run {
+                let mut shown = new;
+                set_resource_version(&mut shown, revision);
+                return Ok(shown);
+            }
+            match self.write(target, new, revision).await {
+                Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
+                Err(StoreError::Conflict { .. }) => return Err(target.conflict()),
+                Err(StoreError::NotFound { .. }) => return Err(target.not_found()),
+                other => return other.map_err(ApiError::from_store),
+            }
+        }
+        Err(target.conflict())
+    }
+
+    /// Writes `obj` over the stored revision `expected`; an object being deleted whose last
+    /// finalizer went is deleted instead.
+    async fn write(
+        &self,
+        target: &Target<'_>,
+        mut obj: Value,
+        expected: Revision,
+    ) -> Result<Value, StoreError> {
+        let key = target.key();
+        if obj.pointer("/metadata/deletionTimestamp").is_some()
+            && object::finalizers(&obj).is_empty()
+            && !deletion_waits_for_grace(target.kind, &obj)
+        {
+            let (_, revision) = self.store.delete(&key, Some(expected)).await?;
+            set_resource_version(&mut obj, revision);
+            return Ok(obj);
+        }
+        let kv = self.store.update(&key, encode(&obj), expected).await?;
+        set_resource_version(&mut obj, kv.mod_revision);
+        Ok(obj)
+    }
+
+    /// Deletes an object, or marks it for deletion while finalizers or a bound pod's grace period
+    /// hold it. Answers the object as it is after the call.
+    pub async fn delete(
+        &self,
+        target: &Target<'_>,
+        options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let (current, revision) = self.get_raw(target).await?;
+            check_preconditions(&current, revision, options)?;
+            let old = without_resource_version(current.clone());
+            let now = jiff::Timestamp::now();
+            let next = deletion_step(target.kind, &old, options, now);
+            let result = match next {
+                DeletionStep::Unchanged => return Ok(current),
+                _ if options.dry_run => return Ok(current),
+                DeletionStep::Mark(obj) => self.write(target, obj, revision).await,
+                DeletionStep::Remove => {
+                    self.store
+                        .delete(&target.key(), Some(revision))
+                        .await
+                        .map(|(_, rev)| {
+                            let mut obj = old.clone();
+                            set_resource_version(&mut obj, rev);
+                            obj
+                        })
+                }
+            };
+            match result {
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => return Err(target.not_found()),
+                other => return other.map_err(ApiError::from_store),
+            }
+        }
+        Err(target.conflict())
+    }
+
+    /// Makes sure a stored object exists, creating it from `obj` when absent.
+    pub async fn ensure(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        obj: Value,
+    ) -> Result<(), ApiError> {
+        match self.create(kind, namespace, obj, false).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn check_preconditions(
+    current: &Value,
+    revision: Revision,
+    options: &DeleteOptions,
+) -> Result<(), ApiError> {
+    let name = object::name(current);
+    if let Some(uid) = &options.precondition_uid {
+        let actual = object::meta_str(current, "uid").unwrap_or_default();
+        if uid != actual {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {name}: Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                ),
+            ));
+        }
+    }
+    if let Some(rv) = &options.precondition_resource_version {
+        if *rv != revision.to_string() {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {name}: Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a DELETE does to an object.
+#[derive(Debug, PartialEq)]
+enum DeletionStep {
+    /// Nothing: already marked, and the call does not shorten its grace period.
+    Unchanged,
+    /// Write the object marked for deletion.
+    Mark(Value),
+    /// Remove it from the store.
+    Remove,
+}
+
+/// Pods on a node go when their node agent says the containers stopped: a DELETE with grace
+/// period 0. Namespaces go once their contents are gone.
+fn deletion_waits_for_grace(kind: &Kind, obj: &Value) -> bool {
+    let bound_pod = kind.group.is_empty()
+        && kind.kind == "Pod"
+        && obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+    let namespace = kind.group.is_empty() && kind.kind == "Namespace";
+    let grace = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    (bound_pod && grace > 0) || namespace
+}
+
+fn deletion_step(
+    kind: &Kind,
+    obj: &Value,
+    options: &DeleteOptions,
+    now: jiff::Timestamp,
+) -> DeletionStep {
+    let is_pod = kind.group.is_empty() && kind.kind == "Pod";
+    let bound = is_pod
+        && obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+    let has_finalizers = !object::finalizers(obj).is_empty();
+    let marked_grace = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    let grace = if bound {
+        options.grace_period_seconds.unwrap_or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        })
+    } else {
+        0
+    };
+    let namespace = kind.group.is_empty() && kind.kind == "Namespace";
+    let already_marked = obj.pointer("/metadata/deletionTimestamp").is_some();
+    if already_marked {
+        // A later DELETE may only shorten a pod's grace period.
+        if bound && marked_grace.is_some_and(|g| grace < g) {
+            if grace == 0 && !has_finalizers {
+                return DeletionStep::Remove;
+            }
+            return DeletionStep::Mark(mark(obj, now, grace, namespace));
+        }
+        return DeletionStep::Unchanged;
+    }
+    if has_finalizers || (bound && grace > 0) || namespace {
+        return DeletionStep::Mark(mark(obj, now, grace, namespace));
+    }
+    DeletionStep::Remove
+}
+
+fn mark(obj: &Value, now: jiff::Timestamp, grace: i64, namespace: bool) -> Value {
+    let mut obj = obj.clone();
+    let at = now + Duration::from_secs(grace.max(0) as u64);
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("deletionTimestamp".into(), timestamp(at).into());
+        meta.insert("deletionGracePeriodSeconds".into(), grace.into());
+    }
+    if namespace {
+        obj["status"] = json!({"phase": "Terminating"});
+    }
+    obj
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn step(plural: &str, obj: Value, grace: Option<i64>) -> String {
+        let kind = kinds::find("", "v1", plural).unwrap();
+        let options = DeleteOptions {
+            grace_period_seconds: grace,
+            ..DeleteOptions::default()
+        };
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        match deletion_step(kind, &obj, &options, now) {
+            DeletionStep::Unchanged => "unchanged".into(),
+            DeletionStep::Remove => "remove".into(),
+            DeletionStep::Mark(o) => format!(
+                "mark {} grace {}",
+                o["metadata"]["deletionTimestamp"].as_str().unwrap(),
+                o["metadata"]["deletionGracePeriodSeconds"]
+            ),
+        }
+    }
+
+    #[test]
+    fn deletion_steps() {
+        let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 10}});
+        let marked = json!({"metadata": {"name": "p", "deletionTimestamp": "t", "deletionGracePeriodSeconds": 10}, "spec": {"nodeName": "n1"}});
+        let cases = [
+            (
+                "configmaps",
+                json!({"metadata": {"name": "c"}}),
+                None,
+                "remove",
+            ),
+            (
+                "configmaps",
+                json!({"metadata": {"name": "c", "finalizers": ["x"]}}),
+                None,
+                "mark 2027-01-15T08:00:00Z grace 0",
+            ),
+            (
+                "pods",
+                json!({"metadata": {"name": "p"}, "spec": {}}),
+                None,
+                "remove",
+            ),
+            (
+                "pods",
+                bound.clone(),
+                None,
+                "mark 2027-01-15T08:00:10Z grace 10",
+            ),
+            ("pods", bound.clone(), Some(0), "remove"),
+            ("pods", marked.clone(), Some(20), "unchanged"),
+            (
+                "pods",
+                marked.clone(),
+                Some(3),
+                "mark 2027-01-15T08:00:03Z grace 3",
+            ),
+            ("pods", marked, Some(0), "remove"),
+            (
+                "namespaces",
+                json!({"metadata": {"name": "team"}}),
+                None,
+                "mark 2027-01-15T08:00:00Z grace 0",
+            ),
+        ];
+        for (plural, obj, grace, want) in cases {
+            assert_eq!(
+                step(plural, obj.clone(), grace),
+                want,
+                "{plural} {obj} grace {grace:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The REST endpoints under `/api` and `/apis`: reads the request (path, query, body), calls the
+//! registry or the watch, and answers JSON.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+use skiff_api::kinds::{Kind, Storage};
+use skiff_api::object::{check_selectable, Filter};
+use skiff_api::strategy::Endpoint;
+use skiff_api::{FieldSelector, LabelSelector};
+use skiff_store::Revision;
+
+use crate::discovery;
+use crate::paths::{self, ApiPath, ResourcePath};
+use crate::registry::{DeleteOptions, Registry, Target};
+use crate::server::Api;
+use crate::status::ApiError;
+use crate::watch::{self, WatchRequest};
+
+/// Kubernetes' limit on request bodies.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The longest a watch without `timeoutSeconds` stays open (clients re-watch).
+const MAX_WATCH: Duration = Duration::from_secs(30 * 60);
+
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).expect("a JSON value serializes");
+    (code, [("content-type", "application/json")], body).into_response()
+}
+
+/// `/api/...` and `/apis/...`.
+pub async fn handle(State(api): State<std::sync::Arc<Api>>, req: Request) -> Response {
+    match route(&api, req).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+fn not_found_path() -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+async fn route(api: &Api, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", rest @ ..] => ("", rest),
+        ["apis", group] => {
+            let groups = discovery::api_groups();
+            let found = groups["groups"]
+                .as_array()
+                .and_then(|gs| gs.iter().find(|g| g["name"] == *group))
+                .ok_or_else(not_found_path)?;
+            let mut doc = found.clone();
+            doc["kind"] = json!("APIGroup");
+            doc["apiVersion"] = json!("v1");
+            return Ok(json_response(StatusCode::OK, &doc));
+        }
+        ["apis", group, rest @ ..] => (*group, rest),
+        _ => return Err(not_found_path()),
+    };
+    match paths::parse(group, rest).map_err(|_| not_found_path())? {
+        ApiPath::GroupVersion { group, version } => {
+            let list = discovery::resource_list(&group, &version).ok_or_else(not_found_path)?;
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        ApiPath::Resource(resource) => serve_resource(api, resource, req).await,
+    }
+}
+
+/// The query of a request, first value of each parameter.
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("malformed query: {e}")))?;
+        let mut map = HashMap::new();
+        for (k, v) in pairs {
+            map.entry(k).or_insert(v);
+        }
+        Ok(Query(map))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true" | "1"))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{name}: {v:?} is not a valid number"))
+                })
+            })
+            .transpose()
+    }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.get("dryRun") {
+            None => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "dryRun: unsupported value {other:?}: supported values: \"All\""
+            ))),
+        }
+    }
+
+    fn filter(&self, kind: &Kind) -> Result<Filter, ApiError> {
+        let labels = self
+            .get("labelSelector")
+            .map(LabelSelector::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fields = self
+            .get("fieldSelector")
+            .map(FieldSelector::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("invalid field selector: {e}")))?;
+        if let Some(fields) = &fields {
+            check_selectable(fields, kind).map_err(ApiError::bad_request)?;
+        }
+        Ok(Filter { labels, fields })
+    }
+
+    fn revision(&self) -> Result<Option<Revision>, ApiError> {
+        match self.get("resourceVersion") {
+            None => Ok(None),
+            Some(rv) => rv
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}"))),
+        }
+    }
+}
+
+/// Reads a JSON or YAML body; other media types are refused.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )
+    })?;
+    let media = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = media.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/json" | "" | "*/*" => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("the YAML body is not UTF-8: {e}")))?;
+            serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+        }
+        other => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
+            ),
+        )),
+    }
+}
+
+async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<Response, ApiError> {
+    let kind = path.kind;
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query())?;
+    let registry = &api.registry;
+    if kind.storage == Storage::Virtual {
+        return match (&parts.method, &path.name) {
+            (&Method::POST, None) => {
+                let review = read_body(&parts.headers, body).await?;
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &access_review(kind, review),
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(parts.method.as_str())),
+        };
+    }
+    let namespace = path.namespace.as_deref();
+    let endpoint = match path.subresource.as_deref() {
+        None => Endpoint::Main,
+        Some("status") if kind.has_status() => Endpoint::Status,
+        Some(_) => return Err(not_found_path()),
+    };
+    let Some(name) = path.name.as_deref() else {
+        return match parts.method {
+            Method::GET if query.flag("watch") => watch(registry, kind, namespace, &query).await,
+            Method::GET => list(registry, kind, namespace, &query).await,
+            Method::POST => {
+                let obj = read_body(&parts.headers, body).await?;
+                let created = registry
+                    .create(kind, namespace, obj, query.dry_run()?)
+                    .await?;
+                api.after_create(kind, &created).await;
+                Ok(json_response(StatusCode::CREATED, &created))
+            }
+            Method::DELETE => delete_collection(registry, kind, namespace, &query).await,
+            ref m => Err(ApiError::method_not_allowed(m.as_str())),
+        };
+    };
+    let target = Target {
+        kind,
+        namespace,
+        name,
+    };
+    let obj = match parts.method {
+        Method::GET => registry.get(&target).await?,
+        Method::PUT => {
+            let body = read_body(&parts.headers, body).await?;
+            registry
+                .update(&target, body, endpoint, query.dry_run()?)
+                .await?
+        }
+        Method::DELETE if endpoint == Endpoint::Main => {
+            let options = delete_options(&parts.headers, body, &query).await?;
+            let obj = registry.delete(&target, &options).await?;
+            api.after_delete(kind, &obj);
+            obj
+        }
+        ref m => return Err(ApiError::method_not_allowed(m.as_str())),
+    };
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// A continue token: the revision of the first page and the last key returned.
+fn encode_continue(revision: Revision, after: &str) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": after});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    match (v["rv"].as_i64(), v["start"].as_str()) {
+        (Some(rv), Some(start)) => Ok((rv, start.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+async fn list(
+    registry: &Registry,
+    kind: &'static Kind,
+    namespace: Option<&str>,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let filter = query.filter(kind)?;
+    let limit = query.number::<usize>("limit")?.filter(|l| *l > 0);
+    let (revision, start_after) = match query.get("continue") {
+        Some(token) => {
+            let (rev, after) = decode_continue(token)?;
+            (Some(rev), Some(after))
+        }
+        // Exact asks for that revision; anything else is served from the latest state, which
+        // is never older than what was asked.
+        None if query.get("resourceVersionMatch") == Some("Exact") => (query.revision()?, None),
+        None => (None, None),
+    };
+    let page = registry
+        .list(kind, namespace, &filter, revision, start_after, limit)
+        .await
+        .map_err(|e| {
+            if e.code == 410 && query.get("continue").is_some() {
+                ApiError::new(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            } else {
+                e
+            }
+        })?;
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(after) = &page.continue_after {
+        metadata["continue"] = json!(encode_continue(page.revision, after));
+    }
+    let list = json!({
+        "kind": kind.list_kind(),
+        "apiVersion": kind.api_version(),
+        "metadata": metadata,
+        "items": page.items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+async fn watch(
+    registry: &Registry,
+    kind: &'static Kind,
+    namespace: Option<&str>,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let after = query.revision()?.filter(|rv| *rv > 0);
+    let timeout = query
+        .number::<u64>("timeoutSeconds")?
+        .map(Duration::from_secs)
+        .unwrap_or(MAX_WATCH);
+    watch::serve(
+        registry.clone(),
+        WatchRequest {
+            kind,
+            namespace: namespace.map(str::to_string),
+            filter: query.filter(kind)?,
+            after,
+            bookmarks: query.flag("allowWatchBookmarks"),
+            timeout: Some(timeout),
+        },
+    )
+    .await
+}
+
+async fn delete_options(
+    headers: &HeaderMap,
+    body: Body,
+    query: &Query,
+) -> Result<DeleteOptions, ApiError> {
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let from_body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        read_body(headers, Body::from(body)).await?
+    };
+    let policy = from_body["propagationPolicy"]
+        .as_str()
+        .or(query.get("propagationPolicy"));
+    if let Some(p) = policy {
+        if !matches!(p, "Background" | "Foreground" | "Orphan") {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+            )));
+        }
+    }
+    let grace = match from_body["gracePeriodSeconds"].as_i64() {
+        Some(g) => Some(g),
+        None => query.number::<i64>("gracePeriodSeconds")?,
+    };
+    let dry_run = from_body["dryRun"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|v| v == "All"))
+        || query.dry_run()?;
+    Ok(DeleteOptions {
+        grace_period_seconds: grace,
+        precondition_uid: from_body["preconditions"]["uid"]
+            .as_str()
+            .map(str::to_string),
+        precondition_resource_version: from_body["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+        dry_run,
+    })
+}
+
+async fn delete_collection(
+    registry: &Registry,
+    kind: &'static Kind,
+    namespace: Option<&str>,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let filter = query.filter(kind)?;
+    let page = registry
+        .list(kind, namespace, &filter, None, None, None)
+        .await?;
+    let options = DeleteOptions {
+        dry_run: query.dry_run()?,
+        grace_period_seconds: query.number("gracePeriodSeconds")?,
+        ..DeleteOptions::default()
+    };
+    let mut items = Vec::new();
+    for obj in page.items {
+        let ns = skiff_api::object::meta_str(&obj, "namespace");
+        let target = Target {
+            kind,
+            namespace: ns,
+            name: skiff_api::object::name(&obj),
+        };
+        match registry.delete(&target, &options).await {
+            Ok(deleted) => items.push(deleted),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": kind.list_kind(),
+        "apiVersion": kind.api_version(),
+        "metadata": {},
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// Until RBAC arrives every authenticated user may do everything, and the reviews say so.
+fn access_review(kind: &Kind, mut review: Value) -> Value {
+    const REASON: &str = "skiff has no RBAC yet: every authenticated user may do everything";
+    review["status"] = match kind.kind {
+        "SelfSubjectRulesReview" => json!({
+            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            "incomplete": false,
+            "evaluationError": "",
+        }),
+        _ => json!({"allowed": true, "reason": REASON}),
+    };
+    review["apiVersion"] = json!(kind.api_version());
+    review["kind"] = json!(kind.kind);
+    review
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_bad_ones_are_refused() {
+        let token = encode_continue(42, "/registry/core/configmaps/default/a");
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            (42, "/registry/core/configmaps/default/a".to_string())
+        );
+        for bad in ["", "!!", "e30"] {
+            let err = decode_continue(bad).unwrap_err();
+            assert_eq!(err.code, 400, "{bad}");
+        }
+    }
+}

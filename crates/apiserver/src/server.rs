@@ -1,0 +1,316 @@
+//! The API server: certificates, the system namespaces, the routes, authentication, and the
+//! namespace lifecycle (the kube-root-ca.crt ConfigMap in each, contents removed on deletion).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use serde_json::{json, Value};
+use skiff_api::kinds::{self, Kind, Storage};
+use skiff_api::object::{self, Filter};
+use skiff_store::Store;
+
+use crate::pki::{Pki, PkiError};
+use crate::registry::{DeleteOptions, Registry, Target};
+use crate::rest::json_response;
+use crate::status::ApiError;
+use crate::tls::{Identity, TlsError};
+use crate::{discovery, openapi, rest, tls};
+
+/// How `skiff server` is started.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra names and addresses for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating the system namespaces: {0}")]
+    Bootstrap(String),
+}
+
+/// What the handlers share.
+pub struct Api {
+    pub registry: Registry,
+    ca_cert: String,
+}
+
+/// Namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+fn kind(group: &str, plural: &str) -> &'static Kind {
+    kinds::find(group, "v1", plural).expect("a kind of the table")
+}
+
+impl Api {
+    /// Runs after every create: a new namespace gets the cluster CA ConfigMap.
+    pub async fn after_create(&self, created_kind: &Kind, obj: &Value) {
+        if created_kind.group.is_empty() && created_kind.kind == "Namespace" {
+            if let Err(e) = self.publish_root_ca(object::name(obj)).await {
+                tracing::warn!(namespace = object::name(obj), error = %e.message, "publishing kube-root-ca.crt");
+            }
+        }
+    }
+
+    /// Runs after every delete: a namespace marked for deletion has its contents removed.
+    pub fn after_delete(&self, deleted_kind: &Kind, obj: &Value) {
+        if deleted_kind.group.is_empty()
+            && deleted_kind.kind == "Namespace"
+            && obj.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            tokio::spawn(empty_namespace(
+                self.registry.clone(),
+                object::name(obj).to_string(),
+            ));
+        }
+    }
+
+    async fn publish_root_ca(&self, namespace: &str) -> Result<(), ApiError> {
+        let cm = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kube-root-ca.crt"},
+            "data": {"ca.crt": self.ca_cert},
+        });
+        self.registry
+            .ensure(kind("", "configmaps"), Some(namespace), cm)
+            .await
+    }
+
+    /// The system namespaces, the CA ConfigMap in every namespace, and the removal of
+    /// namespaces whose deletion a previous run did not finish.
+    async fn bootstrap(&self) -> Result<(), ApiError> {
+        let namespaces = kind("", "namespaces");
+        for ns in SYSTEM_NAMESPACES {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            self.registry.ensure(namespaces, None, obj).await?;
+        }
+        let all = self
+            .registry
+            .list(namespaces, None, &Filter::default(), None, None, None)
+            .await?;
+        for ns in &all.items {
+            if ns.pointer("/metadata/deletionTimestamp").is_some() {
+                tokio::spawn(empty_namespace(
+                    self.registry.clone(),
+                    object::name(ns).to_string(),
+                ));
+            } else {
+                self.publish_root_ca(object::name(ns)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes everything in a namespace marked for deletion, then the namespace once nothing is
+/// left (objects with finalizers or pods still stopping hold it).
+async fn empty_namespace(registry: Registry, namespace: String) {
+    let namespaced: Vec<&'static Kind> = kinds::all()
+        .iter()
+        .filter(|k| k.namespaced && k.storage == Storage::Stored)
+        .collect();
+    loop {
+        let mut remaining = 0;
+        for kind in &namespaced {
+            // Two group-versions may share a store prefix; each object is deleted once.
+            let page = match registry
+                .list(kind, Some(&namespace), &Filter::default(), None, None, None)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(%namespace, error = %e.message, "listing a namespace's contents");
+                    remaining += 1;
+                    continue;
+                }
+            };
+            for obj in &page.items {
+                let target = Target {
+                    kind,
+                    namespace: Some(&namespace),
+                    name: object::name(obj),
+                };
+                match registry.delete(&target, &DeleteOptions::default()).await {
+                    Ok(after) if after.pointer("/metadata/deletionTimestamp").is_some() => {
+                        remaining += 1
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 => {}
+                    Err(_) => remaining += 1,
+                }
+            }
+        }
+        if remaining == 0 {
+            let key = kind("", "namespaces").store_key(None, &namespace);
+            if let Err(e) = registry.store.delete(&key, None).await {
+                tracing::warn!(%namespace, error = %e, "removing an emptied namespace");
+            }
+            tracing::info!(%namespace, "namespace deleted");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Requests without a verified identity get 401, except the public version and health
+/// endpoints (Kubernetes' `system:public-info-viewer`).
+async fn authenticate(req: Request, next: Next) -> Response {
+    let public = matches!(
+        req.uri().path(),
+        "/version" | "/healthz" | "/livez" | "/readyz"
+    );
+    if public || req.extensions().get::<Identity>().is_some() {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn ok() -> Response {
+    (StatusCode::OK, "ok").into_response()
+}
+
+async fn openapi_v3_document(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    match openapi::document(&path) {
+        Some(doc) => json_response(StatusCode::OK, &doc),
+        None => {
+            ApiError::new(404, "NotFound", format!("no OpenAPI document at {path}")).into_response()
+        }
+    }
+}
+
+/// kubectl 1.27 and 1.28 insist on fetching the v2 document; an empty one in its protobuf media
+/// type satisfies them (newer ones read v3).
+fn openapi_v2() -> Response {
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        )],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
+        )
+        .route("/healthz", get(|| async { ok() }))
+        .route("/livez", get(|| async { ok() }))
+        .route("/readyz", get(|| async { ok() }))
+        .route(
+            "/api",
+            get(|| async { json_response(StatusCode::OK, &discovery::api_versions()) }),
+        )
+        .route(
+            "/apis",
+            get(|| async { json_response(StatusCode::OK, &discovery::api_groups()) }),
+        )
+        .route("/openapi/v2", get(|| async { openapi_v2() }))
+        .route(
+            "/openapi/v3",
+            get(|| async { json_response(StatusCode::OK, &openapi::index()) }),
+        )
+        .route("/openapi/v3/{*path}", get(openapi_v3_document))
+        .route("/api/{*rest}", any(rest::handle))
+        .route("/apis/{*rest}", any(rest::handle))
+        .fallback(|| async {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+            .into_response()
+        })
+        .layer(axum::middleware::from_fn(authenticate))
+        .with_state(api)
+}
+
+/// A started server.
+pub struct Running {
+    /// The address it listens on (the port is known here when 0 was asked for).
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// The names the serving certificate must carry.
+fn sans(config: &Config) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        sans.push(host.trim().to_string());
+    }
+    sans.push(config.listen.ip().to_string());
+    sans.extend(config.tls_sans.iter().cloned());
+    sans.retain(|s| !s.is_empty() && s != "0.0.0.0" && s != "::");
+    let mut seen = Vec::new();
+    sans.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(s.clone());
+        new
+    });
+    sans
+}
+
+/// Prepares certificates and the system namespaces, binds, writes the admin kubeconfig and
+/// starts serving. Ready when this returns.
+pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, ServerError> {
+    let pki = Pki::load_or_create(&config.data_dir, &sans(&config))?;
+    let tls = tls::server_config(&pki)?;
+    let api = Arc::new(Api {
+        registry: Registry { store },
+        ca_cert: pki.ca_cert.clone(),
+    });
+    api.bootstrap()
+        .await
+        .map_err(|e| ServerError::Bootstrap(e.message))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let mut reachable = addr;
+    if addr.ip().is_unspecified() {
+        reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let kubeconfig =
+        pki.write_admin_kubeconfig(&config.data_dir, &format!("https://{reachable}"))?;
+    let serving = tokio::spawn(tls::serve(listener, tls, router(api)));
+    Ok(Running {
+        addr,
+        kubeconfig,
+        serving,
+    })
+}

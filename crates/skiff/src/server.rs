@@ -1,0 +1,79 @@
+//! `skiff server`: the API server on the embedded store or etcd.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use skiff_apiserver::server::{self, Config};
+use skiff_store::{EtcdOptions, EtcdStore, RedbOptions, RedbStore, Store};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StoreKind {
+    /// The embedded store in the data directory.
+    Redb,
+    /// An etcd cluster (`--etcd-endpoints`).
+    Etcd,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Where the store, the certificates and the admin kubeconfig live.
+    #[arg(long, default_value = "/var/lib/skiff")]
+    data_dir: PathBuf,
+    /// The address the API listens on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Another name or address for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// Where the cluster's state is kept.
+    #[arg(long, value_enum, default_value = "redb")]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated, for `--store etcd`.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+}
+
+async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match args.store {
+        StoreKind::Redb => {
+            let path = crate::store::store_path(&args.data_dir);
+            Arc::new(RedbStore::open(&path, RedbOptions::default())?)
+        }
+        StoreKind::Etcd => {
+            anyhow::ensure!(
+                !args.etcd_endpoints.is_empty(),
+                "--store etcd needs --etcd-endpoints (e.g. http://127.0.0.1:2379)"
+            );
+            Arc::new(EtcdStore::connect(EtcdOptions::new(args.etcd_endpoints.clone())).await?)
+        }
+    })
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let store = open_store(&args).await?;
+    let config = Config {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        tls_sans: args.tls_sans.clone(),
+    };
+    let running = server::start(config, store).await?;
+    tracing::info!(addr = %running.addr, "API server ready");
+    println!("skiff server listening on https://{}", running.addr);
+    println!("kubeconfig: {}", running.kubeconfig.display());
+    println!(
+        "try: KUBECONFIG={} kubectl get namespaces",
+        running.kubeconfig.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = running.serving => r.context("the listener task failed")?.context("serving")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    Ok(())
+}
