@@ -151,6 +151,7 @@ fn spec_part(obj: &Map<String, Value>) -> std::collections::BTreeMap<&String, &V
 pub fn prepare_create(kind: &Kind, body: Value, ctx: &CreateContext) -> Result<Value, Rejection> {
     let mut obj = as_object(body)?;
     check_type(&mut obj, kind)?;
+    fold_string_data(kind, &mut obj)?;
     let meta = metadata_mut(&mut obj)?;
     for field in SYSTEM_ON_CREATE {
         meta.shift_remove(*field);
@@ -206,6 +207,50 @@ pub fn prepare_create(kind: &Kind, body: Value, ctx: &CreateContext) -> Result<V
     Ok(obj)
 }
 
+/// Secrets: `stringData` is a write-only convenience, folded into `data` (base64) by the server;
+/// its keys win over `data`'s.
+fn fold_string_data(kind: &Kind, obj: &mut Map<String, Value>) -> Result<(), Rejection> {
+    use base64::Engine;
+    if !(kind.group.is_empty() && kind.kind == "Secret") {
+        return Ok(());
+    }
+    let Some(string_data) = obj.shift_remove("stringData") else {
+        return Ok(());
+    };
+    let Value::Object(string_data) = string_data else {
+        return Err(Rejection::Invalid(vec![FieldError::invalid(
+            "stringData",
+            &string_data.to_string(),
+            "must be a map of strings",
+        )]));
+    };
+    let data = obj
+        .entry("data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if data.is_null() {
+        *data = Value::Object(Map::new());
+    }
+    let Some(data) = data.as_object_mut() else {
+        return Err(Rejection::Invalid(vec![FieldError::invalid(
+            "data",
+            &data.to_string(),
+            "must be a map of base64 strings",
+        )]));
+    };
+    for (key, value) in string_data {
+        let Some(text) = value.as_str() else {
+            return Err(Rejection::Invalid(vec![FieldError::invalid(
+                format!("stringData[{key}]"),
+                &value.to_string(),
+                "must be a string",
+            )]));
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+        data.insert(key, encoded.into());
+    }
+    Ok(())
+}
+
 /// The status a new object starts with: clients do not set it.
 fn initial_status(kind: &Kind) -> Value {
     let phase = match (kind.group, kind.kind) {
@@ -230,6 +275,7 @@ pub fn prepare_update(
 ) -> Result<Value, Rejection> {
     let mut new = as_object(body)?;
     check_type(&mut new, kind)?;
+    fold_string_data(kind, &mut new)?;
     let old_obj = old.as_object().cloned().unwrap_or_default();
     let old_meta = object::metadata(old).cloned().unwrap_or_default();
     let name = object::name(old);
@@ -335,6 +381,7 @@ mod tests {
         let cm = find("", "v1", "configmaps").unwrap();
         let deploy = find("apps", "v1", "deployments").unwrap();
         let ns = find("", "v1", "namespaces").unwrap();
+        let secret = find("", "v1", "secrets").unwrap();
         let cases = [
             (
                 cm,
@@ -368,6 +415,13 @@ mod tests {
             (cm, json!({"metadata": {"name": "a", "namespace": "other"}}), Some("default"), "400 the namespace of the provided object does not match"),
             (cm, json!([1]), Some("default"), "400 the request body must be a JSON object, not an array"),
             (cm, json!({"metadata": 5}), Some("default"), "422 metadata: Invalid value: \"5\": must be an object"),
+            (
+                secret,
+                json!({"metadata": {"name": "db-creds"}, "type": "Opaque", "data": {"user": "YQ==", "password": "b2xk"}, "stringData": {"password": "s3cur3-p4ss"}}),
+                Some("default"),
+                r#"{"metadata":{"name":"db-creds","namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z"},"type":"Opaque","data":{"user":"YQ==","password":"czNjdXIzLXA0c3M="},"apiVersion":"v1","kind":"Secret"}"#,
+            ),
+            (secret, json!({"metadata": {"name": "s"}, "stringData": {"a": 1}}), Some("default"), "422 stringData[a]: Invalid value: \"1\": must be a string"),
         ];
         for (kind, body, namespace, want) in cases {
             let got = show(prepare_create(kind, body.clone(), &ctx(namespace)));

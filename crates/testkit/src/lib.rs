@@ -1,8 +1,10 @@
 //! Real peers for Skiff's tests and benchmarks, started on loopback and stopped by their PID.
 
 mod etcd;
+mod skiff;
 
 pub use etcd::EtcdServer;
+pub use skiff::SkiffServer;
 
 use std::net::TcpListener;
 

@@ -1,0 +1,387 @@
+//! The real kubectl against `skiff server`: the workflows of issue 3, each on its own server.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn kubectl_lists_the_system_namespaces_over_tls() {
+    let server = server();
+    let out = kubectl(&server, &["get", "namespaces", "-o", "name"]).out();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(out.contains(&format!("namespace/{ns}\n")), "{out}");
+    }
+    let cms = kubectl(&server, &["get", "configmaps", "-A", "-o", "json"]).out();
+    let cms = json(&cms);
+    let roots = cms["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|cm| cm["metadata"]["name"] == "kube-root-ca.crt")
+        .count();
+    assert_eq!(roots, 4, "a CA ConfigMap in each namespace");
+    let version = kubectl(&server, &["version", "-o", "json"]).out();
+    assert_eq!(json(&version)["serverVersion"]["minor"], "33");
+}
+
+#[test]
+fn requests_without_a_client_certificate_are_unauthorized() {
+    let server = server();
+    let kubeconfig = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    // Keep the cluster (CA, address), replace the user by an unknown bearer token.
+    let cluster_only: String = kubeconfig
+        .lines()
+        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+        .map(|l| {
+            if l.trim() == "user:" {
+                "  user:\n    token: not-a-real-token".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = server.data_dir().join("anonymous.kubeconfig");
+    std::fs::write(&path, cluster_only).unwrap();
+    let err = kubectl(
+        &server,
+        &["--kubeconfig", path.to_str().unwrap(), "get", "configmaps"],
+    )
+    .err();
+    // kubectl's words for a 401.
+    assert!(err.contains("You must be logged in to the server"), "{err}");
+}
+
+#[test]
+fn the_articles_manifests_apply_and_read_back() {
+    let server = server();
+    for file in ["api-server.yaml", "user-service.yaml", "config.yaml"] {
+        let out = kubectl(&server, &["apply", "-f", example(file).to_str().unwrap()]).out();
+        assert!(out.contains("created"), "{file}: {out}");
+    }
+    let again = kubectl(
+        &server,
+        &["apply", "-f", example("api-server.yaml").to_str().unwrap()],
+    )
+    .out();
+    assert!(
+        again.contains("deployment.apps/api-server unchanged"),
+        "{again}"
+    );
+    // FIXME(issue 5): re-applying config.yaml patches the Secret (its stringData is never
+    // stored, so kubectl always sees a difference); patches arrive with the API fidelity issue.
+    let patched = kubectl(
+        &server,
+        &["apply", "-f", example("config.yaml").to_str().unwrap()],
+    );
+    assert!(
+        patched.stderr.contains("MethodNotAllowed"),
+        "{}",
+        patched.stderr
+    );
+
+    let deploy = json(&kubectl(&server, &["get", "deployment", "api-server", "-o", "json"]).out());
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    assert!(deploy["metadata"]["uid"]
+        .as_str()
+        .is_some_and(|u| u.len() == 36));
+    let yaml = kubectl(&server, &["get", "deploy/api-server", "-o", "yaml"]).out();
+    assert!(yaml.contains("image: my-api:v2.1"), "{yaml}");
+
+    // The Secret's stringData is folded into base64 data by the server.
+    let secret = json(&kubectl(&server, &["get", "secret", "db-creds", "-o", "json"]).out());
+    assert_eq!(secret["data"]["password"], "czNjdXIzLXA0c3M=");
+    assert!(secret.get("stringData").is_none());
+
+    // Label and field selectors, all namespaces.
+    let by_label = kubectl(&server, &["get", "deploy", "-l", "app=api", "-o", "name"]).out();
+    assert_eq!(by_label, "");
+    let labelled = kubectl(&server, &["label", "deploy", "api-server", "tier=backend"]);
+    // FIXME(issue 5): `kubectl label` sends a merge patch, which arrives with the API fidelity issue.
+    assert!(!labelled.ok, "label needs PATCH: {}", labelled.stdout);
+    let by_field = kubectl(
+        &server,
+        &[
+            "get",
+            "cm",
+            "-A",
+            "--field-selector",
+            "metadata.name=app-config",
+            "-o",
+            "name",
+        ],
+    )
+    .out();
+    assert_eq!(by_field, "configmap/app-config\n");
+    let bad_field = kubectl(
+        &server,
+        &["get", "cm", "--field-selector", "spec.nodeName=x"],
+    )
+    .err();
+    assert!(
+        bad_field.contains("field label not supported: spec.nodeName"),
+        "{bad_field}"
+    );
+    let bad_label = kubectl(&server, &["get", "cm", "-l", "a in (b"]).err();
+    assert!(
+        bad_label.contains("unable to parse requirement"),
+        "{bad_label}"
+    );
+}
+
+#[test]
+fn replace_bumps_resource_version_and_stale_updates_conflict() {
+    let server = server();
+    // Created, not applied: replace would rewrite an apply annotation and so change the object.
+    kubectl(
+        &server,
+        &["create", "-f", example("config.yaml").to_str().unwrap()],
+    )
+    .out();
+    let cm = json(&kubectl(&server, &["get", "cm", "app-config", "-o", "json"]).out());
+    let rv: i64 = cm["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let mut changed = cm.clone();
+    changed["data"]["log_level"] = "info".into();
+    let out = kubectl_stdin(&server, &["replace", "-f", "-"], &changed.to_string()).out();
+    assert!(out.contains("configmap/app-config replaced"), "{out}");
+    let now = json(&kubectl(&server, &["get", "cm", "app-config", "-o", "json"]).out());
+    assert_eq!(now["data"]["log_level"], "info");
+    let new_rv: i64 = now["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(new_rv > rv, "{new_rv} > {rv}");
+
+    // The same body again carries the old resourceVersion: Conflict.
+    let err = kubectl_stdin(&server, &["replace", "-f", "-"], &changed.to_string()).err();
+    assert!(
+        err.contains("Error from server (Conflict)")
+            && err.contains("the object has been modified"),
+        "{err}"
+    );
+    // A replace that changes nothing keeps the resourceVersion.
+    kubectl_stdin(&server, &["replace", "-f", "-"], &now.to_string()).out();
+    let same = json(&kubectl(&server, &["get", "cm", "app-config", "-o", "json"]).out());
+    assert_eq!(
+        same["metadata"]["resourceVersion"],
+        now["metadata"]["resourceVersion"]
+    );
+}
+
+#[test]
+fn errors_are_statuses_kubectl_prints() {
+    let server = server();
+    let missing = kubectl(&server, &["get", "cm", "nope"]).err();
+    assert!(
+        missing.contains("Error from server (NotFound): configmaps \"nope\" not found"),
+        "{missing}"
+    );
+    let bad_name = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#;
+    let invalid = kubectl_stdin(&server, &["create", "-f", "-"], bad_name).err();
+    assert!(
+        invalid.contains(
+            "ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""
+        ),
+        "{invalid}"
+    );
+    let no_ns =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"ghost"}}"#;
+    let err = kubectl_stdin(&server, &["create", "-f", "-"], no_ns).err();
+    assert!(err.contains("namespaces \"ghost\" not found"), "{err}");
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"twice"}}"#;
+    kubectl_stdin(&server, &["create", "-f", "-"], cm).out();
+    let err = kubectl_stdin(&server, &["create", "-f", "-"], cm).err();
+    assert!(
+        err.contains("Error from server (AlreadyExists)")
+            && err.contains("configmaps \"twice\" already exists"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pagination_returns_every_object_once() {
+    let server = server();
+    let items: Vec<String> = (0..25)
+        .map(|i| {
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i:02}"}}}}"#)
+        })
+        .collect();
+    let list = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+        items.join(",")
+    );
+    kubectl_stdin(&server, &["create", "-f", "-"], &list).out();
+    let out = kubectl(&server, &["get", "cm", "--chunk-size=7", "-o", "name"]).out();
+    let names: Vec<&str> = out.lines().filter(|l| l.contains("/cm-")).collect();
+    let want: Vec<String> = (0..25).map(|i| format!("configmap/cm-{i:02}")).collect();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn delete_honours_finalizers_preconditions_and_policies() {
+    let server = server();
+    let held = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"held","finalizers":["example.com/hold"]}}"#;
+    kubectl_stdin(&server, &["create", "-f", "-"], held).out();
+    kubectl(&server, &["delete", "cm", "held", "--wait=false"]).out();
+    let marked = json(&kubectl(&server, &["get", "cm", "held", "-o", "json"]).out());
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    // Dropping the last finalizer lets it go.
+    let mut released = marked.clone();
+    released["metadata"]["finalizers"] = serde_json::json!([]);
+    kubectl_stdin(&server, &["replace", "-f", "-"], &released.to_string()).out();
+    kubectl(&server, &["get", "cm", "held"]).err();
+
+    for policy in ["background", "foreground", "orphan"] {
+        let name = format!("cm-{policy}");
+        let cm =
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#);
+        kubectl_stdin(&server, &["create", "-f", "-"], &cm).out();
+        let out = kubectl(
+            &server,
+            &["delete", "cm", &name, &format!("--cascade={policy}")],
+        )
+        .out();
+        assert!(out.contains("deleted"), "{policy}: {out}");
+        kubectl(&server, &["get", "cm", &name]).err();
+    }
+    // FIXME(issue 6): foreground and orphan act as background until the garbage collector
+    // honours their finalizers; the dependents they are about do not exist yet.
+
+    // A uid precondition that does not hold is a Conflict.
+    kubectl_stdin(
+        &server,
+        &["create", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"pre"}}"#,
+    )
+    .out();
+    let raw = kubectl_stdin(
+        &server,
+        &[
+            "delete",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps/pre",
+            "-f",
+            "-",
+        ],
+        r#"{"preconditions":{"uid":"00000000-0000-0000-0000-000000000000"}}"#,
+    )
+    .err();
+    assert!(
+        raw.contains("Precondition failed: UID in precondition"),
+        "{raw}"
+    );
+    kubectl(&server, &["get", "cm", "pre"]).out();
+}
+
+#[test]
+fn get_watch_sees_changes() {
+    let server = server();
+    let mut watcher = Command::new("kubectl")
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HOME", server.data_dir())
+        .args([
+            "get",
+            "cm",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "jsonpath={.type} {.object.metadata.name} {.object.data.k}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl runs");
+    let (tx, rx) = mpsc::channel();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |want: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the watch did not print {want:?}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.join(" ") == want {
+            return;
+        }
+    };
+    next("ADDED kube-root-ca.crt");
+    let cm = |v: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"w"}},"data":{{"k":"{v}"}}}}"#
+        )
+    };
+    kubectl_stdin(&server, &["create", "-f", "-"], &cm("1")).out();
+    next("ADDED w 1");
+    kubectl_stdin(&server, &["replace", "-f", "-"], &cm("2")).out();
+    next("MODIFIED w 2");
+    kubectl(&server, &["delete", "cm", "w"]).out();
+    next("DELETED w 2");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[test]
+fn every_kubectl_from_1_27_to_1_33_applies_a_manifest() {
+    let server = server();
+    for minor in 27..=33 {
+        let bin = versioned_kubectl(minor);
+        let manifest = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-{minor}\ndata:\n  k: v\n"
+        );
+        let run = kubectl_with(&bin, &server, &["apply", "-f", "-"], Some(&manifest));
+        assert!(
+            run.ok,
+            "kubectl 1.{minor} apply: {}{}",
+            run.stdout, run.stderr
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("configmap/from-{minor} created")),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn server_restart_keeps_objects() {
+    let server = server();
+    kubectl(
+        &server,
+        &["apply", "-f", example("config.yaml").to_str().unwrap()],
+    )
+    .out();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_skiff"));
+    let dir = server.stop();
+    let again = SkiffServer::start_in(bin, dir, &[]).unwrap();
+    let out = kubectl(
+        &again,
+        &[
+            "get",
+            "cm",
+            "app-config",
+            "-o",
+            "jsonpath={.data.log_level}",
+        ],
+    )
+    .out();
+    assert_eq!(out, "debug");
+}

@@ -1,0 +1,107 @@
+//! A throw-away `skiff server` on loopback, with its own data directory and admin kubeconfig.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::free_port;
+
+/// A `skiff server` process; killed (by its PID) and reaped when dropped, its data directory
+/// removed.
+pub struct SkiffServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SkiffServer {
+    /// Starts the `skiff` binary at `bin` as `skiff server` plus `extra` arguments, and waits
+    /// until it says it is ready.
+    pub fn start(bin: &Path, extra: &[&str]) -> Result<SkiffServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        Self::start_in(bin, dir, extra)
+    }
+
+    /// Like [`SkiffServer::start`], on an existing data directory (a restart).
+    pub fn start_in(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Result<SkiffServer, String> {
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log"))
+            .map_err(|e| format!("server log: {e}"))?;
+        let mut child = Command::new(bin)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("kubeconfig:") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut server = SkiffServer { child, port, dir };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = server.child.try_wait().ok().flatten();
+            return Err(format!(
+                "skiff server did not become ready (exit: {status:?}); its log:\n{}",
+                server.log()
+            ));
+        }
+        Ok(server)
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server and hands back its data directory, for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let placeholder = tempfile::tempdir().expect("temporary directory");
+        std::mem::replace(&mut self.dir, placeholder)
+    }
+}
+
+impl Drop for SkiffServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
