@@ -1,0 +1,371 @@
+//! The `kube` client against the API server in-process, on an in-memory store the test can
+//! compact: consistency, pagination, watches (resume, selectors, bookmarks, 410), status and
+//! generation, graceful and namespace deletion, access reviews.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use serde_json::json;
+use skiff_apiserver::server::{self, Config};
+use skiff_store::{RedbOptions, RedbStore, Store};
+
+struct Cluster {
+    client: Client,
+    store: Arc<RedbStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        RedbStore::in_memory(RedbOptions {
+            progress_interval: Duration::from_millis(200),
+            ..RedbOptions::default()
+        })
+        .unwrap(),
+    );
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_sans: vec![],
+    };
+    let running = server::start(config, store.clone()).await.unwrap();
+    let kubeconfig = Kubeconfig::read_from(&running.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Cluster {
+        client: Client::try_from(config).unwrap(),
+        store,
+        _dir: dir,
+    }
+}
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .unwrap()
+}
+
+fn rv<K: kube::Resource>(obj: &K) -> String {
+    obj.meta().resource_version.clone().unwrap()
+}
+
+#[tokio::test]
+async fn reads_right_after_writes_see_them() {
+    let c = cluster().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for i in 0..30 {
+        let name = format!("c{i}");
+        cms.create(&PostParams::default(), &cm(&name, json!({})))
+            .await
+            .unwrap();
+        let listed = cms.list(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items.len(), i + 2, "the list after create {i}"); // + kube-root-ca.crt
+        assert_eq!(cms.get(&name).await.unwrap().metadata.name.unwrap(), name);
+    }
+}
+
+#[tokio::test]
+async fn pages_are_one_consistent_snapshot() {
+    let c = cluster().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for i in 0..10 {
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("p{i}"), json!({"page": "yes"})),
+        )
+        .await
+        .unwrap();
+    }
+    let params = ListParams::default().labels("page=yes").limit(4);
+    let first = cms.list(&params).await.unwrap();
+    assert_eq!(first.items.len(), 4);
+    // Written after the first page: not in the rest of this list.
+    cms.create(&PostParams::default(), &cm("p99", json!({"page": "yes"})))
+        .await
+        .unwrap();
+    let mut names: Vec<String> = first
+        .items
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    let mut token = first.metadata.continue_.clone();
+    while let Some(t) = token.filter(|t| !t.is_empty()) {
+        let page = cms.list(&params.clone().continue_token(&t)).await.unwrap();
+        assert_eq!(
+            page.metadata.resource_version,
+            first.metadata.resource_version
+        );
+        names.extend(page.items.iter().map(|c| c.metadata.name.clone().unwrap()));
+        token = page.metadata.continue_.clone();
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    assert_eq!(names, want);
+
+    // Once the snapshot is compacted, a continue token is 410 Gone.
+    let revision = c.store.current_revision().await.unwrap();
+    c.store.compact(revision).await.unwrap();
+    let stale = cms
+        .list(
+            &params
+                .clone()
+                .continue_token(first.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, kube::Error::Api(ref e) if e.code == 410),
+        "{stale:?}"
+    );
+}
+
+#[tokio::test]
+async fn watches_resume_follow_selectors_and_expire() {
+    let c = cluster().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let first = cms
+        .create(&PostParams::default(), &cm("w", json!({})))
+        .await
+        .unwrap();
+    let start = rv(&first);
+    // Changes after `start`, watched afterwards from `start`: none missed.
+    let mut relabelled = first.clone();
+    relabelled.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    let second = cms
+        .replace("w", &PostParams::default(), &relabelled)
+        .await
+        .unwrap();
+    let mut unlabelled = second.clone();
+    unlabelled.metadata.labels = None;
+    cms.replace("w", &PostParams::default(), &unlabelled)
+        .await
+        .unwrap();
+
+    let events: Vec<_> = cms
+        .watch(&WatchParams::default().labels("app=web").timeout(2), &start)
+        .await
+        .unwrap()
+        .take(2)
+        .try_collect()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+            WatchEvent::Bookmark(_) => "BOOKMARK",
+            WatchEvent::Error(_) => "ERROR",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ADDED", "DELETED"],
+        "starting and stopping to match"
+    );
+
+    // Bookmarks come when asked for.
+    let mut bookmarks = cms
+        .watch(
+            &WatchParams {
+                bookmarks: true,
+                ..WatchParams::default()
+            }
+            .timeout(5),
+            &rv(&second),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let bookmark = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(event) = bookmarks.next().await {
+            if let WatchEvent::Bookmark(b) = event.unwrap() {
+                return b;
+            }
+        }
+        panic!("the watch ended without a bookmark");
+    })
+    .await
+    .expect("a bookmark within 5 s");
+    assert!(
+        bookmark.metadata.resource_version.parse::<i64>().unwrap()
+            >= rv(&second).parse::<i64>().unwrap()
+    );
+
+    // A compacted start is 410 Gone, as an ERROR event.
+    let revision = c.store.current_revision().await.unwrap();
+    c.store.compact(revision).await.unwrap();
+    let mut expired = cms
+        .watch(&WatchParams::default(), &start)
+        .await
+        .unwrap()
+        .boxed();
+    match expired.next().await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("wanted a 410 ERROR event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn status_is_its_own_endpoint_and_generation_counts_spec_changes() {
+    let c = cluster().await;
+    let deploys: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api-server"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "api"}},
+                 "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "server", "image": "my-api:v2.1"}]}}},
+        "status": {"replicas": 7}
+    }))
+    .unwrap();
+    let created = deploys.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        created.status.as_ref().and_then(|s| s.replicas),
+        None,
+        "clients do not set status"
+    );
+
+    let mut scaled = created.clone();
+    scaled.spec.as_mut().unwrap().replicas = Some(5);
+    scaled.status = Some(serde_json::from_value(json!({"replicas": 9})).unwrap());
+    let scaled = deploys
+        .replace("api-server", &PostParams::default(), &scaled)
+        .await
+        .unwrap();
+    assert_eq!(scaled.metadata.generation, Some(2));
+    assert_eq!(scaled.status.as_ref().and_then(|s| s.replicas), None);
+
+    let mut observed = scaled.clone();
+    observed.status =
+        Some(serde_json::from_value(json!({"replicas": 5, "observedGeneration": 2})).unwrap());
+    let after = deploys
+        .replace_status("api-server", &PostParams::default(), &observed)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.metadata.generation,
+        Some(2),
+        "status writes leave generation alone"
+    );
+    assert_eq!(after.status.unwrap().replicas, Some(5));
+}
+
+#[tokio::test]
+async fn bound_pods_go_gracefully_and_namespaces_take_their_contents() {
+    let c = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    let terminating = pods.get("web").await.unwrap();
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    // A longer grace period cannot undo a shorter one; the node's DELETE with 0 removes it.
+    pods.delete(
+        "web",
+        &DeleteParams {
+            grace_period_seconds: Some(60),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pods.get("web")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_grace_period_seconds,
+        Some(30)
+    );
+    let uid = terminating.metadata.uid.clone().unwrap();
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    pods.delete("web", &now).await.unwrap();
+    assert!(pods.get_opt("web").await.unwrap().is_none());
+
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "team-a");
+    cms.get("kube-root-ca.crt")
+        .await
+        .expect("every namespace gets the CA");
+    cms.create(&PostParams::default(), &cm("inside", json!({})))
+        .await
+        .unwrap();
+    namespaces
+        .delete("team-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    let refused = cms
+        .create(&PostParams::default(), &cm("late", json!({})))
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) => assert!(e.code == 403 || e.code == 404, "{e:?}"),
+        other => panic!("creating in a terminating namespace: {other:?}"),
+    }
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while namespaces.get_opt("team-a").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the namespace is deleted once empty");
+    assert!(cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[tokio::test]
+async fn access_reviews_allow_every_authenticated_user() {
+    let c = cluster().await;
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(c.client.clone());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some("delete".into()),
+                resource: Some("pods".into()),
+                namespace: Some("default".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap();
+    let status = answer.status.unwrap();
+    assert!(status.allowed);
+    assert!(status.reason.unwrap().contains("no RBAC yet"));
+}
