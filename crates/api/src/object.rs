@@ -1,9 +1,11 @@
 //! Reading and checking API objects held as JSON: metadata accessors, labels and selectable
 //! fields for selectors, and field errors in Kubernetes' words.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
-use crate::label_selector::Labels;
+use crate::kinds::Kind;
 use crate::{names, FieldSelector, LabelSelector};
 
 /// One problem with one field of an object, as a `Status` cause reports it.
@@ -65,22 +67,46 @@ pub fn finalizers(obj: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-/// `metadata.labels` seen by label selectors.
-pub struct ObjectLabels<'a>(Option<&'a Map<String, Value>>);
-
-impl<'a> ObjectLabels<'a> {
-    pub fn of(obj: &'a Value) -> Self {
-        ObjectLabels(
-            metadata(obj)
-                .and_then(|m| m.get("labels"))
-                .and_then(Value::as_object),
-        )
-    }
+/// What selectors look at in an object: its labels and the fields its kind selects on
+/// (`metadata.name`, `metadata.namespace` and the kind's own), taken out once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selectable {
+    pub labels: BTreeMap<String, String>,
+    pub fields: Vec<(&'static str, String)>,
 }
 
-impl Labels for ObjectLabels<'_> {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.0?.get(key)?.as_str()
+impl Selectable {
+    pub fn of(kind: &Kind, obj: &Value) -> Self {
+        let labels = metadata(obj)
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut fields = Vec::with_capacity(2 + kind.selectable_fields.len());
+        for field in ["metadata.name", "metadata.namespace"]
+            .into_iter()
+            .chain(kind.selectable_fields.iter().copied())
+        {
+            // Events' `source` selects on the reporting component.
+            let path = if field == "source" {
+                "source.component"
+            } else {
+                field
+            };
+            fields.push((field, field_value(obj, path).unwrap_or_default()));
+        }
+        Selectable { labels, fields }
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -116,41 +142,15 @@ impl Filter {
                 .is_none_or(FieldSelector::is_everything)
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
-        if let Some(labels) = &self.labels {
-            if !labels.matches(&ObjectLabels::of(obj)) {
-                return false;
-            }
-        }
-        match &self.fields {
-            None => true,
-            Some(fields) => {
-                let values: Vec<(String, Option<String>)> = fields
-                    .requirements()
-                    .iter()
-                    .map(|r| (r.field.clone(), selectable(obj, &r.field)))
-                    .collect();
-                fields.matches(|f| {
-                    values
-                        .iter()
-                        .find(|(name, _)| name == f)
-                        .and_then(|(_, v)| v.as_deref())
-                })
-            }
-        }
+    /// Fields the kind does not select on are refused before matching (see
+    /// [`check_selectable`]).
+    pub fn matches(&self, obj: &Selectable) -> bool {
+        self.labels.as_ref().is_none_or(|l| l.matches(&obj.labels))
+            && self
+                .fields
+                .as_ref()
+                .is_none_or(|f| f.matches(|name| obj.field(name)))
     }
-}
-
-/// A field as field selectors see it. Fields a kind does not select on are refused before
-/// matching (see [`check_selectable`]); an absent string field compares as "".
-fn selectable(obj: &Value, field: &str) -> Option<String> {
-    // Events' `source` selects on the reporting component.
-    let path = if field == "source" {
-        "source.component"
-    } else {
-        field
-    };
-    Some(field_value(obj, path).unwrap_or_default())
 }
 
 /// Refuses a field selector naming a field the kind does not support, as Kubernetes does.
@@ -257,7 +257,9 @@ mod tests {
                 labels: Some(LabelSelector::parse(labels).unwrap()),
                 fields: Some(FieldSelector::parse(fields).unwrap()),
             };
-            assert_eq!(filter.matches(&pod()), want, "{labels:?} {fields:?}");
+            let pods = crate::kinds::find("", "v1", "pods").unwrap();
+            let selectable = Selectable::of(pods, &pod());
+            assert_eq!(filter.matches(&selectable), want, "{labels:?} {fields:?}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! discovery ([`discovery`], [`openapi`]), the REST endpoints ([`rest`]) over the generic object
 //! operations ([`registry`]) and watches ([`watch`]); every error is a `Status` ([`status`]).
 
+pub mod cache;
 pub mod discovery;
 pub mod openapi;
 pub mod paths;

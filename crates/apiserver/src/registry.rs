@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use skiff_api::kinds::{self, Kind};
-use skiff_api::object::{self, Filter};
+use skiff_api::object::{self, Filter, Selectable};
 use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
 use skiff_store::{KeyValue, RangeRequest, Revision, Store, StoreError};
 
@@ -233,7 +233,7 @@ impl Registry {
             start_after = resp.kvs.last().map(|kv| kv.key.clone());
             for kv in &resp.kvs {
                 let obj = decode(kv)?;
-                if filter.matches(&obj) {
+                if filter.matches(&Selectable::of(kind, &obj)) {
                     items.push(obj);
                 }
             }

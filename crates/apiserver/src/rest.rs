@@ -16,12 +16,12 @@ use skiff_api::strategy::Endpoint;
 use skiff_api::{FieldSelector, LabelSelector};
 use skiff_store::Revision;
 
-use crate::discovery;
 use crate::paths::{self, ApiPath, ResourcePath};
 use crate::registry::{DeleteOptions, Registry, Target};
 use crate::server::Api;
 use crate::status::ApiError;
 use crate::watch::{self, WatchRequest};
+use crate::{cache, discovery};
 
 /// Kubernetes' limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -209,8 +209,8 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
     };
     let Some(name) = path.name.as_deref() else {
         return match parts.method {
-            Method::GET if query.flag("watch") => watch(registry, kind, namespace, &query).await,
-            Method::GET => list(registry, kind, namespace, &query).await,
+            Method::GET if query.flag("watch") => watch(api, kind, namespace, &query).await,
+            Method::GET => list(api, kind, namespace, &query).await,
             Method::POST => {
                 let obj = read_body(&parts.headers, body).await?;
                 let created = registry
@@ -266,7 +266,7 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
 }
 
 async fn list(
-    registry: &Registry,
+    api: &Api,
     kind: &'static Kind,
     namespace: Option<&str>,
     query: &Query,
@@ -278,12 +278,15 @@ async fn list(
             let (rev, after) = decode_continue(token)?;
             (Some(rev), Some(after))
         }
-        // Exact asks for that revision; anything else is served from the latest state, which
-        // is never older than what was asked.
         None if query.get("resourceVersionMatch") == Some("Exact") => (query.revision()?, None),
-        None => (None, None),
+        // Anything else is served at the latest revision, which is never older than asked.
+        None => match list_from_cache(api, kind, namespace, &filter, limit).await? {
+            Some(response) => return Ok(response),
+            None => (None, None),
+        },
     };
-    let page = registry
+    let page = api
+        .registry
         .list(kind, namespace, &filter, revision, start_after, limit)
         .await
         .map_err(|e| {
@@ -293,21 +296,94 @@ async fn list(
                 e
             }
         })?;
-    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
-    if let Some(after) = &page.continue_after {
-        metadata["continue"] = json!(encode_continue(page.revision, after));
+    let items: Vec<Vec<u8>> = page
+        .items
+        .iter()
+        .map(|o| serde_json::to_vec(o).expect("a JSON value serializes"))
+        .collect();
+    let last = page.continue_after.as_deref();
+    Ok(list_response(kind, page.revision, last, &items))
+}
+
+/// A consistent list from the watch cache, once it has caught up with every write acknowledged
+/// before the request; `None` when it does not in time. A page cut short by `limit` continues
+/// from the store at the same revision.
+async fn list_from_cache(
+    api: &Api,
+    kind: &'static Kind,
+    namespace: Option<&str>,
+    filter: &Filter,
+    limit: Option<usize>,
+) -> Result<Option<Response>, ApiError> {
+    let cache = api.cache.of(kind).await.map_err(ApiError::from_store)?;
+    let current = api
+        .registry
+        .store
+        .current_revision()
+        .await
+        .map_err(ApiError::from_store)?;
+    let Some(snapshot) = cache
+        .snapshot(&kind.store_prefix_in(namespace), current)
+        .await
+    else {
+        return Ok(None);
+    };
+    let mut items = Vec::new();
+    let mut last = None;
+    for (key, obj) in &snapshot.items {
+        if limit.is_some_and(|l| items.len() >= l) {
+            break;
+        }
+        if cache::matches(filter, obj) {
+            items.push(obj.json.clone());
+            last = Some(key.as_str());
+        }
     }
-    let list = json!({
+    let more = limit.is_some_and(|l| items.len() >= l)
+        && snapshot
+            .items
+            .iter()
+            .skip_while(|(k, _)| Some(k.as_str()) != last)
+            .skip(1)
+            .any(|(_, o)| cache::matches(filter, o));
+    let last = if more { last } else { None };
+    Ok(Some(list_response(kind, snapshot.revision, last, &items)))
+}
+
+/// A list's JSON, its items written as they are (cached objects are not serialized again).
+fn list_response(
+    kind: &Kind,
+    revision: Revision,
+    continue_after: Option<&str>,
+    items: &[impl AsRef<[u8]>],
+) -> Response {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(after) = continue_after {
+        metadata["continue"] = json!(encode_continue(revision, after));
+    }
+    let head = json!({
         "kind": kind.list_kind(),
         "apiVersion": kind.api_version(),
         "metadata": metadata,
-        "items": page.items,
-    });
-    Ok(json_response(StatusCode::OK, &list))
+    })
+    .to_string();
+    let size: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
+    let mut body = Vec::with_capacity(head.len() + size + 16);
+    // `head` is an object: reopen it to append the items.
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.as_ref());
+    }
+    body.extend_from_slice(b"]}");
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
 async fn watch(
-    registry: &Registry,
+    api: &Api,
     kind: &'static Kind,
     namespace: Option<&str>,
     query: &Query,
@@ -317,18 +393,17 @@ async fn watch(
         .number::<u64>("timeoutSeconds")?
         .map(Duration::from_secs)
         .unwrap_or(MAX_WATCH);
+    let cache = api.cache.of(kind).await.map_err(ApiError::from_store)?;
     watch::serve(
-        registry.clone(),
+        cache,
         WatchRequest {
-            kind,
             namespace: namespace.map(str::to_string),
             filter: query.filter(kind)?,
             after,
             bookmarks: query.flag("allowWatchBookmarks"),
-            timeout: Some(timeout),
+            timeout,
         },
     )
-    .await
 }
 
 async fn delete_options(

@@ -17,6 +17,7 @@ use skiff_api::kinds::{self, Kind, Storage};
 use skiff_api::object::{self, Filter};
 use skiff_store::Store;
 
+use crate::cache::WatchCache;
 use crate::pki::{Pki, PkiError};
 use crate::registry::{DeleteOptions, Registry, Target};
 use crate::rest::json_response;
@@ -31,6 +32,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Extra names and addresses for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Changes kept per kind for watches resuming from a resourceVersion.
+    pub watch_history: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +48,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("creating the system namespaces: {0}")]
+    #[error("starting the API: {0}")]
     Bootstrap(String),
 }
 
 /// What the handlers share.
 pub struct Api {
     pub registry: Registry,
+    pub cache: WatchCache,
     ca_cert: String,
 }
 
@@ -283,9 +287,18 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     let pki = Pki::load_or_create(&config.data_dir, &sans(&config))?;
     let tls = tls::server_config(&pki)?;
     let api = Arc::new(Api {
-        registry: Registry { store },
+        registry: Registry {
+            store: store.clone(),
+        },
+        cache: WatchCache::new(store, config.watch_history),
         ca_cert: pki.ca_cert.clone(),
     });
+    // Every kind's cache from the start, so that watches can resume from any revision since.
+    for kind in kinds::all().iter().filter(|k| k.storage == Storage::Stored) {
+        api.cache.of(kind).await.map_err(|e| {
+            ServerError::Bootstrap(format!("loading the {} cache: {e}", kind.plural))
+        })?;
+    }
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;

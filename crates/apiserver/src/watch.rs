@@ -1,202 +1,192 @@
-//! Watches: a store watch of one kind turned into Kubernetes watch events, one JSON object per
-//! line, with selectors deciding ADDED/MODIFIED/DELETED as objects start and stop matching.
+//! Watches: a kind's watch cache turned into Kubernetes watch events, one JSON object per line,
+//! with selectors deciding ADDED/MODIFIED/DELETED as objects start and stop matching.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
-use serde_json::{json, Value};
-use skiff_api::kinds::Kind;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::json;
 use skiff_api::object::Filter;
-use skiff_store::{Event, Revision, StoreError};
-use tokio::sync::mpsc;
+use skiff_store::Revision;
+use tokio::sync::{broadcast, mpsc};
 
-use crate::registry::{decode, Registry};
+use crate::cache::{matches, Cached, Change, KindCache, WatchRefusal};
 use crate::status::ApiError;
 
 /// What a watch request asked for.
 pub struct WatchRequest {
-    pub kind: &'static Kind,
     pub namespace: Option<String>,
     pub filter: Filter,
     /// Events after this revision; `None` starts with the current state as ADDED events.
     pub after: Option<Revision>,
     pub bookmarks: bool,
-    pub timeout: Option<Duration>,
+    pub timeout: Duration,
 }
 
-/// Lines waiting to reach a client; a client that lets more pile up is slow and is waited for
-/// (the store watch behind it catches up from history, so nothing is buffered without bound).
-const QUEUE: usize = 256;
+/// Lines waiting to reach a client. A client that lets them pile up stops taking changes from
+/// the cache, and is disconnected once it falls behind the cache's fan-out queue.
+const QUEUE: usize = 64;
 
-fn line(kind: &str, object: &Value) -> Bytes {
-    let mut text = serde_json::to_vec(&json!({"type": kind, "object": object}))
-        .expect("a JSON value serializes");
-    text.push(b'\n');
-    Bytes::from(text)
+/// A watcher asking for bookmarks gets one when the revision moved, or after this long.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+fn line(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(object.len() + 32);
+    out.put_slice(b"{\"type\":\"");
+    out.put_slice(kind.as_bytes());
+    out.put_slice(b"\",\"object\":");
+    out.put_slice(object);
+    out.put_slice(b"}\n");
+    out.freeze()
 }
 
-/// The event a store change is for this watcher, if any: selectors make an update an ADDED when
-/// the object starts matching and a DELETED when it stops.
-fn translate(event: &Event, filter: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
-    match event {
-        Event::Put { kv, prev } => {
-            let now = decode(kv)?;
-            let matches_now = filter.matches(&now);
-            let matched_before = match prev {
-                Some(prev) if kv.version > 1 => filter.matches(&decode(prev)?),
-                // Not retained: assume it matched as it does now.
-                None if kv.version > 1 => matches_now,
-                _ => false,
-            };
-            Ok(match (matched_before, matches_now) {
-                (false, true) => Some(("ADDED", now)),
-                (true, true) => Some(("MODIFIED", now)),
-                (true, false) => Some(("DELETED", now)),
+/// The event a change is for this watcher, if any: selectors make an update an ADDED when the
+/// object starts matching and a DELETED when it stops.
+fn translate<'a>(change: &'a Change, filter: &Filter) -> Option<(&'static str, &'a Cached)> {
+    match change {
+        Change::Put { new, old, .. } => {
+            let now = matches(filter, new);
+            let before = old.as_ref().is_some_and(|o| matches(filter, o));
+            match (before, now) {
+                (false, true) => Some(("ADDED", new)),
+                (true, true) => Some(("MODIFIED", new)),
+                (true, false) => Some(("DELETED", new)),
                 (false, false) => None,
-            })
+            }
         }
-        Event::Delete { prev, revision } => {
-            let mut last = decode(prev)?;
-            crate::registry::set_resource_version(&mut last, *revision);
-            Ok(filter.matches(&last).then_some(("DELETED", last)))
-        }
+        Change::Delete { old, .. } => matches(filter, old).then_some(("DELETED", old)),
+        Change::Progress(_) | Change::Reset => None,
     }
 }
 
-fn error_line(err: ApiError) -> Bytes {
-    line(
-        "ERROR",
-        &serde_json::to_value(&err).expect("a Status serializes"),
-    )
+fn error_line(err: &ApiError) -> Bytes {
+    let status = serde_json::to_vec(err).expect("a Status serializes");
+    line("ERROR", &status)
 }
 
 /// Starts the watch and answers with its stream.
-pub async fn serve(registry: Registry, req: WatchRequest) -> Result<Response, ApiError> {
-    let prefix = req.kind.store_prefix_in(req.namespace.as_deref());
+pub fn serve(cache: Arc<KindCache>, req: WatchRequest) -> Result<Response, ApiError> {
+    let kind = cache.kind();
+    let prefix = kind.store_prefix_in(req.namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(QUEUE);
-    let after = match req.after {
-        Some(rev) => rev,
-        None => {
-            let page = registry
-                .list(
-                    req.kind,
-                    req.namespace.as_deref(),
-                    &req.filter,
-                    None,
-                    None,
-                    None,
-                )
-                .await?;
-            for obj in &page.items {
-                // The queue is fresh and holds the first items; later ones wait for the client.
-                if tx.send(Ok(line("ADDED", obj))).await.is_err() {
-                    break;
-                }
-            }
-            page.revision
+    match cache.subscribe(&prefix, req.after) {
+        Err(WatchRefusal::TooOld { requested, oldest }) => {
+            // As Kubernetes does: 200, then the 410 as the stream's only event.
+            let err = ApiError::new(
+                410,
+                "Expired",
+                format!("too old resource version: {requested} ({oldest})"),
+            );
+            tx.try_send(Ok(error_line(&err))).expect("an empty queue");
         }
-    };
-    let watch = registry
-        .store
-        .watch(&prefix, after)
-        .await
-        .map_err(ApiError::from_store);
-    tokio::spawn(async move {
-        let mut watch = match watch {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tx.send(Ok(error_line(e))).await;
-                return;
-            }
-        };
-        let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
-        loop {
-            let next = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, watch.next()).await.ok(),
-                    None => Some(watch.next().await),
-                }
-            };
-            let resp = tokio::select! {
-                _ = tx.closed() => return,
-                r = next => r,
-            };
-            let resp = match resp {
-                None | Some(None) => return,
-                Some(Some(Err(e))) => {
-                    let _ = tx.send(Ok(error_line(watch_error(e)))).await;
-                    return;
-                }
-                Some(Some(Ok(resp))) => resp,
-            };
-            if resp.is_progress() {
-                if req.bookmarks {
-                    let bookmark = json!({
-                        "kind": req.kind.kind,
-                        "apiVersion": req.kind.api_version(),
-                        "metadata": {"resourceVersion": resp.revision.to_string()},
-                    });
-                    if tx.send(Ok(line("BOOKMARK", &bookmark))).await.is_err() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            for event in &resp.events {
-                let out = match translate(event, &req.filter) {
-                    Ok(Some((kind, obj))) => line(kind, &obj),
-                    Ok(None) => continue,
-                    Err(e) => error_line(e),
-                };
-                if tx.send(Ok(out)).await.is_err() {
-                    return;
-                }
-            }
+        Ok(subscription) => {
+            tokio::spawn(relay(subscription, req, prefix, tx, kind));
         }
-    });
-    let stream = tokio_stream_from(rx);
+    }
+    let mut rx = rx;
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(Response::builder()
         .header("content-type", "application/json")
         .header("cache-control", "no-cache, private")
         .body(Body::from_stream(stream))
         .expect("static headers are valid"))
 }
-
-/// A too-old revision is 410 Gone on a running watch, as Kubernetes sends it.
-fn watch_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Compacted { requested, .. } => ApiError::new(
-            410,
-            "Expired",
-            format!("too old resource version: {requested}"),
-        ),
-        other => ApiError::from_store(other),
+/// Sends a watcher its backlog, then live changes, until the client goes, the timeout passes,
+/// or it falls too far behind.
+async fn relay(
+    subscription: crate::cache::Subscription,
+    req: WatchRequest,
+    prefix: String,
+    tx: mpsc::Sender<Result<Bytes, std::convert::Infallible>>,
+    kind: &'static skiff_api::kinds::Kind,
+) {
+    let mut live = subscription.live;
+    // Changes up to here were sent (or were before the start): later duplicates are skipped.
+    let mut sent = req.after.unwrap_or(0);
+    for change in &subscription.backlog {
+        if let Some((event, obj)) = translate(change, &req.filter) {
+            if tx.send(Ok(line(event, &obj.json))).await.is_err() {
+                return;
+            }
+        }
+        sent = sent.max(change.revision().unwrap_or(0));
     }
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    let mut bookmarked = 0;
+    let mut last_bookmark = tokio::time::Instant::now();
+    loop {
+        let change = tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+            c = live.recv() => c,
+        };
+        let change = match change {
+            Ok(c) => c,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::info!(
+                    kind = kind.plural,
+                    missed,
+                    "disconnecting a watcher too slow to keep up"
+                );
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(revision) = change.revision() else {
+            return; // Reset: the client lists again.
+        };
+        if let Change::Progress(_) = *change {
+            let news = revision > bookmarked || last_bookmark.elapsed() >= BOOKMARK_EVERY;
+            if req.bookmarks && revision >= sent && news {
+                bookmarked = revision;
+                last_bookmark = tokio::time::Instant::now();
+                let bookmark = json!({
+                    "kind": kind.kind,
+                    "apiVersion": kind.api_version(),
+                    "metadata": {"resourceVersion": revision.to_string()},
+                });
+                let bytes = serde_json::to_vec(&bookmark).expect("a JSON value serializes");
+                if tx.send(Ok(line("BOOKMARK", &bytes))).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        if revision <= sent {
+            continue;
+        }
+        let in_scope = match &*change {
+            Change::Put { key, .. } | Change::Delete { key, .. } => key.starts_with(&prefix),
+            _ => false,
+        };
+        if !in_scope {
+            continue;
+        }
+        sent = revision;
+        if let Some((event, obj)) = translate(&change, &req.filter) {
+            if tx.send(Ok(line(event, &obj.json))).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+    use skiff_api::object::Selectable;
     use skiff_api::LabelSelector;
-    use skiff_store::KeyValue;
 
-    fn kv(version: i64, labels: Value) -> KeyValue {
+    fn cached(labels: Value) -> Arc<Cached> {
+        let pods = skiff_api::kinds::find("", "v1", "pods").unwrap();
         let obj = json!({"metadata": {"name": "p", "labels": labels}});
-        KeyValue {
-            key: "/registry/core/pods/default/p".into(),
-            value: serde_json::to_vec(&obj).unwrap().into(),
-            create_revision: 2,
-            mod_revision: 1 + version,
-            version,
-        }
+        Arc::new(Cached {
+            selectable: Selectable::of(pods, &obj),
+            json: Bytes::from(obj.to_string()),
+        })
     }
 
     #[test]
@@ -207,35 +197,39 @@ mod tests {
         };
         let web = json!({"app": "web"});
         let db = json!({"app": "db"});
-        let put = |version, now: &Value, prev: Option<&Value>| Event::Put {
-            kv: kv(version, now.clone()),
-            prev: prev.map(|p| kv(version - 1, p.clone())),
+        let put = |now: &Value, old: Option<&Value>| Change::Put {
+            revision: 5,
+            key: "k".into(),
+            new: cached(now.clone()),
+            old: old.map(|o| cached(o.clone())),
+        };
+        let delete = |old: &Value| Change::Delete {
+            revision: 9,
+            key: "k".into(),
+            old: cached(old.clone()),
         };
         let cases = [
-            (put(1, &web, None), Some("ADDED")),
-            (put(1, &db, None), None),
-            (put(2, &web, Some(&db)), Some("ADDED")),
-            (put(2, &web, Some(&web)), Some("MODIFIED")),
-            (put(2, &db, Some(&web)), Some("DELETED")),
-            (put(2, &db, Some(&db)), None),
-            (
-                Event::Delete {
-                    prev: kv(2, web.clone()),
-                    revision: 9,
-                },
-                Some("DELETED"),
-            ),
-            (
-                Event::Delete {
-                    prev: kv(2, db.clone()),
-                    revision: 9,
-                },
-                None,
-            ),
+            (put(&web, None), Some("ADDED")),
+            (put(&db, None), None),
+            (put(&web, Some(&db)), Some("ADDED")),
+            (put(&web, Some(&web)), Some("MODIFIED")),
+            (put(&db, Some(&web)), Some("DELETED")),
+            (put(&db, Some(&db)), None),
+            (delete(&web), Some("DELETED")),
+            (delete(&db), None),
+            (Change::Progress(3), None),
         ];
-        for (event, want) in cases {
-            let got = translate(&event, &filter).unwrap().map(|(k, _)| k);
-            assert_eq!(got, want, "{event:?}");
+        for (change, want) in cases {
+            let got = translate(&change, &filter).map(|(k, _)| k);
+            assert_eq!(got, want, "{change:?}");
         }
+    }
+
+    #[test]
+    fn lines_are_one_json_event_each() {
+        let text = line("ADDED", br#"{"a":1}"#);
+        assert_eq!(&text[..], b"{\"type\":\"ADDED\",\"object\":{\"a\":1}}\n");
+        let parsed: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(parsed["object"]["a"], 1);
     }
 }

@@ -18,6 +18,9 @@ use serde_json::json;
 use skiff_apiserver::server::{self, Config};
 use skiff_store::{RedbOptions, RedbStore, Store};
 
+/// Changes the watch cache keeps per kind here: small, so that a test can outrun it.
+const HISTORY: usize = 50;
+
 struct Cluster {
     client: Client,
     store: Arc<RedbStore>,
@@ -37,6 +40,7 @@ async fn cluster() -> Cluster {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_sans: vec![],
+        watch_history: HISTORY,
     };
     let running = server::start(config, store.clone()).await.unwrap();
     let kubeconfig = Kubeconfig::read_from(&running.kubeconfig).unwrap();
@@ -204,9 +208,14 @@ async fn watches_resume_follow_selectors_and_expire() {
             >= rv(&second).parse::<i64>().unwrap()
     );
 
-    // A compacted start is 410 Gone, as an ERROR event.
-    let revision = c.store.current_revision().await.unwrap();
-    c.store.compact(revision).await.unwrap();
+    // A start older than the changes kept is 410 Gone, as an ERROR event.
+    for i in 0..HISTORY {
+        let mut next = cms.get("w").await.unwrap();
+        next.data = Some([("i".to_string(), i.to_string())].into());
+        cms.replace("w", &PostParams::default(), &next)
+            .await
+            .unwrap();
+    }
     let mut expired = cms
         .watch(&WatchParams::default(), &start)
         .await

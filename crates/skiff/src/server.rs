@@ -60,6 +60,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
         tls_sans: args.tls_sans.clone(),
+        watch_history: skiff_apiserver::cache::DEFAULT_HISTORY,
     };
     let running = server::start(config, store).await?;
     tracing::info!(addr = %running.addr, "API server ready");

@@ -1,0 +1,380 @@
+//! The watch cache: one store watch per kind keeps every object of the kind in memory as the
+//! bytes clients receive, with recent changes for watch resume, and fans changes out to any
+//! number of watchers without touching the store. Lists are served from it too, once it has
+//! caught up with the store's current revision.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use skiff_api::kinds::Kind;
+use skiff_api::object::{Filter, Selectable};
+use skiff_store::{Event, KeyValue, RangeRequest, Revision, Store, StoreError};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::registry::set_resource_version;
+
+/// Changes kept per kind, by default, for watches that resume from a resourceVersion; older
+/// ones get 410.
+pub const DEFAULT_HISTORY: usize = 10_000;
+
+/// Changes queued for live watchers; one that falls further behind is disconnected.
+const FAN_OUT: usize = 8_192;
+
+/// How long a consistent list waits for the cache to reach the store's revision before it
+/// reads the store instead.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(1);
+
+/// One object as clients receive it, with what selectors look at.
+#[derive(Debug)]
+pub struct Cached {
+    /// The object's JSON with its resourceVersion.
+    pub json: Bytes,
+    pub selectable: Selectable,
+}
+
+impl Cached {
+    fn new(kind: &Kind, mut obj: Value, revision: Revision) -> Cached {
+        set_resource_version(&mut obj, revision);
+        Cached {
+            selectable: Selectable::of(kind, &obj),
+            json: Bytes::from(serde_json::to_vec(&obj).expect("a JSON value serializes")),
+        }
+    }
+
+    fn decode(kind: &Kind, kv: &KeyValue, revision: Revision) -> Result<Cached, String> {
+        let obj: Value = serde_json::from_slice(&kv.value)
+            .map_err(|e| format!("stored object {} is not JSON: {e}", kv.key))?;
+        Ok(Cached::new(kind, obj, revision))
+    }
+}
+
+/// One change of a kind, as every watcher of it sees it.
+#[derive(Debug)]
+pub enum Change {
+    /// A create or update; `old` is the state before an update.
+    Put {
+        revision: Revision,
+        key: String,
+        new: Arc<Cached>,
+        old: Option<Arc<Cached>>,
+    },
+    /// A delete; `old` is the last state, with the delete's resourceVersion.
+    Delete {
+        revision: Revision,
+        key: String,
+        old: Arc<Cached>,
+    },
+    /// Everything up to this revision has been sent (bookmarks come from these).
+    Progress(Revision),
+    /// The cache lost its store watch and was rebuilt: watchers must start over.
+    Reset,
+}
+
+impl Change {
+    pub fn revision(&self) -> Option<Revision> {
+        match self {
+            Change::Put { revision, .. } | Change::Delete { revision, .. } => Some(*revision),
+            Change::Progress(r) => Some(*r),
+            Change::Reset => None,
+        }
+    }
+
+    fn key(&self) -> Option<&str> {
+        match self {
+            Change::Put { key, .. } | Change::Delete { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+struct State {
+    /// Everything up to here is applied.
+    revision: Revision,
+    objects: BTreeMap<String, Arc<Cached>>,
+    history: VecDeque<Arc<Change>>,
+    /// The oldest revision a watch may resume after.
+    oldest: Revision,
+}
+
+/// The cache of one kind.
+pub struct KindCache {
+    kind: &'static Kind,
+    history: usize,
+    state: RwLock<State>,
+    changes: broadcast::Sender<Arc<Change>>,
+    applied: watch::Sender<Revision>,
+    progress: mpsc::Sender<()>,
+}
+
+/// What a watch starts with: changes already made after its start revision, then the live ones.
+pub struct Subscription {
+    pub backlog: Vec<Arc<Change>>,
+    pub live: broadcast::Receiver<Arc<Change>>,
+}
+
+/// Why the cache cannot serve a watch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WatchRefusal {
+    /// The start revision is older than the history kept.
+    TooOld {
+        requested: Revision,
+        oldest: Revision,
+    },
+}
+
+/// A snapshot list from the cache.
+pub struct Snapshot {
+    pub revision: Revision,
+    /// (store key, object) in key order.
+    pub items: Vec<(String, Arc<Cached>)>,
+}
+
+impl KindCache {
+    /// Subscribes to changes after `after`; `None` means "from now, with the current objects
+    /// as the backlog" (returned as `Put` changes without `old`).
+    pub fn subscribe(
+        &self,
+        prefix: &str,
+        after: Option<Revision>,
+    ) -> Result<Subscription, WatchRefusal> {
+        // Subscribing under the read lock: the writer cannot apply a change in between, so
+        // nothing is missed and nothing is sent twice.
+        let state = self.state.read().expect("cache lock");
+        let live = self.changes.subscribe();
+        let backlog = match after {
+            None => state
+                .objects
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(key, obj)| {
+                    Arc::new(Change::Put {
+                        revision: state.revision,
+                        key: key.clone(),
+                        new: obj.clone(),
+                        old: None,
+                    })
+                })
+                .collect(),
+            Some(after) if after < state.oldest => {
+                return Err(WatchRefusal::TooOld {
+                    requested: after,
+                    oldest: state.oldest,
+                })
+            }
+            Some(after) => state
+                .history
+                .iter()
+                .filter(|c| c.revision().is_some_and(|r| r > after))
+                .filter(|c| c.key().is_some_and(|k| k.starts_with(prefix)))
+                .cloned()
+                .collect(),
+        };
+        Ok(Subscription { backlog, live })
+    }
+
+    /// The objects under `prefix` at the latest revision, once the cache has caught up with
+    /// `at_least`; `None` when it does not in time (the caller reads the store).
+    pub async fn snapshot(&self, prefix: &str, at_least: Revision) -> Option<Snapshot> {
+        let mut applied = self.applied.subscribe();
+        if *applied.borrow() < at_least {
+            let _ = self.progress.try_send(());
+            let caught_up =
+                tokio::time::timeout(FRESHNESS_WAIT, applied.wait_for(|r| *r >= at_least)).await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                return None;
+            }
+        }
+        let state = self.state.read().expect("cache lock");
+        let items = state
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(Snapshot {
+            revision: state.revision,
+            items,
+        })
+    }
+
+    pub fn kind(&self) -> &'static Kind {
+        self.kind
+    }
+
+    /// Applies one store response; returns the changes to publish.
+    fn apply(&self, events: &[Event], revision: Revision) -> Result<Vec<Arc<Change>>, String> {
+        let mut state = self.state.write().expect("cache lock");
+        let mut out = Vec::with_capacity(events.len().max(1));
+        for event in events {
+            let change = match event {
+                Event::Put { kv, .. } => {
+                    let new = Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?);
+                    let old = state.objects.insert(kv.key.clone(), new.clone());
+                    Change::Put {
+                        revision: kv.mod_revision,
+                        key: kv.key.clone(),
+                        new,
+                        old,
+                    }
+                }
+                Event::Delete { prev, revision } => {
+                    state.objects.remove(&prev.key);
+                    Change::Delete {
+                        revision: *revision,
+                        key: prev.key.clone(),
+                        old: Arc::new(Cached::decode(self.kind, prev, *revision)?),
+                    }
+                }
+            };
+            let change = Arc::new(change);
+            state.history.push_back(change.clone());
+            if state.history.len() > self.history {
+                if let Some(dropped) = state.history.pop_front() {
+                    state.oldest = dropped.revision().unwrap_or(state.oldest);
+                }
+            }
+            out.push(change);
+        }
+        state.revision = state.revision.max(revision);
+        if events.is_empty() {
+            out.push(Arc::new(Change::Progress(state.revision)));
+        }
+        Ok(out)
+    }
+
+    /// Replaces everything with a fresh list (at start, and after losing the store watch).
+    fn load(&self, objects: BTreeMap<String, Arc<Cached>>, revision: Revision) {
+        let mut state = self.state.write().expect("cache lock");
+        *state = State {
+            revision,
+            objects,
+            history: VecDeque::new(),
+            oldest: revision,
+        };
+    }
+}
+
+/// Every kind's cache, made on first use.
+pub struct WatchCache {
+    store: Arc<dyn Store>,
+    history: usize,
+    kinds: Mutex<HashMap<String, Arc<KindCache>>>,
+}
+
+impl WatchCache {
+    /// A cache keeping `history` changes per kind for watch resume.
+    pub fn new(store: Arc<dyn Store>, history: usize) -> Self {
+        WatchCache {
+            store,
+            history,
+            kinds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache of `kind`, loading it on first use.
+    pub async fn of(&self, kind: &'static Kind) -> Result<Arc<KindCache>, StoreError> {
+        let prefix = kind.store_prefix();
+        if let Some(cache) = self.kinds.lock().expect("caches lock").get(&prefix) {
+            return Ok(cache.clone());
+        }
+        let (objects, revision) = list_all(self.store.as_ref(), kind).await?;
+        let (progress_tx, progress_rx) = mpsc::channel(1);
+        let cache = Arc::new(KindCache {
+            kind,
+            history: self.history,
+            state: RwLock::new(State {
+                revision,
+                objects,
+                history: VecDeque::new(),
+                oldest: revision,
+            }),
+            changes: broadcast::channel(FAN_OUT).0,
+            applied: watch::channel(revision).0,
+            progress: progress_tx,
+        });
+        let mut kinds = self.kinds.lock().expect("caches lock");
+        // Another request may have loaded it meanwhile; the first one stays.
+        if let Some(existing) = kinds.get(&prefix) {
+            return Ok(existing.clone());
+        }
+        kinds.insert(prefix, cache.clone());
+        tokio::spawn(feed(self.store.clone(), cache.clone(), progress_rx));
+        Ok(cache)
+    }
+}
+
+async fn list_all(
+    store: &dyn Store,
+    kind: &'static Kind,
+) -> Result<(BTreeMap<String, Arc<Cached>>, Revision), StoreError> {
+    let mut objects = BTreeMap::new();
+    let mut request = RangeRequest {
+        prefix: kind.store_prefix(),
+        limit: Some(10_000),
+        ..RangeRequest::default()
+    };
+    loop {
+        let page = store.range(request.clone()).await?;
+        for kv in &page.kvs {
+            let cached = Cached::decode(kind, kv, kv.mod_revision).map_err(StoreError::Backend)?;
+            objects.insert(kv.key.clone(), Arc::new(cached));
+        }
+        if !page.more || page.kvs.is_empty() {
+            return Ok((objects, page.revision));
+        }
+        request.revision = Some(page.revision);
+        request.start_after = page.kvs.last().map(|kv| kv.key.clone());
+    }
+}
+
+/// Follows the store for one kind for the life of the server; on losing the watch, lists again
+/// and tells watchers to start over.
+async fn feed(store: Arc<dyn Store>, cache: Arc<KindCache>, mut progress: mpsc::Receiver<()>) {
+    let prefix = cache.kind.store_prefix();
+    loop {
+        let from = cache.state.read().expect("cache lock").revision;
+        let reason = match store.watch(&prefix, from).await {
+            Ok(mut w) => loop {
+                tokio::select! {
+                    Some(()) = progress.recv() => w.request_progress(),
+                    next = w.next() => match next {
+                        None => break "the store closed the watch".to_string(),
+                        Some(Err(e)) => break e.to_string(),
+                        Some(Ok(resp)) => match cache.apply(&resp.events, resp.revision) {
+                            Ok(changes) => {
+                                let revision = resp.revision;
+                                for change in changes {
+                                    // No receivers is fine: nobody watches right now.
+                                    let _ = cache.changes.send(change);
+                                }
+                                cache.applied.send_replace(revision);
+                            }
+                            Err(e) => break e,
+                        },
+                    },
+                }
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(kind = cache.kind.plural, %reason, "watch cache lost its store watch; reloading");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match list_all(store.as_ref(), cache.kind).await {
+            Ok((objects, revision)) => {
+                cache.load(objects, revision);
+                let _ = cache.changes.send(Arc::new(Change::Reset));
+                cache.applied.send_replace(revision);
+            }
+            Err(e) => {
+                tracing::warn!(kind = cache.kind.plural, error = %e, "reloading the watch cache")
+            }
+        }
+    }
+}
+
+/// Whether `filter` matches a cached object.
+pub fn matches(filter: &Filter, obj: &Cached) -> bool {
+    filter.matches(&obj.selectable)
+}
