@@ -1,5 +1,6 @@
 //! Skiff's benchmarks: each subcommand measures, writes its figures as JSON and prints a table.
 
+mod apiserver;
 mod report;
 mod store;
 
@@ -25,6 +26,15 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The API server: a release `skiff server` over TLS and HTTP/2 against issue 3's targets.
+    Apiserver {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller workloads, for a quick look (the figures are not the ones to report).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -42,6 +52,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Store { out, quick } => {
             let report = runtime.block_on(store::run(store::Sizes::new(quick)))?;
+            report.write(&out)?;
+        }
+        Command::Apiserver { out, quick } => {
+            let report = runtime.block_on(apiserver::run(apiserver::Sizes::new(quick)))?;
             report.write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {

@@ -1,10 +1,11 @@
 //! The watch cache: one store watch per kind keeps every object of the kind in memory as the
-//! bytes clients receive, with recent changes for watch resume, and fans changes out to any
-//! number of watchers without touching the store. Lists are served from it too, once it has
-//! caught up with the store's current revision.
+//! bytes clients receive, with recent changes for watch resume, and hands each change to the
+//! watchers whose selectors it concerns, without touching the store (a watcher is woken only
+//! for its own changes). Lists are served from it too, once it has caught up with the store's
+//! current revision.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use serde_json::Value;
 use skiff_api::kinds::Kind;
 use skiff_api::object::{Filter, Selectable};
 use skiff_store::{Event, KeyValue, RangeRequest, Revision, Store, StoreError};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::registry::set_resource_version;
 
@@ -20,8 +21,8 @@ use crate::registry::set_resource_version;
 /// ones get 410.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
-/// Changes queued for live watchers; one that falls further behind is disconnected.
-const FAN_OUT: usize = 8_192;
+/// Changes queued for one watcher; one that falls further behind is disconnected.
+const WATCHER_QUEUE: usize = 1_024;
 
 /// How long a consistent list waits for the cache to reach the store's revision before it
 /// reads the store instead.
@@ -51,6 +52,10 @@ impl Cached {
     }
 }
 
+/// A change's watch event lines (ADDED, MODIFIED, DELETED), each made once for all watchers
+/// and gone with the change.
+pub type Lines = [OnceLock<Bytes>; 3];
+
 /// One change of a kind, as every watcher of it sees it.
 #[derive(Debug)]
 pub enum Change {
@@ -60,12 +65,14 @@ pub enum Change {
         key: String,
         new: Arc<Cached>,
         old: Option<Arc<Cached>>,
+        lines: Lines,
     },
     /// A delete; `old` is the last state, with the delete's resourceVersion.
     Delete {
         revision: Revision,
         key: String,
         old: Arc<Cached>,
+        lines: Lines,
     },
     /// Everything up to this revision has been sent (bookmarks come from these).
     Progress(Revision),
@@ -104,15 +111,43 @@ pub struct KindCache {
     kind: &'static Kind,
     history: usize,
     state: RwLock<State>,
-    changes: broadcast::Sender<Arc<Change>>,
+    watchers: Mutex<Vec<Watcher>>,
     applied: watch::Sender<Revision>,
     progress: mpsc::Sender<()>,
 }
 
-/// What a watch starts with: changes already made after its start revision, then the live ones.
+/// A live watcher as the feed sees it.
+struct Watcher {
+    prefix: String,
+    filter: Filter,
+    bookmarks: bool,
+    queue: mpsc::Sender<Arc<Change>>,
+}
+
+impl Watcher {
+    /// Whether the watcher is told of `change`: changes to objects it sees (before or after),
+    /// progress when it wants bookmarks.
+    fn concerns(&self, change: &Change) -> bool {
+        match change {
+            Change::Put { key, new, old, .. } => {
+                key.starts_with(&self.prefix)
+                    && (matches(&self.filter, new)
+                        || old.as_ref().is_some_and(|o| matches(&self.filter, o)))
+            }
+            Change::Delete { key, old, .. } => {
+                key.starts_with(&self.prefix) && matches(&self.filter, old)
+            }
+            Change::Progress(_) => self.bookmarks,
+            Change::Reset => true,
+        }
+    }
+}
+
+/// What a watch starts with: changes already made after its start revision, then the live
+/// ones (the queue closes when the watcher is dropped for being too slow, or on a reset).
 pub struct Subscription {
     pub backlog: Vec<Arc<Change>>,
-    pub live: broadcast::Receiver<Arc<Change>>,
+    pub live: mpsc::Receiver<Arc<Change>>,
 }
 
 /// Why the cache cannot serve a watch.
@@ -138,12 +173,14 @@ impl KindCache {
     pub fn subscribe(
         &self,
         prefix: &str,
+        filter: &Filter,
+        bookmarks: bool,
         after: Option<Revision>,
     ) -> Result<Subscription, WatchRefusal> {
-        // Subscribing under the read lock: the writer cannot apply a change in between, so
-        // nothing is missed and nothing is sent twice.
+        // Registering under the read lock: no change is applied in between, so the backlog and
+        // the live changes together miss nothing (a change applied but not yet handed out may
+        // come twice; watchers skip revisions they have sent).
         let state = self.state.read().expect("cache lock");
-        let live = self.changes.subscribe();
         let backlog = match after {
             None => state
                 .objects
@@ -155,6 +192,7 @@ impl KindCache {
                         key: key.clone(),
                         new: obj.clone(),
                         old: None,
+                        lines: Lines::default(),
                     })
                 })
                 .collect(),
@@ -172,6 +210,13 @@ impl KindCache {
                 .cloned()
                 .collect(),
         };
+        let (queue, live) = mpsc::channel(WATCHER_QUEUE);
+        self.watchers.lock().expect("watchers lock").push(Watcher {
+            prefix: prefix.to_string(),
+            filter: filter.clone(),
+            bookmarks,
+            queue,
+        });
         Ok(Subscription { backlog, live })
     }
 
@@ -204,6 +249,35 @@ impl KindCache {
         self.kind
     }
 
+    /// Hands changes to the watchers they concern; drops watchers that are gone or too slow.
+    fn dispatch(&self, changes: &[Arc<Change>]) {
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        watchers.retain(|w| {
+            for change in changes {
+                if !w.concerns(change) {
+                    continue;
+                }
+                match w.queue.try_send(change.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::info!(
+                            kind = self.kind.plural,
+                            "disconnecting a watcher too slow to keep up"
+                        );
+                        return false;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            }
+            true
+        });
+    }
+
+    /// Drops every watcher: after a reload their streams end and clients start over.
+    fn reset(&self) {
+        self.watchers.lock().expect("watchers lock").clear();
+    }
+
     /// Applies one store response; returns the changes to publish.
     fn apply(&self, events: &[Event], revision: Revision) -> Result<Vec<Arc<Change>>, String> {
         let mut state = self.state.write().expect("cache lock");
@@ -218,6 +292,7 @@ impl KindCache {
                         key: kv.key.clone(),
                         new,
                         old,
+                        lines: Lines::default(),
                     }
                 }
                 Event::Delete { prev, revision } => {
@@ -226,6 +301,7 @@ impl KindCache {
                         revision: *revision,
                         key: prev.key.clone(),
                         old: Arc::new(Cached::decode(self.kind, prev, *revision)?),
+                        lines: Lines::default(),
                     }
                 }
             };
@@ -291,7 +367,7 @@ impl WatchCache {
                 history: VecDeque::new(),
                 oldest: revision,
             }),
-            changes: broadcast::channel(FAN_OUT).0,
+            watchers: Mutex::new(Vec::new()),
             applied: watch::channel(revision).0,
             progress: progress_tx,
         });
@@ -345,12 +421,8 @@ async fn feed(store: Arc<dyn Store>, cache: Arc<KindCache>, mut progress: mpsc::
                         Some(Err(e)) => break e.to_string(),
                         Some(Ok(resp)) => match cache.apply(&resp.events, resp.revision) {
                             Ok(changes) => {
-                                let revision = resp.revision;
-                                for change in changes {
-                                    // No receivers is fine: nobody watches right now.
-                                    let _ = cache.changes.send(change);
-                                }
-                                cache.applied.send_replace(revision);
+                                cache.dispatch(&changes);
+                                cache.applied.send_replace(resp.revision);
                             }
                             Err(e) => break e,
                         },
@@ -364,7 +436,7 @@ async fn feed(store: Arc<dyn Store>, cache: Arc<KindCache>, mut progress: mpsc::
         match list_all(store.as_ref(), cache.kind).await {
             Ok((objects, revision)) => {
                 cache.load(objects, revision);
-                let _ = cache.changes.send(Arc::new(Change::Reset));
+                cache.reset();
                 cache.applied.send_replace(revision);
             }
             Err(e) => {

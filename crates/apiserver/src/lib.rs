@@ -12,6 +12,7 @@ pub mod pki;
 pub mod registry;
 pub mod rest;
 pub mod server;
+pub mod services;
 pub mod status;
 pub mod tls;
 pub mod watch;

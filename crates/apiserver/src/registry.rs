@@ -8,9 +8,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use skiff_api::kinds::{self, Kind};
 use skiff_api::object::{self, Filter, Selectable};
+use skiff_api::service::ServiceRanges;
 use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
-use skiff_store::{KeyValue, RangeRequest, Revision, Store, StoreError};
+use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 
+use crate::services;
 use crate::status::{ApiError, Cause};
 
 /// How many times an unconditional write is retried when a concurrent writer got in first.
@@ -20,6 +22,8 @@ const UNCONDITIONAL_RETRIES: usize = 16;
 #[derive(Clone)]
 pub struct Registry {
     pub store: Arc<dyn Store>,
+    /// Where Services' cluster IPs and node ports come from.
+    pub ranges: ServiceRanges,
 }
 
 /// Where an object lives: its kind, namespace (for namespaced kinds) and name.
@@ -177,28 +181,66 @@ impl Registry {
             name_suffix: &suffix,
         };
         let given_name = object::name(&body).to_string();
-        let obj = strategy::prepare_create(kind, body, &ctx)
+        let prepared = strategy::prepare_create(kind, body, &ctx)
             .map_err(|r| rejection(kind, &given_name, r))?;
         let target = Target {
             kind,
             namespace,
-            name: object::name(&obj),
+            name: object::name(&prepared),
         };
-        if dry_run {
-            return Ok(obj);
-        }
-        match self.store.create(&target.key(), encode(&obj)).await {
-            Ok(kv) => {
-                let mut obj = obj;
-                set_resource_version(&mut obj, kv.mod_revision);
-                Ok(obj)
+        let key = target.key();
+        let asked = services::claims_asked(&prepared);
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let mut obj = prepared.clone();
+            let claims = self.claims(kind, None, &mut obj, &key).await?;
+            if dry_run {
+                return Ok(obj);
             }
-            Err(StoreError::AlreadyExists { .. }) => Err(ApiError::already_exists(
-                kind.group,
-                kind.plural,
-                target.name,
-            )),
-            Err(e) => Err(ApiError::from_store(e)),
+            let mut txn = Txn::new().create(key.clone(), encode(&obj));
+            txn.ops.extend(claims);
+            match self.store.txn(txn).await {
+                Ok(resp) => {
+                    set_resource_version(&mut obj, resp.revision);
+                    return Ok(obj);
+                }
+                Err(StoreError::AlreadyExists { key: taken }) if taken == key => {
+                    return Err(ApiError::already_exists(
+                        kind.group,
+                        kind.plural,
+                        target.name,
+                    ))
+                }
+                // Another Service claimed a value chosen here first: choose again.
+                Err(StoreError::AlreadyExists { key: taken })
+                    if services::is_claim(&taken) && !asked.contains(&taken) =>
+                {
+                    continue
+                }
+                Err(StoreError::AlreadyExists { key: taken }) if services::is_claim(&taken) => {
+                    return Err(services::taken_error(kind, target.name, &taken))
+                }
+                Err(e) => return Err(ApiError::from_store(e)),
+            }
+        }
+        Err(ApiError::new(
+            409,
+            "Conflict",
+            "could not claim a free cluster IP or node port; try again",
+        ))
+    }
+
+    /// What writing `obj` claims and releases besides itself (Services' IPs and node ports).
+    async fn claims(
+        &self,
+        kind: &'static Kind,
+        old: Option<&Value>,
+        obj: &mut Value,
+        key: &str,
+    ) -> Result<Vec<Op>, ApiError> {
+        if services::is_service(kind) {
+            services::prepare(self.store.as_ref(), &self.ranges, kind, old, obj, key).await
+        } else {
+            Ok(Vec::new())
         }
     }
 
@@ -277,15 +319,19 @@ impl Registry {
                 return Err(target.conflict());
             }
             let old = without_resource_version(current.clone());
-            let new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
+            let mut new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
                 .map_err(|r| rejection(target.kind, target.name, r))?;
+            let claims = self
+                .claims(target.kind, Some(&old), &mut new, &target.key())
+                .await?;
             if new == old || dry_run {
                 let mut shown = new;
                 set_resource_version(&mut shown, revision);
                 return Ok(shown);
             }
-            match self.write(target, new, revision).await {
+            match self.write(target, new, revision, claims).await {
                 Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
+                Err(StoreError::AlreadyExists { key }) if services::is_claim(&key) => continue,
                 Err(StoreError::Conflict { .. }) => return Err(target.conflict()),
                 Err(StoreError::NotFound { .. }) => return Err(target.not_found()),
                 other => return other.map_err(ApiError::from_store),
@@ -294,25 +340,42 @@ impl Registry {
         Err(target.conflict())
     }
 
-    /// Writes `obj` over the stored revision `expected`; an object being deleted whose last
-    /// finalizer went is deleted instead.
+    /// Writes `obj` over the stored revision `expected`, with the `claims` that go with it; an
+    /// object being deleted whose last finalizer went is removed instead.
     async fn write(
         &self,
         target: &Target<'_>,
         mut obj: Value,
         expected: Revision,
+        claims: Vec<Op>,
     ) -> Result<Value, StoreError> {
-        let key = target.key();
         if obj.pointer("/metadata/deletionTimestamp").is_some()
             && object::finalizers(&obj).is_empty()
             && !deletion_waits_for_grace(target.kind, &obj)
         {
-            let (_, revision) = self.store.delete(&key, Some(expected)).await?;
-            set_resource_version(&mut obj, revision);
-            return Ok(obj);
+            return self.remove(target, obj, expected).await;
         }
-        let kv = self.store.update(&key, encode(&obj), expected).await?;
-        set_resource_version(&mut obj, kv.mod_revision);
+        let mut txn = Txn::new().update(target.key(), encode(&obj), expected);
+        txn.ops.extend(claims);
+        let resp = self.store.txn(txn).await?;
+        set_resource_version(&mut obj, resp.revision);
+        Ok(obj)
+    }
+
+    /// Removes `obj` from the store with what it holds; answers it with the delete's revision.
+    async fn remove(
+        &self,
+        target: &Target<'_>,
+        mut obj: Value,
+        expected: Revision,
+    ) -> Result<Value, StoreError> {
+        let mut txn = Txn::new().delete(target.key(), Some(expected));
+        if services::is_service(target.kind) {
+            txn.ops
+                .extend(services::releases(self.store.as_ref(), &obj).await?);
+        }
+        let resp = self.store.txn(txn).await?;
+        set_resource_version(&mut obj, resp.revision);
         Ok(obj)
     }
 
@@ -332,17 +395,8 @@ impl Registry {
             let result = match next {
                 DeletionStep::Unchanged => return Ok(current),
                 _ if options.dry_run => return Ok(current),
-                DeletionStep::Mark(obj) => self.write(target, obj, revision).await,
-                DeletionStep::Remove => {
-                    self.store
-                        .delete(&target.key(), Some(revision))
-                        .await
-                        .map(|(_, rev)| {
-                            let mut obj = old.clone();
-                            set_resource_version(&mut obj, rev);
-                            obj
-                        })
-                }
+                DeletionStep::Mark(obj) => self.write(target, obj, revision, Vec::new()).await,
+                DeletionStep::Remove => self.remove(target, old, revision).await,
             };
             match result {
                 Err(StoreError::Conflict { .. }) => continue,

@@ -15,6 +15,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use skiff_api::kinds::{self, Kind, Storage};
 use skiff_api::object::{self, Filter};
+use skiff_api::service::ServiceRanges;
 use skiff_store::Store;
 
 use crate::cache::WatchCache;
@@ -34,6 +35,8 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// Changes kept per kind for watches resuming from a resourceVersion.
     pub watch_history: usize,
+    /// Where Services' cluster IPs and node ports come from.
+    pub service_ranges: ServiceRanges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub struct Api {
     pub registry: Registry,
     pub cache: WatchCache,
     ca_cert: String,
+    /// The port the API listens on (the `kubernetes` Service's target).
+    port: u16,
 }
 
 /// Namespaces every cluster has.
@@ -109,6 +114,19 @@ impl Api {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             self.registry.ensure(namespaces, None, obj).await?;
         }
+        // The API's own Service, at the first address of the range, as in every cluster.
+        let kubernetes = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "clusterIP": self.registry.ranges.first_ip().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": self.port}],
+            },
+        });
+        self.registry
+            .ensure(kind("", "services"), Some("default"), kubernetes)
+            .await?;
         let all = self
             .registry
             .list(namespaces, None, &Filter::default(), None, None, None)
@@ -286,12 +304,22 @@ fn sans(config: &Config) -> Vec<String> {
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, ServerError> {
     let pki = Pki::load_or_create(&config.data_dir, &sans(&config))?;
     let tls = tls::server_config(&pki)?;
+    let listen_error = |source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
     let api = Arc::new(Api {
         registry: Registry {
             store: store.clone(),
+            ranges: config.service_ranges,
         },
         cache: WatchCache::new(store, config.watch_history),
         ca_cert: pki.ca_cert.clone(),
+        port: addr.port(),
     });
     // Every kind's cache from the start, so that watches can resume from any revision since.
     for kind in kinds::all().iter().filter(|k| k.storage == Storage::Stored) {
@@ -302,18 +330,6 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
     let mut reachable = addr;
     if addr.ip().is_unspecified() {
         reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

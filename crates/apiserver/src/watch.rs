@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
 use skiff_api::object::Filter;
 use skiff_store::Revision;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::cache::{matches, Cached, Change, KindCache, WatchRefusal};
 use crate::status::ApiError;
@@ -31,6 +31,21 @@ const QUEUE: usize = 64;
 
 /// A watcher asking for bookmarks gets one when the revision moved, or after this long.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// The line of a change's event as `filter` sees it, made once and shared by every watcher
+/// seeing the same.
+fn event_line(change: &Change, filter: &Filter) -> Option<Bytes> {
+    let (event, obj) = translate(change, filter)?;
+    let (Change::Put { lines, .. } | Change::Delete { lines, .. }) = change else {
+        return None;
+    };
+    let slot = match event {
+        "ADDED" => 0,
+        "MODIFIED" => 1,
+        _ => 2,
+    };
+    Some(lines[slot].get_or_init(|| line(event, &obj.json)).clone())
+}
 
 fn line(kind: &str, object: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(object.len() + 32);
@@ -71,7 +86,7 @@ pub fn serve(cache: Arc<KindCache>, req: WatchRequest) -> Result<Response, ApiEr
     let kind = cache.kind();
     let prefix = kind.store_prefix_in(req.namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(QUEUE);
-    match cache.subscribe(&prefix, req.after) {
+    match cache.subscribe(&prefix, &req.filter, req.bookmarks, req.after) {
         Err(WatchRefusal::TooOld { requested, oldest }) => {
             // As Kubernetes does: 200, then the 410 as the stream's only event.
             let err = ApiError::new(
@@ -106,8 +121,8 @@ async fn relay(
     // Changes up to here were sent (or were before the start): later duplicates are skipped.
     let mut sent = req.after.unwrap_or(0);
     for change in &subscription.backlog {
-        if let Some((event, obj)) = translate(change, &req.filter) {
-            if tx.send(Ok(line(event, &obj.json))).await.is_err() {
+        if let Some(line) = event_line(change, &req.filter) {
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -122,18 +137,8 @@ async fn relay(
             _ = tokio::time::sleep_until(deadline) => return,
             c = live.recv() => c,
         };
-        let change = match change {
-            Ok(c) => c,
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::info!(
-                    kind = kind.plural,
-                    missed,
-                    "disconnecting a watcher too slow to keep up"
-                );
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
+        // Closed: dropped by the cache for falling behind, or reset.
+        let Some(change) = change else { return };
         let Some(revision) = change.revision() else {
             return; // Reset: the client lists again.
         };
@@ -165,8 +170,8 @@ async fn relay(
             continue;
         }
         sent = revision;
-        if let Some((event, obj)) = translate(&change, &req.filter) {
-            if tx.send(Ok(line(event, &obj.json))).await.is_err() {
+        if let Some(line) = event_line(&change, &req.filter) {
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -202,11 +207,13 @@ mod tests {
             key: "k".into(),
             new: cached(now.clone()),
             old: old.map(|o| cached(o.clone())),
+            lines: Default::default(),
         };
         let delete = |old: &Value| Change::Delete {
             revision: 9,
             key: "k".into(),
             old: cached(old.clone()),
+            lines: Default::default(),
         };
         let cases = [
             (put(&web, None), Some("ADDED")),
@@ -222,6 +229,13 @@ mod tests {
         for (change, want) in cases {
             let got = translate(&change, &filter).map(|(k, _)| k);
             assert_eq!(got, want, "{change:?}");
+            let line = event_line(&change, &filter);
+            assert_eq!(line.is_some(), want.is_some());
+            if let (Some(line), Some(want)) = (line, want) {
+                let parsed: Value = serde_json::from_slice(&line).unwrap();
+                assert_eq!(parsed["type"], want);
+                assert_eq!(parsed["object"]["metadata"]["name"], "p");
+            }
         }
     }
 

@@ -41,6 +41,7 @@ async fn cluster() -> Cluster {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_sans: vec![],
         watch_history: HISTORY,
+        service_ranges: Default::default(),
     };
     let running = server::start(config, store.clone()).await.unwrap();
     let kubeconfig = Kubeconfig::read_from(&running.kubeconfig).unwrap();
@@ -377,4 +378,109 @@ async fn access_reviews_allow_every_authenticated_user() {
     let status = answer.status.unwrap();
     assert!(status.allowed);
     assert!(status.reason.unwrap().contains("no RBAC yet"));
+}
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports_never_twice() {
+    use k8s_openapi::api::core::v1::Service;
+    let c = cluster().await;
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let api = services.get("kubernetes").await.unwrap();
+    assert_eq!(api.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.1"));
+
+    let svc = |name: &str, spec: serde_json::Value| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let created = services
+            .create(
+                &PostParams::default(),
+                &svc(&format!("s{i}"), json!({"ports": [{"port": 80}]})),
+            )
+            .await
+            .unwrap();
+        let spec = created.spec.unwrap();
+        let ip = spec.cluster_ip.unwrap();
+        assert!(ip.starts_with("10.43."), "{ip}");
+        assert_eq!(spec.cluster_ips, Some(vec![ip.clone()]));
+        assert!(ips.insert(ip), "an address given twice");
+    }
+    let node_port = services
+        .create(
+            &PostParams::default(),
+            &svc("np", json!({"type": "NodePort", "ports": [{"port": 80}]})),
+        )
+        .await
+        .unwrap();
+    let port = node_port.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    assert!((30000..=32767).contains(&port), "{port}");
+
+    // Asking for a taken address or port is Invalid; freed ones can be asked for again.
+    let taken = services
+        .create(
+            &PostParams::default(),
+            &svc(
+                "dup",
+                json!({"clusterIP": "10.43.0.1", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&taken, kube::Error::Api(e) if e.code == 422 && e.message.contains("provided IP is already allocated")),
+        "{taken:?}"
+    );
+    let taken_port = services
+        .create(
+            &PostParams::default(),
+            &svc(
+                "dup2",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&taken_port, kube::Error::Api(e) if e.code == 422),
+        "{taken_port:?}"
+    );
+    let s0 = services.get("s0").await.unwrap();
+    let s0_ip = s0.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+    // An update that leaves the address out keeps it.
+    let mut relabelled = svc("s0", json!({"ports": [{"port": 81}]}));
+    relabelled.metadata.resource_version = s0.metadata.resource_version.clone();
+    let updated = services
+        .replace("s0", &PostParams::default(), &relabelled)
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.spec.unwrap().cluster_ip.as_deref(),
+        Some(s0_ip.as_str())
+    );
+    services
+        .delete("s0", &DeleteParams::default())
+        .await
+        .unwrap();
+    services
+        .delete("np", &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = services
+        .create(&PostParams::default(), &svc("again", json!({"clusterIP": s0_ip, "type": "NodePort", "ports": [{"port": 80, "nodePort": port}]})))
+        .await
+        .unwrap();
+    assert_eq!(again.spec.unwrap().cluster_ip, Some(s0_ip));
+
+    let invalid = services
+        .create(
+            &PostParams::default(),
+            &svc("bad", json!({"ports": [{"port": 0}]})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&invalid, kube::Error::Api(e) if e.code == 422 && e.message.contains("spec.ports[0].port")),
+        "{invalid:?}"
+    );
 }

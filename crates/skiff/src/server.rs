@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use skiff_api::service::ServiceRanges;
 use skiff_apiserver::server::{self, Config};
 use skiff_store::{EtcdOptions, EtcdStore, RedbOptions, RedbStore, Store};
 
@@ -31,6 +32,12 @@ pub struct ServerArgs {
     /// Where the cluster's state is kept.
     #[arg(long, value_enum, default_value = "redb")]
     store: StoreKind,
+    /// Where Services' cluster IPs come from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
+    /// Where NodePort Services' ports come from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
     /// etcd client URLs, comma-separated, for `--store etcd`.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -40,7 +47,13 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match args.store {
         StoreKind::Redb => {
             let path = crate::store::store_path(&args.data_dir);
-            Arc::new(RedbStore::open(&path, RedbOptions::default())?)
+            let options = RedbOptions {
+                // The watch cache holds every object; redb's own cache only needs the B-tree's
+                // upper levels and recent writes.
+                cache_bytes: 4 << 20,
+                ..RedbOptions::default()
+            };
+            Arc::new(RedbStore::open(&path, options)?)
         }
         StoreKind::Etcd => {
             anyhow::ensure!(
@@ -61,6 +74,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         tls_sans: args.tls_sans.clone(),
         watch_history: skiff_apiserver::cache::DEFAULT_HISTORY,
+        service_ranges: ServiceRanges::parse(&args.service_cidr, &args.service_node_port_range)
+            .map_err(anyhow::Error::msg)?,
     };
     let running = server::start(config, store).await?;
     tracing::info!(addr = %running.addr, "API server ready");

@@ -29,3 +29,20 @@ pub fn memory_of(pid: u32) -> std::io::Result<(u64, u64)> {
     };
     Ok((field("Rss:"), field("Pss:")))
 }
+
+/// CPU time a process has used (user + system), in seconds, from `/proc/PID/stat`.
+pub fn cpu_seconds_of(pid: u32) -> std::io::Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    Ok((ticks(11) + ticks(12)) / ticks_per_second)
+}
