@@ -11,6 +11,7 @@ pub mod kinds;
 pub mod label_selector;
 pub mod names;
 pub mod object;
+pub mod patch;
 pub mod service;
 pub mod strategy;
 

@@ -153,6 +153,48 @@ impl Filter {
     }
 }
 
+/// A selector written as an API object (`spec.selector` of Deployments and friends:
+/// `matchLabels` and `matchExpressions`), or as a plain map of labels (ReplicationControllers).
+pub fn selector_from_json(selector: &Value) -> Result<LabelSelector, String> {
+    use crate::{Operator, Requirement};
+    let Some(map) = selector.as_object() else {
+        return Ok(LabelSelector::everything());
+    };
+    let structured = map.contains_key("matchLabels") || map.contains_key("matchExpressions");
+    let labels = if structured {
+        map.get("matchLabels").and_then(Value::as_object)
+    } else {
+        Some(map)
+    };
+    let mut requirements = Vec::new();
+    for (key, value) in labels.into_iter().flatten() {
+        let value = value.as_str().unwrap_or_default().to_string();
+        requirements.push(Requirement::new(key, Operator::Equals, vec![value])?);
+    }
+    let expressions = map.get("matchExpressions").and_then(Value::as_array);
+    for expr in expressions.into_iter().flatten() {
+        let key = expr.get("key").and_then(Value::as_str).unwrap_or_default();
+        let operator = match expr.get("operator").and_then(Value::as_str) {
+            Some("In") => Operator::In,
+            Some("NotIn") => Operator::NotIn,
+            Some("Exists") => Operator::Exists,
+            Some("DoesNotExist") => Operator::DoesNotExist,
+            other => return Err(format!("{other:?} is not a valid label selector operator")),
+        };
+        let values = expr
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|vs| {
+                vs.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        requirements.push(Requirement::new(key, operator, values)?);
+    }
+    Ok(LabelSelector::from_requirements(requirements))
+}
+
 /// Refuses a field selector naming a field the kind does not support, as Kubernetes does.
 pub fn check_selectable(selector: &FieldSelector, kind: &crate::kinds::Kind) -> Result<(), String> {
     for r in selector.requirements() {
@@ -260,6 +302,28 @@ mod tests {
             let pods = crate::kinds::find("", "v1", "pods").unwrap();
             let selectable = Selectable::of(pods, &pod());
             assert_eq!(filter.matches(&selectable), want, "{labels:?} {fields:?}");
+        }
+    }
+
+    #[test]
+    fn selectors_written_as_objects() {
+        let cases = [
+            (json!({"matchLabels": {"app": "api"}}), "app=api"),
+            (
+                json!({"matchLabels": {"b": "1"}, "matchExpressions": [{"key": "a", "operator": "In", "values": ["y", "x"]}, {"key": "c", "operator": "DoesNotExist"}]}),
+                "a in (x,y),b=1,!c",
+            ),
+            (json!({"app": "web"}), "app=web"),
+            (json!({}), ""),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+                "error: Some(\"Near\") is not a valid",
+            ),
+        ];
+        for (selector, want) in cases {
+            let got = selector_from_json(&selector)
+                .map_or_else(|e| format!("error: {e}"), |s| s.to_string());
+            assert!(got.starts_with(want), "{selector}: {got}");
         }
     }
 

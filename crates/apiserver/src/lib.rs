@@ -14,5 +14,6 @@ pub mod rest;
 pub mod server;
 pub mod services;
 pub mod status;
+pub mod subresources;
 pub mod tls;
 pub mod watch;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use skiff_api::kinds::{self, Kind};
 use skiff_api::object::{self, Filter, Selectable};
+use skiff_api::patch::merge_patch;
 use skiff_api::service::ServiceRanges;
 use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
 use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
@@ -335,6 +336,51 @@ impl Registry {
                 Err(StoreError::Conflict { .. }) => return Err(target.conflict()),
                 Err(StoreError::NotFound { .. }) => return Err(target.not_found()),
                 other => return other.map_err(ApiError::from_store),
+            }
+        }
+        Err(target.conflict())
+    }
+
+    /// Applies a merge patch to the object as it is now (retrying when another writer got in
+    /// first, unless the patch names a resourceVersion) and updates it through `endpoint`.
+    pub async fn patch(
+        &self,
+        target: &Target<'_>,
+        patch: &Value,
+        endpoint: Endpoint,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let pinned = object::meta_str(patch, "resourceVersion").is_some();
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let mut patched = self.get(target).await?;
+            merge_patch(&mut patched, patch);
+            match self.update(target, patched, endpoint, dry_run).await {
+                Err(e) if e.reason == "Conflict" && !pinned => continue,
+                other => return other,
+            }
+        }
+        Err(target.conflict())
+    }
+
+    /// Changes the stored object with `change`, as the server's own actions do (a binding),
+    /// bypassing the create/update strategy; retries when another writer got in first.
+    pub async fn modify(
+        &self,
+        target: &Target<'_>,
+        change: impl Fn(&mut Value) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let (current, revision) = self.get_raw(target).await?;
+            let before = without_resource_version(current);
+            let mut obj = before.clone();
+            change(&mut obj)?;
+            if obj == before {
+                return Ok(());
+            }
+            match self.write(target, obj, revision, Vec::new()).await {
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => return Err(target.not_found()),
+                other => return other.map(|_| ()).map_err(ApiError::from_store),
             }
         }
         Err(target.conflict())

@@ -20,6 +20,7 @@ use crate::paths::{self, ApiPath, ResourcePath};
 use crate::registry::{DeleteOptions, Registry, Target};
 use crate::server::Api;
 use crate::status::ApiError;
+use crate::subresources::{self, ScaleChange};
 use crate::watch::{self, WatchRequest};
 use crate::{cache, discovery};
 
@@ -205,6 +206,15 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
     let endpoint = match path.subresource.as_deref() {
         None => Endpoint::Main,
         Some("status") if kind.has_status() => Endpoint::Status,
+        Some(sub) if kind.subresources.contains(&sub) => {
+            let name = path.name.as_deref().ok_or_else(not_found_path)?;
+            let target = Target {
+                kind,
+                namespace,
+                name,
+            };
+            return serve_subresource(api, &target, sub, parts, body, &query).await;
+        }
         Some(_) => return Err(not_found_path()),
     };
     let Some(name) = path.name.as_deref() else {
@@ -217,7 +227,11 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
                     .create(kind, namespace, obj, query.dry_run()?)
                     .await?;
                 api.after_create(kind, &created).await;
-                Ok(json_response(StatusCode::CREATED, &created))
+                let mut response = json_response(StatusCode::CREATED, &created);
+                if let Some(warning) = not_enforced(kind) {
+                    response.headers_mut().insert("warning", warning);
+                }
+                Ok(response)
             }
             Method::DELETE => delete_collection(registry, kind, namespace, &query).await,
             ref m => Err(ApiError::method_not_allowed(m.as_str())),
@@ -236,6 +250,12 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
                 .update(&target, body, endpoint, query.dry_run()?)
                 .await?
         }
+        Method::PATCH => {
+            let patch = read_patch(&parts.headers, body).await?;
+            registry
+                .patch(&target, &patch, endpoint, query.dry_run()?)
+                .await?
+        }
         Method::DELETE if endpoint == Endpoint::Main => {
             let options = delete_options(&parts.headers, body, &query).await?;
             let obj = registry.delete(&target, &options).await?;
@@ -245,6 +265,88 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
         ref m => return Err(ApiError::method_not_allowed(m.as_str())),
     };
     Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// `scale`, `binding`, `eviction`.
+async fn serve_subresource(
+    api: &Api,
+    target: &Target<'_>,
+    sub: &str,
+    parts: axum::http::request::Parts,
+    body: Body,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let registry = &api.registry;
+    let created = || json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    match (sub, &parts.method) {
+        ("scale", &Method::GET) => {
+            let obj = registry.get(target).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &subresources::scale_of(&obj)?,
+            ))
+        }
+        ("scale", &Method::PUT | &Method::PATCH) => {
+            let change = if parts.method == Method::PUT {
+                ScaleChange::Replace(read_body(&parts.headers, body).await?)
+            } else {
+                ScaleChange::Merge(read_patch(&parts.headers, body).await?)
+            };
+            let scale =
+                subresources::update_scale(registry, target, change, query.dry_run()?).await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        ("binding", &Method::POST) => {
+            let binding = read_body(&parts.headers, body).await?;
+            subresources::bind(registry, target, &binding).await?;
+            Ok(json_response(StatusCode::CREATED, &created()))
+        }
+        ("eviction", &Method::POST) => {
+            let eviction = read_body(&parts.headers, body).await?;
+            let status = subresources::evict(registry, target, &eviction).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        (_, m) => Err(ApiError::method_not_allowed(m.as_str())),
+    }
+}
+
+/// Kinds stored but not yet acted on: their creation says so.
+fn not_enforced(kind: &Kind) -> Option<axum::http::HeaderValue> {
+    let what = match (kind.group, kind.kind) {
+        ("networking.k8s.io", "NetworkPolicy") => "NetworkPolicies are stored but not enforced",
+        ("networking.k8s.io", "Ingress") => {
+            "Ingresses are stored but no ingress controller serves them"
+        }
+        _ => return None,
+    };
+    axum::http::HeaderValue::from_str(&format!("299 - \"skiff: {what} yet\"")).ok()
+}
+
+/// Reads a PATCH body: JSON merge patches; the other patch types come later.
+async fn read_patch(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let media = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media = media.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/merge-patch+json" => {
+            let bytes = axum::body::to_bytes(body, MAX_BODY)
+                .await
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request(format!("the patch is not valid JSON: {e}"))
+            })
+        }
+        // FIXME(issue 5): strategic merge patch, JSON patch and server-side apply.
+        other => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the patch type {other:?} is not supported yet; supported: application/merge-patch+json (kubectl patch --type=merge)"
+            ),
+        )),
+    }
 }
 
 /// A continue token: the revision of the first page and the last key returned.

@@ -1,7 +1,9 @@
 //! Watches: a kind's watch cache turned into Kubernetes watch events, one JSON object per line,
 //! with selectors deciding ADDED/MODIFIED/DELETED as objects start and stop matching.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -24,10 +26,6 @@ pub struct WatchRequest {
     pub bookmarks: bool,
     pub timeout: Duration,
 }
-
-/// Lines waiting to reach a client. A client that lets them pile up stops taking changes from
-/// the cache, and is disconnected once it falls behind the cache's fan-out queue.
-const QUEUE: usize = 64;
 
 /// A watcher asking for bookmarks gets one when the revision moved, or after this long.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
@@ -85,8 +83,7 @@ fn error_line(err: &ApiError) -> Bytes {
 pub fn serve(cache: Arc<KindCache>, req: WatchRequest) -> Result<Response, ApiError> {
     let kind = cache.kind();
     let prefix = kind.store_prefix_in(req.namespace.as_deref());
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(QUEUE);
-    match cache.subscribe(&prefix, &req.filter, req.bookmarks, req.after) {
+    let body = match cache.subscribe(&prefix, &req.filter, req.bookmarks, req.after) {
         Err(WatchRefusal::TooOld { requested, oldest }) => {
             // As Kubernetes does: 200, then the 410 as the stream's only event.
             let err = ApiError::new(
@@ -94,86 +91,141 @@ pub fn serve(cache: Arc<KindCache>, req: WatchRequest) -> Result<Response, ApiEr
                 "Expired",
                 format!("too old resource version: {requested} ({oldest})"),
             );
-            tx.try_send(Ok(error_line(&err))).expect("an empty queue");
+            let line = error_line(&err);
+            Body::from_stream(futures::stream::once(async move {
+                Ok::<_, std::convert::Infallible>(line)
+            }))
         }
-        Ok(subscription) => {
-            tokio::spawn(relay(subscription, req, prefix, tx, kind));
-        }
-    }
-    let mut rx = rx;
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(subscription) => Body::from_stream(Relay {
+            sent: req.after.unwrap_or(0),
+            backlog: subscription.backlog.into_iter(),
+            live: subscription.live,
+            deadline: Box::pin(tokio::time::sleep(req.timeout)),
+            prefix,
+            kind,
+            filter: req.filter,
+            bookmarks: req.bookmarks,
+            bookmarked: 0,
+            last_bookmark: tokio::time::Instant::now(),
+            ended: false,
+        }),
+    };
     Ok(Response::builder()
         .header("content-type", "application/json")
         .header("cache-control", "no-cache, private")
-        .body(Body::from_stream(stream))
+        .body(body)
         .expect("static headers are valid"))
 }
-/// Sends a watcher its backlog, then live changes, until the client goes, the timeout passes,
-/// or it falls too far behind.
-async fn relay(
-    subscription: crate::cache::Subscription,
-    req: WatchRequest,
+
+/// A watch response body: the backlog, then live changes, until the timeout passes, the client
+/// goes (the body is dropped, and with it the cache's queue) or the cache drops the watcher.
+/// Lines ready together go out as one chunk.
+struct Relay {
+    backlog: std::vec::IntoIter<Arc<Change>>,
+    live: mpsc::Receiver<Arc<Change>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     prefix: String,
-    tx: mpsc::Sender<Result<Bytes, std::convert::Infallible>>,
     kind: &'static skiff_api::kinds::Kind,
-) {
-    let mut live = subscription.live;
-    // Changes up to here were sent (or were before the start): later duplicates are skipped.
-    let mut sent = req.after.unwrap_or(0);
-    for change in &subscription.backlog {
-        if let Some(line) = event_line(change, &req.filter) {
-            if tx.send(Ok(line)).await.is_err() {
-                return;
-            }
-        }
-        sent = sent.max(change.revision().unwrap_or(0));
-    }
-    let deadline = tokio::time::Instant::now() + req.timeout;
-    let mut bookmarked = 0;
-    let mut last_bookmark = tokio::time::Instant::now();
-    loop {
-        let change = tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep_until(deadline) => return,
-            c = live.recv() => c,
-        };
-        // Closed: dropped by the cache for falling behind, or reset.
-        let Some(change) = change else { return };
+    filter: Filter,
+    bookmarks: bool,
+    /// Changes up to here were sent (or were before the start): later duplicates are skipped.
+    sent: Revision,
+    bookmarked: Revision,
+    last_bookmark: tokio::time::Instant,
+    ended: bool,
+}
+
+/// The most bytes gathered into one chunk.
+const CHUNK: usize = 64 * 1024;
+
+enum Step {
+    Line(Bytes),
+    Skip,
+    End,
+}
+
+impl Relay {
+    fn step(&mut self, change: &Change) -> Step {
         let Some(revision) = change.revision() else {
-            return; // Reset: the client lists again.
+            return Step::End; // Reset: the client lists again.
         };
-        if let Change::Progress(_) = *change {
-            let news = revision > bookmarked || last_bookmark.elapsed() >= BOOKMARK_EVERY;
-            if req.bookmarks && revision >= sent && news {
-                bookmarked = revision;
-                last_bookmark = tokio::time::Instant::now();
-                let bookmark = json!({
-                    "kind": kind.kind,
-                    "apiVersion": kind.api_version(),
-                    "metadata": {"resourceVersion": revision.to_string()},
-                });
-                let bytes = serde_json::to_vec(&bookmark).expect("a JSON value serializes");
-                if tx.send(Ok(line("BOOKMARK", &bytes))).await.is_err() {
-                    return;
-                }
+        if let Change::Progress(_) = change {
+            let news = revision > self.bookmarked || self.last_bookmark.elapsed() >= BOOKMARK_EVERY;
+            if !(self.bookmarks && revision >= self.sent && news) {
+                return Step::Skip;
             }
-            continue;
+            self.bookmarked = revision;
+            self.last_bookmark = tokio::time::Instant::now();
+            let bookmark = json!({
+                "kind": self.kind.kind,
+                "apiVersion": self.kind.api_version(),
+                "metadata": {"resourceVersion": revision.to_string()},
+            });
+            let bytes = serde_json::to_vec(&bookmark).expect("a JSON value serializes");
+            return Step::Line(line("BOOKMARK", &bytes));
         }
-        if revision <= sent {
-            continue;
-        }
-        let in_scope = match &*change {
-            Change::Put { key, .. } | Change::Delete { key, .. } => key.starts_with(&prefix),
+        let in_scope = match change {
+            Change::Put { key, .. } | Change::Delete { key, .. } => key.starts_with(&self.prefix),
             _ => false,
         };
-        if !in_scope {
-            continue;
+        if revision <= self.sent || !in_scope {
+            return Step::Skip;
         }
-        sent = revision;
-        if let Some(line) = event_line(&change, &req.filter) {
-            if tx.send(Ok(line)).await.is_err() {
-                return;
+        self.sent = revision;
+        event_line(change, &self.filter).map_or(Step::Skip, Step::Line)
+    }
+
+    /// The next change: from the backlog, else a live one if ready.
+    fn poll_change(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Arc<Change>>> {
+        match self.backlog.next() {
+            Some(change) => Poll::Ready(Some(change)),
+            None => self.live.poll_recv(cx),
+        }
+    }
+}
+
+impl futures::Stream for Relay {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended || this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        let mut chunk = BytesMut::new();
+        loop {
+            let change = match this.poll_change(cx) {
+                Poll::Ready(Some(change)) => change,
+                // Closed: dropped by the cache for falling behind.
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    break;
+                }
+                Poll::Pending if chunk.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            };
+            match this.step(&change) {
+                Step::Line(line) if chunk.is_empty() && line.len() >= CHUNK => {
+                    return Poll::Ready(Some(Ok(line)))
+                }
+                Step::Line(line) => chunk.extend_from_slice(&line),
+                Step::Skip => {}
+                Step::End => {
+                    this.ended = true;
+                    break;
+                }
             }
+            if chunk.len() >= CHUNK {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(chunk.freeze())))
         }
     }
 }

@@ -484,3 +484,56 @@ async fn services_get_cluster_ips_and_node_ports_never_twice() {
         "{invalid:?}"
     );
 }
+
+#[tokio::test]
+async fn pods_are_bound_once_and_evicted() {
+    let c = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let binding = |node: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": "web"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
+        })
+    };
+    let bound: serde_json::Value = pods
+        .create_subresource("binding", "web", &PostParams::default(), &binding("node-1"))
+        .await
+        .unwrap();
+    assert_eq!(bound["status"], "Success");
+    let pod = pods.get("web").await.unwrap();
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-1")
+    );
+    let scheduled = pod.status.unwrap().conditions.unwrap();
+    assert!(scheduled
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "True"));
+    let again = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "web",
+            &PostParams::default(),
+            &binding("node-2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&again, kube::Error::Api(e) if e.code == 409 && e.message.contains("already assigned to node \"node-1\"")),
+        "{again:?}"
+    );
+
+    // Evicting a bound pod starts its graceful deletion.
+    pods.evict("web", &kube::api::EvictParams::default())
+        .await
+        .unwrap();
+    let evicted = pods.get("web").await.unwrap();
+    assert!(evicted.metadata.deletion_timestamp.is_some());
+}

@@ -80,7 +80,8 @@ fn the_articles_manifests_apply_and_read_back() {
         &["apply", "-f", example("config.yaml").to_str().unwrap()],
     );
     assert!(
-        patched.stderr.contains("MethodNotAllowed"),
+        patched.stderr.contains("UnsupportedMediaType")
+            && patched.stderr.contains("not supported yet"),
         "{}",
         patched.stderr
     );
@@ -101,10 +102,18 @@ fn the_articles_manifests_apply_and_read_back() {
 
     // Label and field selectors, all namespaces.
     let by_label = kubectl(&server, &["get", "deploy", "-l", "app=api", "-o", "name"]).out();
-    assert_eq!(by_label, "");
-    let labelled = kubectl(&server, &["label", "deploy", "api-server", "tier=backend"]);
-    // FIXME(issue 5): `kubectl label` sends a merge patch, which arrives with the API fidelity issue.
-    assert!(!labelled.ok, "label needs PATCH: {}", labelled.stdout);
+    assert_eq!(
+        by_label, "",
+        "the article's Deployment has no labels of its own"
+    );
+    let labelled = kubectl(&server, &["label", "deploy", "api-server", "tier=backend"]).out();
+    assert!(labelled.contains("labeled"), "{labelled}");
+    let by_label = kubectl(
+        &server,
+        &["get", "deploy", "-l", "tier in (backend)", "-o", "name"],
+    )
+    .out();
+    assert_eq!(by_label, "deployment.apps/api-server\n");
     let by_field = kubectl(
         &server,
         &[
@@ -384,4 +393,78 @@ fn server_restart_keeps_objects() {
     )
     .out();
     assert_eq!(out, "debug");
+}
+
+#[test]
+fn scale_merge_patches_and_warnings() {
+    let server = server();
+    kubectl(
+        &server,
+        &["apply", "-f", example("api-server.yaml").to_str().unwrap()],
+    )
+    .out();
+    let out = kubectl(&server, &["scale", "deployment/api-server", "--replicas=5"]).out();
+    assert!(out.contains("scaled"), "{out}");
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert_eq!(deploy["spec"]["replicas"], 5);
+    assert_eq!(deploy["metadata"]["generation"], 2, "a spec change");
+    let scale = json(
+        &kubectl(
+            &server,
+            &[
+                "get",
+                "--raw",
+                "/apis/apps/v1/namespaces/default/deployments/api-server/scale",
+            ],
+        )
+        .out(),
+    );
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 5);
+    assert_eq!(scale["status"]["selector"], "app=api");
+
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "deploy",
+            "api-server",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ],
+    )
+    .out();
+    kubectl(
+        &server,
+        &["annotate", "deploy", "api-server", "team=payments"],
+    )
+    .out();
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(deploy["metadata"]["annotations"]["team"], "payments");
+    // FIXME(issue 5): strategic merge patches (kubectl's default for patch, set image, ...).
+    let smp = kubectl(
+        &server,
+        &[
+            "patch",
+            "deploy",
+            "api-server",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ],
+    )
+    .err();
+    assert!(smp.contains("not supported yet"), "{smp}");
+
+    let policy = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"deny"},"spec":{"podSelector":{}}}"#;
+    let created = kubectl_stdin(&server, &["create", "-f", "-"], policy);
+    assert!(created.ok, "{}", created.stderr);
+    assert!(
+        created
+            .stderr
+            .contains("Warning: skiff: NetworkPolicies are stored but not enforced yet"),
+        "{}",
+        created.stderr
+    );
 }

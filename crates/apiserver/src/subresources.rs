@@ -1,0 +1,192 @@
+//! Subresources that are views or actions rather than parts of the object: `scale` of the
+//! workload kinds, `binding` and `eviction` of pods.
+
+use serde_json::{json, Value};
+use skiff_api::object::{self, selector_from_json};
+use skiff_api::patch::merge_patch;
+use skiff_api::strategy::Endpoint;
+
+use crate::registry::{DeleteOptions, Registry, Target};
+use crate::status::ApiError;
+
+/// The `autoscaling/v1` Scale of a workload object.
+pub fn scale_of(obj: &Value) -> Result<Value, ApiError> {
+    let selector = obj
+        .pointer("/spec/selector")
+        .map(selector_from_json)
+        .transpose()
+        .map_err(ApiError::internal)?
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let meta = object::metadata(obj).cloned().unwrap_or_default();
+    let keep = [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ];
+    let metadata: serde_json::Map<String, Value> = meta
+        .into_iter()
+        .filter(|(k, _)| keep.contains(&k.as_str()))
+        .collect();
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": metadata,
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    }))
+}
+
+/// How a request changes a Scale.
+pub enum ScaleChange {
+    /// PUT: the new Scale.
+    Replace(Value),
+    /// PATCH: a merge patch of the current Scale.
+    Merge(Value),
+}
+
+/// Sets the replicas of a workload through its Scale; answers the new Scale.
+pub async fn update_scale(
+    registry: &Registry,
+    target: &Target<'_>,
+    change: ScaleChange,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let current = registry.get(target).await?;
+    let scale = match change {
+        ScaleChange::Replace(scale) => scale,
+        ScaleChange::Merge(patch) => {
+            let mut scale = scale_of(&current)?;
+            merge_patch(&mut scale, &patch);
+            scale
+        }
+    };
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Scale",
+                target.name,
+                vec![crate::status::Cause {
+                    reason: "FieldValueInvalid",
+                    message: "Invalid value: must be greater than or equal to 0".into(),
+                    field: "spec.replicas".into(),
+                }],
+            )
+        })?;
+    let mut obj = current;
+    obj["spec"]["replicas"] = replicas.into();
+    // A Scale that names a resourceVersion is a precondition; without one, the latest counts.
+    let rv = object::meta_str(&scale, "resourceVersion").map(str::to_string);
+    if let (Some(rv), Some(meta)) = (rv, obj.get_mut("metadata").and_then(Value::as_object_mut)) {
+        meta.insert("resourceVersion".into(), rv.into());
+    }
+    let updated = registry
+        .update(target, obj, Endpoint::Main, dry_run)
+        .await?;
+    scale_of(&updated)
+}
+
+/// `pods/binding`: puts a pod on a node, once.
+pub async fn bind(
+    registry: &Registry,
+    target: &Target<'_>,
+    binding: &Value,
+) -> Result<(), ApiError> {
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("a Binding needs target.name, the node"))?;
+    registry
+        .modify(target, |pod| {
+            let assigned = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !assigned.is_empty() {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{assigned}\"",
+                        target.name, target.name
+                    ),
+                ));
+            }
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!("pod {} is being deleted, cannot be assigned to a host", target.name),
+                ));
+            }
+            pod["spec"]["nodeName"] = node.into();
+            let now = crate::registry::timestamp(jiff::Timestamp::now());
+            let conditions = pod["status"]
+                .as_object_mut()
+                .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+            if let Some(Value::Array(conditions)) = conditions {
+                conditions.retain(|c| c["type"] != "PodScheduled");
+                conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// `pods/eviction`: deletes the pod as its Eviction's options say.
+// FIXME(issue 11): PodDisruptionBudgets are not consulted until their controller exists.
+pub async fn evict(
+    registry: &Registry,
+    target: &Target<'_>,
+    eviction: &Value,
+) -> Result<Value, ApiError> {
+    let options = eviction
+        .get("deleteOptions")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let delete = DeleteOptions {
+        grace_period_seconds: options["gracePeriodSeconds"].as_i64(),
+        precondition_uid: options["preconditions"]["uid"].as_str().map(str::to_string),
+        precondition_resource_version: options["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+        dry_run: options["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All")),
+    };
+    registry.delete(target, &delete).await?;
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_views_replicas_and_the_selector() {
+        let deploy = json!({
+            "metadata": {"name": "api-server", "namespace": "default", "uid": "u", "resourceVersion": "7", "labels": {"x": "y"}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "api"}}},
+            "status": {"replicas": 2}
+        });
+        let scale = scale_of(&deploy).unwrap();
+        assert_eq!(scale["spec"]["replicas"], 3);
+        assert_eq!(
+            scale["status"],
+            json!({"replicas": 2, "selector": "app=api"})
+        );
+        assert_eq!(scale["metadata"]["resourceVersion"], "7");
+        assert!(scale["metadata"].get("labels").is_none());
+    }
+}
