@@ -1,11 +1,72 @@
 //! OpenAPI documents: the `/openapi/v3` index and one document per group-version, with each
 //! kind's operations marked by group-version-kind and the query parameters they accept (kubectl
-//! reads them to know that server-side field validation is there).
-//!
-//! FIXME(issue 3): the schemas are bare objects; `kubectl explain` needs the real ones.
+//! reads them to know that server-side field validation is there), and the schemas of the
+//! kinds and everything they refer to (what `kubectl explain` shows), from `k8s-openapi`'s
+//! types. Each document is built once, when first asked for.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 use skiff_api::kinds::{self, Kind};
+
+/// Registers the schema of the Rust type of a served kind; answers its schema name.
+macro_rules! kind_types {
+    ($($group:literal $version:literal $kind:literal => $ty:ty,)*) => {
+        fn register(kind: &Kind, generator: &mut SchemaGenerator) -> Option<String> {
+            match (kind.group, kind.version, kind.kind) {
+                $(($group, $version, $kind) => {
+                    generator.subschema_for::<$ty>();
+                    Some(<$ty as JsonSchema>::schema_name().into_owned())
+                })*
+                _ => None,
+            }
+        }
+    };
+}
+
+kind_types! {
+    "" "v1" "Namespace" => k8s_openapi::api::core::v1::Namespace,
+    "" "v1" "Node" => k8s_openapi::api::core::v1::Node,
+    "" "v1" "Pod" => k8s_openapi::api::core::v1::Pod,
+    "" "v1" "Service" => k8s_openapi::api::core::v1::Service,
+    "" "v1" "Endpoints" => k8s_openapi::api::core::v1::Endpoints,
+    "" "v1" "ConfigMap" => k8s_openapi::api::core::v1::ConfigMap,
+    "" "v1" "Secret" => k8s_openapi::api::core::v1::Secret,
+    "" "v1" "Event" => k8s_openapi::api::core::v1::Event,
+    "" "v1" "ServiceAccount" => k8s_openapi::api::core::v1::ServiceAccount,
+    "" "v1" "PersistentVolume" => k8s_openapi::api::core::v1::PersistentVolume,
+    "" "v1" "PersistentVolumeClaim" => k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    "" "v1" "ReplicationController" => k8s_openapi::api::core::v1::ReplicationController,
+    "apps" "v1" "Deployment" => k8s_openapi::api::apps::v1::Deployment,
+    "apps" "v1" "ReplicaSet" => k8s_openapi::api::apps::v1::ReplicaSet,
+    "apps" "v1" "StatefulSet" => k8s_openapi::api::apps::v1::StatefulSet,
+    "apps" "v1" "DaemonSet" => k8s_openapi::api::apps::v1::DaemonSet,
+    "apps" "v1" "ControllerRevision" => k8s_openapi::api::apps::v1::ControllerRevision,
+    "batch" "v1" "Job" => k8s_openapi::api::batch::v1::Job,
+    "batch" "v1" "CronJob" => k8s_openapi::api::batch::v1::CronJob,
+    "coordination.k8s.io" "v1" "Lease" => k8s_openapi::api::coordination::v1::Lease,
+    "discovery.k8s.io" "v1" "EndpointSlice" => k8s_openapi::api::discovery::v1::EndpointSlice,
+    "events.k8s.io" "v1" "Event" => k8s_openapi::api::events::v1::Event,
+    "policy" "v1" "PodDisruptionBudget" => k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    "autoscaling" "v2" "HorizontalPodAutoscaler" => k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+    "networking.k8s.io" "v1" "Ingress" => k8s_openapi::api::networking::v1::Ingress,
+    "networking.k8s.io" "v1" "IngressClass" => k8s_openapi::api::networking::v1::IngressClass,
+    "networking.k8s.io" "v1" "NetworkPolicy" => k8s_openapi::api::networking::v1::NetworkPolicy,
+    "rbac.authorization.k8s.io" "v1" "Role" => k8s_openapi::api::rbac::v1::Role,
+    "rbac.authorization.k8s.io" "v1" "RoleBinding" => k8s_openapi::api::rbac::v1::RoleBinding,
+    "rbac.authorization.k8s.io" "v1" "ClusterRole" => k8s_openapi::api::rbac::v1::ClusterRole,
+    "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => k8s_openapi::api::rbac::v1::ClusterRoleBinding,
+    "storage.k8s.io" "v1" "StorageClass" => k8s_openapi::api::storage::v1::StorageClass,
+    "scheduling.k8s.io" "v1" "PriorityClass" => k8s_openapi::api::scheduling::v1::PriorityClass,
+    "certificates.k8s.io" "v1" "CertificateSigningRequest" => k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+    "authorization.k8s.io" "v1" "SelfSubjectAccessReview" => k8s_openapi::api::authorization::v1::SelfSubjectAccessReview,
+    "authorization.k8s.io" "v1" "SelfSubjectRulesReview" => k8s_openapi::api::authorization::v1::SelfSubjectRulesReview,
+}
 
 /// Changes whenever the documents can change: with the binary.
 const HASH: &str = env!("CARGO_PKG_VERSION");
@@ -29,26 +90,43 @@ pub fn index() -> Value {
     json!({ "paths": paths })
 }
 
-/// The document at `path` (below `/openapi/v3/`), or `None` when no group-version is there.
-pub fn document(path: &str) -> Option<Value> {
+/// The JSON document at `path` (below `/openapi/v3/`), or `None` when no group-version is
+/// there. Documents are built on first use and kept, serialized.
+pub fn document(path: &str) -> Option<Bytes> {
+    static DOCUMENTS: OnceLock<Mutex<HashMap<String, Bytes>>> = OnceLock::new();
+    let documents = DOCUMENTS.get_or_init(Default::default);
+    if let Some(doc) = documents.lock().expect("documents lock").get(path) {
+        return Some(doc.clone());
+    }
+    let doc = Bytes::from(serde_json::to_vec(&build(path)?).expect("a JSON value serializes"));
+    documents
+        .lock()
+        .expect("documents lock")
+        .insert(path.to_string(), doc.clone());
+    Some(doc)
+}
+
+fn build(path: &str) -> Option<Value> {
     let (group, version) = kinds::group_versions()
         .into_iter()
         .find(|(g, v)| doc_path(g, v) == path)?;
+    let mut generator = SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
-    let mut schemas = Map::new();
+    let mut named = Vec::new();
     for kind in kinds::all()
         .iter()
         .filter(|k| k.group == group && k.version == version)
     {
         let gvk = json!({"group": kind.group, "version": kind.version, "kind": kind.kind});
-        paths.insert(object_path(kind), operations(kind, &gvk));
-        schemas.insert(
-            schema_name(kind),
-            json!({
-                "type": "object",
-                "x-kubernetes-group-version-kind": [gvk],
-            }),
-        );
+        let name = register(kind, &mut generator)?;
+        paths.insert(object_path(kind), operations(&name, &gvk));
+        named.push((name, gvk));
+    }
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    for (name, gvk) in named {
+        if let Some(schema) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+        }
     }
     Some(json!({
         "openapi": "3.0.0",
@@ -71,23 +149,14 @@ fn object_path(kind: &Kind) -> String {
     }
 }
 
-/// The name Kubernetes gives the kind's schema, e.g. `io.k8s.api.apps.v1.Deployment`.
-fn schema_name(kind: &Kind) -> String {
-    let group = match kind.group {
-        "" => "core",
-        g => g.strip_suffix(".k8s.io").unwrap_or(g),
-    };
-    format!("io.k8s.api.{group}.{}.{}", kind.version, kind.kind)
-}
-
-fn operations(kind: &Kind, gvk: &Value) -> Value {
+fn operations(schema: &str, gvk: &Value) -> Value {
     let query = |name: &str, ty: &str| json!({"name": name, "in": "query", "schema": {"type": ty}});
     let write_params = [
         query("dryRun", "string"),
         query("fieldManager", "string"),
         query("fieldValidation", "string"),
     ];
-    let reference = json!({"$ref": format!("#/components/schemas/{}", schema_name(kind))});
+    let reference = json!({"$ref": format!("#/components/schemas/{schema}")});
     let op = |action: &str, params: &[Value]| {
         json!({
             "x-kubernetes-action": action,
@@ -111,6 +180,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_kind_has_its_schema() {
+        for kind in kinds::all() {
+            let mut generator = SchemaSettings::openapi3().into_generator();
+            assert!(
+                register(kind, &mut generator).is_some(),
+                "{} has no schema",
+                kind.kind
+            );
+        }
+    }
+
+    #[test]
     fn every_group_version_document_is_indexed_and_marks_field_validation() {
         let index = index();
         let paths = index["paths"].as_object().unwrap();
@@ -118,7 +199,23 @@ mod tests {
         for path in paths.keys() {
             assert!(document(path).is_some(), "{path} has a document");
         }
-        let apps = document("apis/apps/v1").unwrap();
+        let parse =
+            |path: &str| -> Value { serde_json::from_slice(&document(path).unwrap()).unwrap() };
+        let apps = parse("apis/apps/v1");
+        let schemas = apps["components"]["schemas"].as_object().unwrap();
+        let deploy = &schemas["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deploy["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert_eq!(
+            deploy["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        assert!(
+            schemas.contains_key("io.k8s.api.core.v1.PodSpec"),
+            "referred schemas come along"
+        );
         let patch =
             &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(
@@ -130,7 +227,7 @@ mod tests {
             .unwrap()
             .iter()
             .any(|p| p["name"] == "fieldValidation"));
-        let core = document("api/v1").unwrap();
+        let core = parse("api/v1");
         assert!(core["paths"]
             .as_object()
             .unwrap()

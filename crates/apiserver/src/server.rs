@@ -215,7 +215,7 @@ fn ok() -> Response {
 
 async fn openapi_v3_document(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
     match openapi::document(&path) {
-        Some(doc) => json_response(StatusCode::OK, &doc),
+        Some(doc) => (StatusCode::OK, [("content-type", "application/json")], doc).into_response(),
         None => {
             ApiError::new(404, "NotFound", format!("no OpenAPI document at {path}")).into_response()
         }

@@ -468,3 +468,18 @@ fn scale_merge_patches_and_warnings() {
         created.stderr
     );
 }
+
+#[test]
+fn explain_reads_the_served_schemas() {
+    let server = server();
+    let out = kubectl(&server, &["explain", "deployment.spec.replicas"]).out();
+    assert!(out.contains("FIELD: replicas <integer>"), "{out}");
+    assert!(out.contains("Number of desired pods"), "{out}");
+    let pods = kubectl(&server, &["explain", "pods.spec.containers"]).out();
+    assert!(pods.contains("image\t<string>"), "{pods}");
+    let missing = kubectl(&server, &["explain", "deployment.spec.nonsense"]).err();
+    assert!(
+        missing.contains("field \"nonsense\" does not exist"),
+        "{missing}"
+    );
+}
