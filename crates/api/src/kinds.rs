@@ -19,6 +19,9 @@ pub struct Kind {
     pub selectable_fields: &'static [&'static str],
     /// How objects of this kind live: stored, or answered on create and never kept.
     pub storage: Storage,
+    /// For a kind also served in another group-version: the (group, plural) whose store prefix
+    /// holds its objects, in that version (see `conversion`).
+    pub stored_as: Option<(&'static str, &'static str)>,
 }
 
 /// Where a kind's objects live.
@@ -57,12 +60,9 @@ impl Kind {
 
     /// The store prefix holding every object of this kind; a namespaced kind adds `ns/`.
     pub fn store_prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            self.group
-        };
-        format!("/registry/{group}/{}/", self.plural)
+        let (group, plural) = self.stored_as.unwrap_or((self.group, self.plural));
+        let group = if group.is_empty() { "core" } else { group };
+        format!("/registry/{group}/{plural}/")
     }
 
     /// The store prefix of one namespace's objects, or of all objects when `namespace` is `None`.
@@ -109,6 +109,7 @@ struct Entry {
     categories: &'static [&'static str],
     subresources: &'static [&'static str],
     selectable_fields: &'static [&'static str],
+    stored_as: Option<(&'static str, &'static str)>,
 }
 
 const NAMESPACED: bool = true;
@@ -123,6 +124,7 @@ const fn entry(kind: &'static str, plural: &'static str, namespaced: bool) -> En
         categories: &[],
         subresources: &[],
         selectable_fields: &[],
+        stored_as: None,
     }
 }
 
@@ -142,6 +144,11 @@ impl Entry {
     }
     const fn fields(mut self, fields: &'static [&'static str]) -> Self {
         self.selectable_fields = fields;
+        self
+    }
+    /// Objects kept in another group-version's prefix, converted on the way in and out.
+    const fn stored_as(mut self, group: &'static str, plural: &'static str) -> Self {
+        self.stored_as = Some((group, plural));
         self
     }
 }
@@ -274,7 +281,7 @@ static GROUPS: &[(&str, &str, &[Entry])] = &[
     (
         "events.k8s.io",
         "v1",
-        &[entry("Event", "events", NAMESPACED)],
+        &[entry("Event", "events", NAMESPACED).stored_as("", "events")],
     ),
     (
         "policy",
@@ -296,6 +303,18 @@ static GROUPS: &[(&str, &str, &[Entry])] = &[
         .short(&["hpa"])
         .all()
         .sub(STATUS)],
+    ),
+    (
+        "autoscaling",
+        "v1",
+        &[entry(
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            NAMESPACED,
+        )
+        .all()
+        .sub(STATUS)
+        .stored_as("autoscaling", "horizontalpodautoscalers")],
     ),
     (
         "networking.k8s.io",
@@ -371,6 +390,7 @@ fn build() -> Vec<Kind> {
                     categories: e.categories,
                     subresources: e.subresources,
                     selectable_fields: e.selectable_fields,
+                    stored_as: e.stored_as,
                     storage,
                 });
             }

@@ -6,6 +6,7 @@
 //! to an object on create and update ([`strategy`]). Validation, defaulting and patches of the
 //! API fidelity issue grow here too.
 
+pub mod conversion;
 pub mod field_selector;
 pub mod kinds;
 pub mod label_selector;

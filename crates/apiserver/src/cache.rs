@@ -37,18 +37,19 @@ pub struct Cached {
 }
 
 impl Cached {
-    fn new(kind: &Kind, mut obj: Value, revision: Revision) -> Cached {
-        set_resource_version(&mut obj, revision);
+    fn new(kind: &Kind, obj: Value) -> Cached {
         Cached {
             selectable: Selectable::of(kind, &obj),
             json: Bytes::from(serde_json::to_vec(&obj).expect("a JSON value serializes")),
         }
     }
 
+    /// The stored `kv` as `kind`'s endpoint serves it, at `revision` (a delete's, for the last
+    /// state of a deleted object).
     fn decode(kind: &Kind, kv: &KeyValue, revision: Revision) -> Result<Cached, String> {
-        let obj: Value = serde_json::from_slice(&kv.value)
-            .map_err(|e| format!("stored object {} is not JSON: {e}", kv.key))?;
-        Ok(Cached::new(kind, obj, revision))
+        let mut obj = crate::registry::decode(kind, kv).map_err(|e| e.message)?;
+        set_resource_version(&mut obj, revision);
+        Ok(Cached::new(kind, obj))
     }
 }
 
@@ -351,9 +352,10 @@ impl WatchCache {
     }
 
     /// The cache of `kind`, loading it on first use.
+    /// A kind served in two group-versions has a cache per version, each in its own version.
     pub async fn of(&self, kind: &'static Kind) -> Result<Arc<KindCache>, StoreError> {
-        let prefix = kind.store_prefix();
-        if let Some(cache) = self.kinds.lock().expect("caches lock").get(&prefix) {
+        let id = format!("{}/{}/{}", kind.group, kind.version, kind.plural);
+        if let Some(cache) = self.kinds.lock().expect("caches lock").get(&id) {
             return Ok(cache.clone());
         }
         let (objects, revision) = list_all(self.store.as_ref(), kind).await?;
@@ -373,10 +375,10 @@ impl WatchCache {
         });
         let mut kinds = self.kinds.lock().expect("caches lock");
         // Another request may have loaded it meanwhile; the first one stays.
-        if let Some(existing) = kinds.get(&prefix) {
+        if let Some(existing) = kinds.get(&id) {
             return Ok(existing.clone());
         }
-        kinds.insert(prefix, cache.clone());
+        kinds.insert(id, cache.clone());
         tokio::spawn(feed(self.store.clone(), cache.clone(), progress_rx));
         Ok(cache)
     }

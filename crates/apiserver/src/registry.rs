@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
+use skiff_api::conversion;
 use skiff_api::kinds::{self, Kind};
 use skiff_api::object::{self, Filter, Selectable};
 use skiff_api::patch::merge_patch;
@@ -66,10 +67,11 @@ pub struct ListPage {
     pub continue_after: Option<String>,
 }
 
-/// A stored object with its resourceVersion set.
-pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(&kv.value)
+/// A stored object as `kind`'s endpoint serves it, with its resourceVersion set.
+pub fn decode(kind: &Kind, kv: &KeyValue) -> Result<Value, ApiError> {
+    let stored: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    let mut obj = conversion::from_storage(kind, stored);
     set_resource_version(&mut obj, kv.mod_revision);
     Ok(obj)
 }
@@ -87,8 +89,10 @@ fn without_resource_version(mut obj: Value) -> Value {
     obj
 }
 
-fn encode(obj: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(obj).expect("a JSON value serializes"))
+/// An object of `kind`'s endpoint as the store keeps it.
+fn encode(kind: &Kind, obj: &Value) -> Bytes {
+    let stored = conversion::to_storage(kind, obj.clone());
+    Bytes::from(serde_json::to_vec(&stored).expect("a JSON value serializes"))
 }
 
 /// RFC 3339 in seconds, as Kubernetes writes timestamps.
@@ -137,7 +141,7 @@ impl Registry {
             .await
             .map_err(ApiError::from_store)?;
         let kv = resp.kv.ok_or_else(|| target.not_found())?;
-        Ok((decode(&kv)?, kv.mod_revision))
+        Ok((decode(target.kind, &kv)?, kv.mod_revision))
     }
 
     /// Refuses new objects in a namespace that does not exist or is being deleted.
@@ -197,7 +201,7 @@ impl Registry {
             if dry_run {
                 return Ok(obj);
             }
-            let mut txn = Txn::new().create(key.clone(), encode(&obj));
+            let mut txn = Txn::new().create(key.clone(), encode(kind, &obj));
             txn.ops.extend(claims);
             match self.store.txn(txn).await {
                 Ok(resp) => {
@@ -275,7 +279,7 @@ impl Registry {
             revision = Some(resp.revision);
             start_after = resp.kvs.last().map(|kv| kv.key.clone());
             for kv in &resp.kvs {
-                let obj = decode(kv)?;
+                let obj = decode(kind, kv)?;
                 if filter.matches(&Selectable::of(kind, &obj)) {
                     items.push(obj);
                 }
@@ -401,7 +405,7 @@ impl Registry {
         {
             return self.remove(target, obj, expected).await;
         }
-        let mut txn = Txn::new().update(target.key(), encode(&obj), expected);
+        let mut txn = Txn::new().update(target.key(), encode(target.kind, &obj), expected);
         txn.ops.extend(claims);
         let resp = self.store.txn(txn).await?;
         set_resource_version(&mut obj, resp.revision);

@@ -537,3 +537,68 @@ async fn pods_are_bound_once_and_evicted() {
     let evicted = pods.get("web").await.unwrap();
     assert!(evicted.metadata.deletion_timestamp.is_some());
 }
+
+#[tokio::test]
+async fn events_and_hpas_are_one_object_in_two_versions() {
+    use k8s_openapi::api::autoscaling::{v1 as hpa_v1, v2 as hpa_v2};
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    let c = cluster().await;
+    let new_events: Api<NewEvent> = Api::namespaced(c.client.clone(), "default");
+    let core_events: Api<CoreEvent> = Api::namespaced(c.client.clone(), "default");
+    let mut watch = core_events
+        .watch(&WatchParams::default().timeout(5), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let event: NewEvent = serde_json::from_value(json!({
+        "metadata": {"name": "web.pulled"},
+        "eventTime": "2026-11-25T12:00:00.000000Z",
+        "regarding": {"kind": "Pod", "namespace": "default", "name": "web"},
+        "note": "Pulled image my-api:v2.1", "reason": "Pulled", "type": "Normal", "action": "Pull",
+        "reportingController": "skiff/agent", "reportingInstance": "node-1"
+    }))
+    .unwrap();
+    new_events
+        .create(&PostParams::default(), &event)
+        .await
+        .unwrap();
+    let core = core_events.get("web.pulled").await.unwrap();
+    assert_eq!(core.message.as_deref(), Some("Pulled image my-api:v2.1"));
+    assert_eq!(core.involved_object.name.as_deref(), Some("web"));
+    assert_eq!(core.reporting_component.as_deref(), Some("skiff/agent"));
+    match watch.next().await {
+        Some(Ok(WatchEvent::Added(e))) => {
+            assert_eq!(e.message.as_deref(), Some("Pulled image my-api:v2.1"))
+        }
+        other => panic!("the core/v1 watch should see the event: {other:?}"),
+    }
+    let by_field = core_events
+        .list(&ListParams::default().fields("involvedObject.name=web"))
+        .await
+        .unwrap();
+    assert_eq!(by_field.items.len(), 1);
+    let back = new_events.get("web.pulled").await.unwrap();
+    assert_eq!(back.note.as_deref(), Some("Pulled image my-api:v2.1"));
+
+    let v1: Api<hpa_v1::HorizontalPodAutoscaler> = Api::namespaced(c.client.clone(), "default");
+    let v2: Api<hpa_v2::HorizontalPodAutoscaler> = Api::namespaced(c.client.clone(), "default");
+    let hpa: hpa_v1::HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api-server"},
+                 "minReplicas": 2, "maxReplicas": 10, "targetCPUUtilizationPercentage": 70}
+    }))
+    .unwrap();
+    v1.create(&PostParams::default(), &hpa).await.unwrap();
+    let as_v2 = v2.get("api").await.unwrap();
+    let metric = &as_v2.spec.unwrap().metrics.unwrap()[0];
+    assert_eq!(
+        metric.resource.as_ref().unwrap().target.average_utilization,
+        Some(70)
+    );
+    let as_v1 = v1.get("api").await.unwrap();
+    assert_eq!(
+        as_v1.spec.unwrap().target_cpu_utilization_percentage,
+        Some(70)
+    );
+}
