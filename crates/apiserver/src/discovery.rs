@@ -107,13 +107,84 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
-fn subresource(k: &Kind, sub: &str) -> Value {
-    let (group, version, kind, verbs): (&str, &str, &str, &[&str]) = match sub {
+/// The (group, version, kind) a subresource answers with, and its verbs.
+fn subresource_kind(
+    k: &Kind,
+    sub: &str,
+) -> (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+) {
+    match sub {
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "binding" => ("", "v1", "Binding", &["create"]),
         "eviction" => ("policy", "v1", "Eviction", &["create"]),
         _ => (k.group, k.version, k.kind, &["get", "patch", "update"]),
-    };
+    }
+}
+
+/// The media type of aggregated discovery, which kubectl asks for first.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an `Accept` header asks for aggregated discovery (v2).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+/// Aggregated discovery: every resource of the core group (`core`) or of the named groups, in
+/// one document.
+pub fn aggregated(core: bool) -> Value {
+    let mut groups: Vec<(&str, Vec<Value>)> = Vec::new();
+    for (group, version) in kinds::group_versions() {
+        if group.is_empty() != core {
+            continue;
+        }
+        let resources: Vec<Value> = kinds::all()
+            .iter()
+            .filter(|k| k.group == group && k.version == version)
+            .map(|k| {
+                let subresources: Vec<Value> = k
+                    .subresources
+                    .iter()
+                    .map(|sub| {
+                        let (g, v, kind, verbs) = subresource_kind(k, sub);
+                        json!({"subresource": sub, "responseKind": {"group": g, "version": v, "kind": kind}, "verbs": verbs})
+                    })
+                    .collect();
+                json!({
+                    "resource": k.plural,
+                    "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                    "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+                    "singularResource": k.singular(),
+                    "verbs": k.verbs(),
+                    "shortNames": k.short_names,
+                    "categories": k.categories,
+                    "subresources": subresources,
+                })
+            })
+            .collect();
+        let entry = json!({"version": version, "resources": resources, "freshness": "Current"});
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, versions)) => versions.push(entry),
+            None => groups.push((group, vec![entry])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(name, versions)| json!({"metadata": {"name": name}, "versions": versions}))
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+fn subresource(k: &Kind, sub: &str) -> Value {
+    let (group, version, kind, verbs) = subresource_kind(k, sub);
     let mut r = json!({
         "name": format!("{}/{sub}", k.plural),
         "singularName": "",
@@ -157,6 +228,41 @@ mod tests {
         );
         assert_eq!(find("pods/status")["kind"], "Pod");
         assert!(resource_list("apps", "v2").is_none());
+    }
+
+    #[test]
+    fn aggregated_discovery_has_every_kind_in_its_group() {
+        let core = aggregated(true);
+        assert_eq!(core["items"].as_array().unwrap().len(), 1);
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let named = aggregated(false);
+        let apps = named["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "apps")
+            .unwrap();
+        let deploy = apps["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .unwrap();
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+        let count: usize = named["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["versions"].as_array().unwrap())
+            .map(|v| v["resources"].as_array().unwrap().len())
+            .sum();
+        let want = kinds::all().iter().filter(|k| !k.group.is_empty()).count();
+        assert_eq!(count, want);
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated("application/json, */*"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -222,6 +222,30 @@ async fn openapi_v3_document(axum::extract::Path(path): axum::extract::Path<Stri
     }
 }
 
+/// `/api` and `/apis`: aggregated discovery when the client asks for it, the plain lists
+/// otherwise.
+fn group_discovery(headers: &HeaderMap, core: bool) -> Response {
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if discovery::wants_aggregated(accept) {
+        let body = serde_json::to_vec(&discovery::aggregated(core)).expect("JSON serializes");
+        return (
+            StatusCode::OK,
+            [("content-type", discovery::AGGREGATED)],
+            body,
+        )
+            .into_response();
+    }
+    let doc = if core {
+        discovery::api_versions()
+    } else {
+        discovery::api_groups()
+    };
+    json_response(StatusCode::OK, &doc)
+}
+
 /// kubectl 1.27 and 1.28 insist on fetching the v2 document; an empty one in its protobuf media
 /// type satisfies them (newer ones read v3).
 fn openapi_v2() -> Response {
@@ -247,11 +271,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/readyz", get(|| async { ok() }))
         .route(
             "/api",
-            get(|| async { json_response(StatusCode::OK, &discovery::api_versions()) }),
+            get(|headers: HeaderMap| async move { group_discovery(&headers, true) }),
         )
         .route(
             "/apis",
-            get(|| async { json_response(StatusCode::OK, &discovery::api_groups()) }),
+            get(|headers: HeaderMap| async move { group_discovery(&headers, false) }),
         )
         .route("/openapi/v2", get(|| async { openapi_v2() }))
         .route(

@@ -602,3 +602,29 @@ async fn events_and_hpas_are_one_object_in_two_versions() {
         Some(70)
     );
 }
+
+#[tokio::test]
+async fn aggregated_and_legacy_discovery_agree() {
+    let c = cluster().await;
+    for aggregated in [true, false] {
+        let discovery = kube::Discovery::new(c.client.clone());
+        let discovery = if aggregated {
+            discovery.run_aggregated().await.unwrap()
+        } else {
+            discovery.run().await.unwrap()
+        };
+        let apps = discovery.get("apps").expect("the apps group");
+        let (deploy, caps) = apps
+            .recommended_resources()
+            .into_iter()
+            .find(|(r, _)| r.plural == "deployments")
+            .expect("deployments are served");
+        assert_eq!(
+            (deploy.kind.as_str(), deploy.version.as_str()),
+            ("Deployment", "v1")
+        );
+        assert!(caps.supports_operation("watch"), "aggregated: {aggregated}");
+        let autoscaling = discovery.get("autoscaling").unwrap();
+        assert_eq!(autoscaling.preferred_version_or_latest(), "v2");
+    }
+}

@@ -25,6 +25,18 @@ fn kubectl_lists_the_system_namespaces_over_tls() {
         .filter(|cm| cm["metadata"]["name"] == "kube-root-ca.crt")
         .count();
     assert_eq!(roots, 4, "a CA ConfigMap in each namespace");
+    let resources = kubectl(&server, &["api-resources", "-o", "name"]).out();
+    for want in [
+        "deployments.apps",
+        "pods",
+        "events.events.k8s.io",
+        "leases.coordination.k8s.io",
+    ] {
+        assert!(
+            resources.lines().any(|l| l == want),
+            "{want} in {resources}"
+        );
+    }
     let version = kubectl(&server, &["version", "-o", "json"]).out();
     assert_eq!(json(&version)["serverVersion"]["minor"], "33");
 }
