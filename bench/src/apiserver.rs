@@ -228,37 +228,53 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Starts `clients` connections creating `total` ConfigMaps holding `data` in `namespace`
+/// between them, counting them in `done`.
+async fn spawn_creators(
+    connector: &Connector,
+    clients: usize,
+    namespace: &str,
+    data: &str,
+    total: usize,
+    done: &Arc<AtomicUsize>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let path = format!("/api/v1/namespaces/{namespace}/configmaps");
+    let mut writers = Vec::new();
+    for _ in 0..clients {
+        let mut conn = connector.connect().await?;
+        let (next, done, data, path) = (next.clone(), done.clone(), data.to_string(), path.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok(());
+                }
+                let body = configmap(&format!("cm-{i}"), &data, None);
+                call(&mut conn, "POST", &path, Some(body)).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    Ok(writers)
+}
+
 /// Creates small ConfigMaps from concurrent clients while one more client GETs one object over
 /// and over; answers creates per second and the GETs' p99 in ms.
 async fn creates_under_load(connector: &Connector, s: &Sizes) -> anyhow::Result<(f64, f64)> {
     let mut setup = connector.connect().await?;
     create_namespace(&mut setup, "bench-create").await?;
-    let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut writers = Vec::new();
-    for _ in 0..s.clients {
-        let mut conn = connector.connect().await?;
-        let (next, done, total) = (next.clone(), done.clone(), s.creates);
-        writers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let body = configmap(&format!("cm-{i}"), "small", None);
-                call(
-                    &mut conn,
-                    "POST",
-                    "/api/v1/namespaces/bench-create/configmaps",
-                    Some(body),
-                )
-                .await?;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let writers = spawn_creators(
+        connector,
+        s.clients,
+        "bench-create",
+        "small",
+        s.creates,
+        &done,
+    )
+    .await?;
     let mut reader = connector.connect().await?;
     let mut gets = Vec::new();
     while done.load(Ordering::Relaxed) < s.creates && !writers.iter().all(|w| w.is_finished()) {
@@ -290,29 +306,16 @@ async fn memory_per_object(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_mib(server.pid())?;
     let data = "x".repeat(1024);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for _ in 0..s.clients {
-        let mut conn = connector.connect().await?;
-        let (next, data, total) = (next.clone(), data.clone(), s.memory_objects);
-        writers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let body = configmap(&format!("m-{i}"), &data, None);
-                call(
-                    &mut conn,
-                    "POST",
-                    "/api/v1/namespaces/bench-memory/configmaps",
-                    Some(body),
-                )
-                .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let writers = spawn_creators(
+        connector,
+        s.clients,
+        "bench-memory",
+        &data,
+        s.memory_objects,
+        &done,
+    )
+    .await?;
     for w in writers {
         w.await??;
     }

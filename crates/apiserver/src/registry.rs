@@ -59,6 +59,28 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
+impl DeleteOptions {
+    /// The options of a `DeleteOptions` body (as a DELETE or an Eviction carries them).
+    pub fn from_json(body: &Value) -> Result<DeleteOptions, ApiError> {
+        if let Some(p) = body["propagationPolicy"].as_str() {
+            if !matches!(p, "Background" | "Foreground" | "Orphan") {
+                return Err(ApiError::bad_request(format!(
+                    "propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+                )));
+            }
+        }
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        Ok(DeleteOptions {
+            grace_period_seconds: body["gracePeriodSeconds"].as_i64(),
+            precondition_uid: text(&body["preconditions"]["uid"]),
+            precondition_resource_version: text(&body["preconditions"]["resourceVersion"]),
+            dry_run: body["dryRun"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == "All")),
+        })
+    }
+}
+
 /// One page of a list.
 pub struct ListPage {
     pub items: Vec<Value>,

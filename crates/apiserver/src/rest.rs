@@ -508,6 +508,7 @@ async fn watch(
     )
 }
 
+/// A DELETE's options: its body, with the query's parameters where the body is silent.
 async fn delete_options(
     headers: &HeaderMap,
     body: Body,
@@ -516,39 +517,20 @@ async fn delete_options(
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let from_body: Value = if body.is_empty() {
+    let mut from_body: Value = if body.is_empty() {
         json!({})
     } else {
         read_body(headers, Body::from(body)).await?
     };
-    let policy = from_body["propagationPolicy"]
-        .as_str()
-        .or(query.get("propagationPolicy"));
-    if let Some(p) = policy {
-        if !matches!(p, "Background" | "Foreground" | "Orphan") {
-            return Err(ApiError::bad_request(format!(
-                "propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
-            )));
-        }
+    if let (Some(policy), Some(map)) = (query.get("propagationPolicy"), from_body.as_object_mut()) {
+        map.entry("propagationPolicy").or_insert(policy.into());
     }
-    let grace = match from_body["gracePeriodSeconds"].as_i64() {
-        Some(g) => Some(g),
-        None => query.number::<i64>("gracePeriodSeconds")?,
-    };
-    let dry_run = from_body["dryRun"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|v| v == "All"))
-        || query.dry_run()?;
-    Ok(DeleteOptions {
-        grace_period_seconds: grace,
-        precondition_uid: from_body["preconditions"]["uid"]
-            .as_str()
-            .map(str::to_string),
-        precondition_resource_version: from_body["preconditions"]["resourceVersion"]
-            .as_str()
-            .map(str::to_string),
-        dry_run,
-    })
+    let mut options = DeleteOptions::from_json(&from_body)?;
+    if options.grace_period_seconds.is_none() {
+        options.grace_period_seconds = query.number::<i64>("gracePeriodSeconds")?;
+    }
+    options.dry_run |= query.dry_run()?;
+    Ok(options)
 }
 
 async fn delete_collection(

@@ -153,16 +153,7 @@ pub async fn evict(
         .get("deleteOptions")
         .cloned()
         .unwrap_or(Value::Null);
-    let delete = DeleteOptions {
-        grace_period_seconds: options["gracePeriodSeconds"].as_i64(),
-        precondition_uid: options["preconditions"]["uid"].as_str().map(str::to_string),
-        precondition_resource_version: options["preconditions"]["resourceVersion"]
-            .as_str()
-            .map(str::to_string),
-        dry_run: options["dryRun"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|v| v == "All")),
-    };
+    let delete = DeleteOptions::from_json(&options)?;
     registry.delete(target, &delete).await?;
     Ok(
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
