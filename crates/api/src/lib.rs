@@ -13,6 +13,7 @@ pub mod label_selector;
 pub mod names;
 pub mod object;
 pub mod patch;
+pub mod schema;
 pub mod service;
 pub mod strategy;
 

@@ -9,65 +9,10 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use schemars::generate::{SchemaGenerator, SchemaSettings};
-use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 use skiff_api::kinds::{self, Kind};
-
-/// Registers the schema of the Rust type of a served kind; answers its schema name.
-macro_rules! kind_types {
-    ($($group:literal $version:literal $kind:literal => $ty:ty,)*) => {
-        fn register(kind: &Kind, generator: &mut SchemaGenerator) -> Option<String> {
-            match (kind.group, kind.version, kind.kind) {
-                $(($group, $version, $kind) => {
-                    generator.subschema_for::<$ty>();
-                    Some(<$ty as JsonSchema>::schema_name().into_owned())
-                })*
-                _ => None,
-            }
-        }
-    };
-}
-
-kind_types! {
-    "" "v1" "Namespace" => k8s_openapi::api::core::v1::Namespace,
-    "" "v1" "Node" => k8s_openapi::api::core::v1::Node,
-    "" "v1" "Pod" => k8s_openapi::api::core::v1::Pod,
-    "" "v1" "Service" => k8s_openapi::api::core::v1::Service,
-    "" "v1" "Endpoints" => k8s_openapi::api::core::v1::Endpoints,
-    "" "v1" "ConfigMap" => k8s_openapi::api::core::v1::ConfigMap,
-    "" "v1" "Secret" => k8s_openapi::api::core::v1::Secret,
-    "" "v1" "Event" => k8s_openapi::api::core::v1::Event,
-    "" "v1" "ServiceAccount" => k8s_openapi::api::core::v1::ServiceAccount,
-    "" "v1" "PersistentVolume" => k8s_openapi::api::core::v1::PersistentVolume,
-    "" "v1" "PersistentVolumeClaim" => k8s_openapi::api::core::v1::PersistentVolumeClaim,
-    "" "v1" "ReplicationController" => k8s_openapi::api::core::v1::ReplicationController,
-    "apps" "v1" "Deployment" => k8s_openapi::api::apps::v1::Deployment,
-    "apps" "v1" "ReplicaSet" => k8s_openapi::api::apps::v1::ReplicaSet,
-    "apps" "v1" "StatefulSet" => k8s_openapi::api::apps::v1::StatefulSet,
-    "apps" "v1" "DaemonSet" => k8s_openapi::api::apps::v1::DaemonSet,
-    "apps" "v1" "ControllerRevision" => k8s_openapi::api::apps::v1::ControllerRevision,
-    "batch" "v1" "Job" => k8s_openapi::api::batch::v1::Job,
-    "batch" "v1" "CronJob" => k8s_openapi::api::batch::v1::CronJob,
-    "coordination.k8s.io" "v1" "Lease" => k8s_openapi::api::coordination::v1::Lease,
-    "discovery.k8s.io" "v1" "EndpointSlice" => k8s_openapi::api::discovery::v1::EndpointSlice,
-    "events.k8s.io" "v1" "Event" => k8s_openapi::api::events::v1::Event,
-    "policy" "v1" "PodDisruptionBudget" => k8s_openapi::api::policy::v1::PodDisruptionBudget,
-    "autoscaling" "v2" "HorizontalPodAutoscaler" => k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
-    "autoscaling" "v1" "HorizontalPodAutoscaler" => k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler,
-    "networking.k8s.io" "v1" "Ingress" => k8s_openapi::api::networking::v1::Ingress,
-    "networking.k8s.io" "v1" "IngressClass" => k8s_openapi::api::networking::v1::IngressClass,
-    "networking.k8s.io" "v1" "NetworkPolicy" => k8s_openapi::api::networking::v1::NetworkPolicy,
-    "rbac.authorization.k8s.io" "v1" "Role" => k8s_openapi::api::rbac::v1::Role,
-    "rbac.authorization.k8s.io" "v1" "RoleBinding" => k8s_openapi::api::rbac::v1::RoleBinding,
-    "rbac.authorization.k8s.io" "v1" "ClusterRole" => k8s_openapi::api::rbac::v1::ClusterRole,
-    "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => k8s_openapi::api::rbac::v1::ClusterRoleBinding,
-    "storage.k8s.io" "v1" "StorageClass" => k8s_openapi::api::storage::v1::StorageClass,
-    "scheduling.k8s.io" "v1" "PriorityClass" => k8s_openapi::api::scheduling::v1::PriorityClass,
-    "certificates.k8s.io" "v1" "CertificateSigningRequest" => k8s_openapi::api::certificates::v1::CertificateSigningRequest,
-    "authorization.k8s.io" "v1" "SelfSubjectAccessReview" => k8s_openapi::api::authorization::v1::SelfSubjectAccessReview,
-    "authorization.k8s.io" "v1" "SelfSubjectRulesReview" => k8s_openapi::api::authorization::v1::SelfSubjectRulesReview,
-}
+use skiff_api::schema::register;
 
 /// Changes whenever the documents can change: with the binary.
 const HASH: &str = env!("CARGO_PKG_VERSION");
