@@ -15,6 +15,7 @@ pub mod object;
 pub mod patch;
 pub mod schema;
 pub mod service;
+pub mod strategic;
 pub mod strategy;
 
 pub use field_selector::{FieldRequirement, FieldSelector, FieldSelectorError};

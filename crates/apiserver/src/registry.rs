@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use skiff_api::conversion;
 use skiff_api::kinds::{self, Kind};
 use skiff_api::object::{self, Filter, Selectable};
-use skiff_api::patch::merge_patch;
+use skiff_api::patch::PatchType;
 use skiff_api::service::ServiceRanges;
 use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
 use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
@@ -367,19 +367,23 @@ impl Registry {
         Err(target.conflict())
     }
 
-    /// Applies a merge patch to the object as it is now (retrying when another writer got in
-    /// first, unless the patch names a resourceVersion) and updates it through `endpoint`.
+    /// Applies a patch to the object as it is now (retrying when another writer got in first,
+    /// unless the patch names a resourceVersion) and updates it through `endpoint`.
     pub async fn patch(
         &self,
         target: &Target<'_>,
+        patch_type: PatchType,
         patch: &Value,
         endpoint: Endpoint,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
+        let ty = skiff_api::schema::root(target.kind);
         for _ in 0..UNCONDITIONAL_RETRIES {
             let mut patched = self.get(target).await?;
-            merge_patch(&mut patched, patch);
+            patch_type
+                .apply(&mut patched, patch, ty)
+                .map_err(|e| crate::subresources::patch_error(target.name, e))?;
             match self.update(target, patched, endpoint, dry_run).await {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
                 other => return other,

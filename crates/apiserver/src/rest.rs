@@ -12,6 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use skiff_api::kinds::{Kind, Storage};
 use skiff_api::object::{check_selectable, Filter};
+use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
 use skiff_api::{FieldSelector, LabelSelector};
 use skiff_store::Revision;
@@ -251,9 +252,9 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
                 .await?
         }
         Method::PATCH => {
-            let patch = read_patch(&parts.headers, body).await?;
+            let (patch_type, patch) = read_patch(&parts.headers, body).await?;
             registry
-                .patch(&target, &patch, endpoint, query.dry_run()?)
+                .patch(&target, patch_type, &patch, endpoint, query.dry_run()?)
                 .await?
         }
         Method::DELETE if endpoint == Endpoint::Main => {
@@ -290,7 +291,8 @@ async fn serve_subresource(
             let change = if parts.method == Method::PUT {
                 ScaleChange::Replace(read_body(&parts.headers, body).await?)
             } else {
-                ScaleChange::Merge(read_patch(&parts.headers, body).await?)
+                let (patch_type, patch) = read_patch(&parts.headers, body).await?;
+                ScaleChange::Patch(patch_type, patch)
             };
             let scale =
                 subresources::update_scale(registry, target, change, query.dry_run()?).await?;
@@ -322,31 +324,29 @@ fn not_enforced(kind: &Kind) -> Option<axum::http::HeaderValue> {
     axum::http::HeaderValue::from_str(&format!("299 - \"skiff: {what} yet\"")).ok()
 }
 
-/// Reads a PATCH body: JSON merge patches; the other patch types come later.
-async fn read_patch(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+/// Reads a PATCH body and its type.
+async fn read_patch(headers: &HeaderMap, body: Body) -> Result<(PatchType, Value), ApiError> {
     let media = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let media = media.split(';').next().unwrap_or_default().trim();
-    match media {
-        "application/merge-patch+json" => {
-            let bytes = axum::body::to_bytes(body, MAX_BODY)
-                .await
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::bad_request(format!("the patch is not valid JSON: {e}"))
-            })
-        }
-        // FIXME(issue 5): strategic merge patch, JSON patch and server-side apply.
-        other => Err(ApiError::new(
+    let Some(kind) = PatchType::from_media(media) else {
+        // FIXME(issue 5): server-side apply.
+        return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the patch type {other:?} is not supported yet; supported: application/merge-patch+json (kubectl patch --type=merge)"
+                "the patch type {media:?} is not supported yet; supported: application/strategic-merge-patch+json, application/merge-patch+json, application/json-patch+json"
             ),
-        )),
-    }
+        ));
+    };
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let patch = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    Ok((kind, patch))
 }
 
 /// A continue token: the revision of the first page and the last key returned.

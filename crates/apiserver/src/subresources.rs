@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use skiff_api::object::{self, selector_from_json};
-use skiff_api::patch::merge_patch;
+use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
 
 use crate::registry::{DeleteOptions, Registry, Target};
@@ -46,8 +46,8 @@ pub fn scale_of(obj: &Value) -> Result<Value, ApiError> {
 pub enum ScaleChange {
     /// PUT: the new Scale.
     Replace(Value),
-    /// PATCH: a merge patch of the current Scale.
-    Merge(Value),
+    /// PATCH: a patch of the current Scale.
+    Patch(PatchType, Value),
 }
 
 /// Sets the replicas of a workload through its Scale; answers the new Scale.
@@ -60,9 +60,11 @@ pub async fn update_scale(
     let current = registry.get(target).await?;
     let scale = match change {
         ScaleChange::Replace(scale) => scale,
-        ScaleChange::Merge(patch) => {
+        ScaleChange::Patch(patch_type, patch) => {
             let mut scale = scale_of(&current)?;
-            merge_patch(&mut scale, &patch);
+            patch_type
+                .apply(&mut scale, &patch, None)
+                .map_err(|e| patch_error(target.name, e))?;
             scale
         }
     };
@@ -92,6 +94,15 @@ pub async fn update_scale(
         .update(target, obj, Endpoint::Main, dry_run)
         .await?;
     scale_of(&updated)
+}
+
+/// A patch that cannot be applied, as Kubernetes answers it.
+pub fn patch_error(name: &str, reason: String) -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("the patch of \"{name}\" cannot be applied: {reason}"),
+    )
 }
 
 /// `pods/binding`: puts a pod on a node, once.

@@ -85,18 +85,13 @@ fn the_articles_manifests_apply_and_read_back() {
         again.contains("deployment.apps/api-server unchanged"),
         "{again}"
     );
-    // FIXME(issue 5): re-applying config.yaml patches the Secret (its stringData is never
-    // stored, so kubectl always sees a difference); patches arrive with the API fidelity issue.
+    // The Secret's stringData is never stored, so kubectl always sees a change and patches.
     let patched = kubectl(
         &server,
         &["apply", "-f", example("config.yaml").to_str().unwrap()],
-    );
-    assert!(
-        patched.stderr.contains("UnsupportedMediaType")
-            && patched.stderr.contains("not supported yet"),
-        "{}",
-        patched.stderr
-    );
+    )
+    .out();
+    assert!(patched.contains("secret/db-creds configured"), "{patched}");
 
     let deploy = json(&kubectl(&server, &["get", "deployment", "api-server", "-o", "json"]).out());
     assert_eq!(deploy["spec"]["replicas"], 3);
@@ -455,7 +450,6 @@ fn scale_merge_patches_and_warnings() {
     let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
     assert_eq!(deploy["spec"]["replicas"], 2);
     assert_eq!(deploy["metadata"]["annotations"]["team"], "payments");
-    // FIXME(issue 5): strategic merge patches (kubectl's default for patch, set image, ...).
     let smp = kubectl(
         &server,
         &[
@@ -466,8 +460,38 @@ fn scale_merge_patches_and_warnings() {
             r#"{"spec":{"replicas":3}}"#,
         ],
     )
+    .out();
+    assert!(smp.contains("patched"), "{smp}");
+    let json_patch = r#"[{"op":"replace","path":"/spec/replicas","value":4},{"op":"add","path":"/metadata/labels","value":{"via":"json-patch"}}]"#;
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "deploy",
+            "api-server",
+            "--type=json",
+            "-p",
+            json_patch,
+        ],
+    )
+    .out();
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert_eq!(deploy["spec"]["replicas"], 4);
+    assert_eq!(deploy["metadata"]["labels"]["via"], "json-patch");
+    let failing = r#"[{"op":"test","path":"/spec/replicas","value":99}]"#;
+    let err = kubectl(
+        &server,
+        &[
+            "patch",
+            "deploy",
+            "api-server",
+            "--type=json",
+            "-p",
+            failing,
+        ],
+    )
     .err();
-    assert!(smp.contains("not supported yet"), "{smp}");
+    assert!(err.contains("test operation 0 failed"), "{err}");
 
     let policy = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"deny"},"spec":{"podSelector":{}}}"#;
     let created = kubectl_stdin(&server, &["create", "-f", "-"], policy);
@@ -494,4 +518,78 @@ fn explain_reads_the_served_schemas() {
         missing.contains("field \"nonsense\" does not exist"),
         "{missing}"
     );
+}
+
+#[test]
+fn reapply_set_image_set_env_and_restart_patch_strategically() {
+    let server = server();
+    let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
+    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    let unchanged = kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    assert!(
+        unchanged.contains("deployment.apps/api-server unchanged"),
+        "{unchanged}"
+    );
+
+    // A sidecar added by someone else survives re-applies: containers merge by name.
+    let sidecar =
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"proxy","image":"proxy:1"}]}}}}"#;
+    kubectl(&server, &["patch", "deploy", "api-server", "-p", sidecar]).out();
+    let changed = manifest
+        .replace("replicas: 3", "replicas: 4")
+        .replace("cpu: \"500m\"", "cpu: \"1\"");
+    let configured = kubectl_stdin(&server, &["apply", "-f", "-"], &changed).out();
+    assert!(
+        configured.contains("deployment.apps/api-server configured"),
+        "{configured}"
+    );
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert_eq!(deploy["spec"]["replicas"], 4);
+    assert_eq!(deploy["metadata"]["generation"], 3);
+    let containers = deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["server", "proxy"]);
+    assert_eq!(containers[0]["resources"]["limits"]["cpu"], "1");
+    assert_eq!(
+        containers[0]["ports"][0]["containerPort"], 8080,
+        "untouched fields stay"
+    );
+
+    kubectl(
+        &server,
+        &[
+            "set",
+            "image",
+            "deployment/api-server",
+            "server=my-api:v2.2",
+        ],
+    )
+    .out();
+    kubectl(
+        &server,
+        &[
+            "set",
+            "env",
+            "deployment/api-server",
+            "-c",
+            "server",
+            "LOG_LEVEL=debug",
+        ],
+    )
+    .out();
+    kubectl(&server, &["rollout", "restart", "deployment/api-server"]).out();
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    let template = &deploy["spec"]["template"];
+    assert_eq!(template["spec"]["containers"][0]["image"], "my-api:v2.2");
+    assert_eq!(
+        template["spec"]["containers"][0]["env"][0],
+        serde_json::json!({"name": "LOG_LEVEL", "value": "debug"})
+    );
+    assert_eq!(template["spec"]["containers"][1]["image"], "proxy:1");
+    assert!(template["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string());
 }
