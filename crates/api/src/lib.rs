@@ -17,6 +17,7 @@ pub mod schema;
 pub mod service;
 pub mod strategic;
 pub mod strategy;
+pub mod table;
 
 pub use field_selector::{FieldRequirement, FieldSelector, FieldSelectorError};
 pub use label_selector::{LabelSelector, Operator, Requirement, SelectorError};

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod discovery;
+pub mod format;
 pub mod openapi;
 pub mod paths;
 pub mod pki;

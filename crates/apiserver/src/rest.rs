@@ -17,6 +17,7 @@ use skiff_api::strategy::Endpoint;
 use skiff_api::{FieldSelector, LabelSelector};
 use skiff_store::Revision;
 
+use crate::format::{self, json_response, Format};
 use crate::paths::{self, ApiPath, ResourcePath};
 use crate::registry::{DeleteOptions, Registry, Target};
 use crate::server::Api;
@@ -30,11 +31,6 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// The longest a watch without `timeoutSeconds` stays open (clients re-watch).
 const MAX_WATCH: Duration = Duration::from_secs(30 * 60);
-
-pub fn json_response(code: StatusCode, value: &Value) -> Response {
-    let body = serde_json::to_vec(value).expect("a JSON value serializes");
-    (code, [("content-type", "application/json")], body).into_response()
-}
 
 /// `/api/...` and `/apis/...`.
 pub async fn handle(State(api): State<std::sync::Arc<Api>>, req: Request) -> Response {
@@ -204,6 +200,7 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
         };
     }
     let namespace = path.namespace.as_deref();
+    let format = Format::of(&parts.headers, query.get("includeObject"));
     let endpoint = match path.subresource.as_deref() {
         None => Endpoint::Main,
         Some("status") if kind.has_status() => Endpoint::Status,
@@ -220,8 +217,8 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
     };
     let Some(name) = path.name.as_deref() else {
         return match parts.method {
-            Method::GET if query.flag("watch") => watch(api, kind, namespace, &query).await,
-            Method::GET => list(api, kind, namespace, &query).await,
+            Method::GET if query.flag("watch") => watch(api, kind, namespace, &query, format).await,
+            Method::GET => list(api, kind, namespace, &query, format).await,
             Method::POST => {
                 let obj = read_body(&parts.headers, body).await?;
                 let created = registry
@@ -244,7 +241,10 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
         name,
     };
     let obj = match parts.method {
-        Method::GET => registry.get(&target).await?,
+        Method::GET => {
+            let obj = registry.get(&target).await?;
+            return Ok(format::object(kind, format, StatusCode::OK, &obj));
+        }
         Method::PUT => {
             let body = read_body(&parts.headers, body).await?;
             registry
@@ -349,6 +349,15 @@ async fn read_patch(headers: &HeaderMap, body: Body) -> Result<(PatchType, Value
     Ok((kind, patch))
 }
 
+/// A list's metadata: its revision, and where the next page starts.
+fn list_metadata(revision: Revision, continue_after: Option<&str>) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(after) = continue_after {
+        metadata["continue"] = json!(encode_continue(revision, after));
+    }
+    metadata
+}
+
 /// A continue token: the revision of the first page and the last key returned.
 fn encode_continue(revision: Revision, after: &str) -> String {
     let token = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": after});
@@ -372,6 +381,7 @@ async fn list(
     kind: &'static Kind,
     namespace: Option<&str>,
     query: &Query,
+    format: Format,
 ) -> Result<Response, ApiError> {
     let filter = query.filter(kind)?;
     let limit = query.number::<usize>("limit")?.filter(|l| *l > 0);
@@ -382,7 +392,7 @@ async fn list(
         }
         None if query.get("resourceVersionMatch") == Some("Exact") => (query.revision()?, None),
         // Anything else is served at the latest revision, which is never older than asked.
-        None => match list_from_cache(api, kind, namespace, &filter, limit).await? {
+        None => match list_from_cache(api, kind, namespace, &filter, limit, format).await? {
             Some(response) => return Ok(response),
             None => (None, None),
         },
@@ -404,7 +414,12 @@ async fn list(
         .map(|o| serde_json::to_vec(o).expect("a JSON value serializes"))
         .collect();
     let last = page.continue_after.as_deref();
-    Ok(list_response(kind, page.revision, last, &items))
+    Ok(format::list(
+        kind,
+        format,
+        list_metadata(page.revision, last),
+        &items,
+    ))
 }
 
 /// A consistent list from the watch cache, once it has caught up with every write acknowledged
@@ -416,6 +431,7 @@ async fn list_from_cache(
     namespace: Option<&str>,
     filter: &Filter,
     limit: Option<usize>,
+    format: Format,
 ) -> Result<Option<Response>, ApiError> {
     let cache = api.cache.of(kind).await.map_err(ApiError::from_store)?;
     let current = api
@@ -449,39 +465,12 @@ async fn list_from_cache(
             .skip(1)
             .any(|(_, o)| cache::matches(filter, o));
     let last = if more { last } else { None };
-    Ok(Some(list_response(kind, snapshot.revision, last, &items)))
-}
-
-/// A list's JSON, its items written as they are (cached objects are not serialized again).
-fn list_response(
-    kind: &Kind,
-    revision: Revision,
-    continue_after: Option<&str>,
-    items: &[impl AsRef<[u8]>],
-) -> Response {
-    let mut metadata = json!({"resourceVersion": revision.to_string()});
-    if let Some(after) = continue_after {
-        metadata["continue"] = json!(encode_continue(revision, after));
-    }
-    let head = json!({
-        "kind": kind.list_kind(),
-        "apiVersion": kind.api_version(),
-        "metadata": metadata,
-    })
-    .to_string();
-    let size: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
-    let mut body = Vec::with_capacity(head.len() + size + 16);
-    // `head` is an object: reopen it to append the items.
-    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
-    body.extend_from_slice(b",\"items\":[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(item.as_ref());
-    }
-    body.extend_from_slice(b"]}");
-    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+    Ok(Some(format::list(
+        kind,
+        format,
+        list_metadata(snapshot.revision, last),
+        &items,
+    )))
 }
 
 async fn watch(
@@ -489,6 +478,7 @@ async fn watch(
     kind: &'static Kind,
     namespace: Option<&str>,
     query: &Query,
+    format: Format,
 ) -> Result<Response, ApiError> {
     let after = query.revision()?.filter(|rv| *rv > 0);
     let timeout = query
@@ -504,6 +494,7 @@ async fn watch(
             after,
             bookmarks: query.flag("allowWatchBookmarks"),
             timeout,
+            format,
         },
     )
 }

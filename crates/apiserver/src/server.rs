@@ -19,9 +19,9 @@ use skiff_api::service::ServiceRanges;
 use skiff_store::Store;
 
 use crate::cache::WatchCache;
+use crate::format::json_response;
 use crate::pki::{Pki, PkiError};
 use crate::registry::{DeleteOptions, Registry, Target};
-use crate::rest::json_response;
 use crate::status::ApiError;
 use crate::tls::{Identity, TlsError};
 use crate::{discovery, openapi, rest, tls};

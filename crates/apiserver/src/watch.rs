@@ -15,6 +15,7 @@ use skiff_store::Revision;
 use tokio::sync::mpsc;
 
 use crate::cache::{matches, Cached, Change, KindCache, WatchRefusal};
+use crate::format::{self, Format};
 use crate::status::ApiError;
 
 /// What a watch request asked for.
@@ -25,6 +26,8 @@ pub struct WatchRequest {
     pub after: Option<Revision>,
     pub bookmarks: bool,
     pub timeout: Duration,
+    /// Events carry the object, or (for `kubectl get -w`) a one-row Table of it.
+    pub format: Format,
 }
 
 /// A watcher asking for bookmarks gets one when the revision moved, or after this long.
@@ -104,6 +107,7 @@ pub fn serve(cache: Arc<KindCache>, req: WatchRequest) -> Result<Response, ApiEr
             prefix,
             kind,
             filter: req.filter,
+            format: req.format,
             bookmarks: req.bookmarks,
             bookmarked: 0,
             last_bookmark: tokio::time::Instant::now(),
@@ -127,6 +131,7 @@ struct Relay {
     prefix: String,
     kind: &'static skiff_api::kinds::Kind,
     filter: Filter,
+    format: Format,
     bookmarks: bool,
     /// Changes up to here were sent (or were before the start): later duplicates are skipped.
     sent: Revision,
@@ -172,7 +177,17 @@ impl Relay {
             return Step::Skip;
         }
         self.sent = revision;
-        event_line(change, &self.filter).map_or(Step::Skip, Step::Line)
+        match self.format {
+            Format::Json => event_line(change, &self.filter).map_or(Step::Skip, Step::Line),
+            Format::Table(include) => match translate(change, &self.filter) {
+                Some((event, obj)) => {
+                    let table = format::table(self.kind, json!({}), &[&obj.json], include);
+                    let bytes = serde_json::to_vec(&table).expect("a JSON value serializes");
+                    Step::Line(line(event, &bytes))
+                }
+                None => Step::Skip,
+            },
+        }
     }
 
     /// The next change: from the backlog, else a live one if ready.

@@ -593,3 +593,53 @@ fn reapply_set_image_set_env_and_restart_patch_strategically() {
     assert_eq!(template["spec"]["containers"][1]["image"], "proxy:1");
     assert!(template["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string());
 }
+
+/// The words of each line of kubectl's output, spaces folded.
+fn table(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn get_shows_kubernetes_columns() {
+    let server = server();
+    for file in ["api-server.yaml", "user-service.yaml", "config.yaml"] {
+        kubectl(&server, &["apply", "-f", example(file).to_str().unwrap()]).out();
+    }
+    let deploy = table(&kubectl(&server, &["get", "deploy"]).out());
+    assert_eq!(deploy[0], "NAME READY UP-TO-DATE AVAILABLE AGE");
+    assert!(deploy[1].starts_with("api-server 0/3 0 0 "), "{deploy:?}");
+    let svc = table(&kubectl(&server, &["get", "svc", "user-service", "-o", "wide"]).out());
+    assert_eq!(
+        svc[0],
+        "NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE SELECTOR"
+    );
+    assert!(
+        svc[1].starts_with("user-service ClusterIP 10.43."),
+        "{svc:?}"
+    );
+    assert!(
+        svc[1].contains(" <none> 8080/TCP ") && svc[1].ends_with(" app=users"),
+        "{svc:?}"
+    );
+    let cms = table(&kubectl(&server, &["get", "cm", "-A"]).out());
+    assert_eq!(cms[0], "NAMESPACE NAME DATA AGE");
+    assert!(
+        cms.iter().any(|l| l.starts_with("default app-config 2 ")),
+        "{cms:?}"
+    );
+    let secret = table(&kubectl(&server, &["get", "secret", "db-creds"]).out());
+    assert!(secret[1].starts_with("db-creds Opaque 1 "), "{secret:?}");
+    let ns = table(&kubectl(&server, &["get", "ns", "kube-system"]).out());
+    assert!(ns[1].starts_with("kube-system Active "), "{ns:?}");
+    let none = kubectl(&server, &["get", "pods"]);
+    assert!(
+        none.ok
+            && none
+                .stderr
+                .contains("No resources found in default namespace."),
+        "{}",
+        none.stderr
+    );
+}
