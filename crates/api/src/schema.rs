@@ -154,9 +154,104 @@ pub fn object_lists() -> Vec<(&'static str, &'static str)> {
     out
 }
 
+/// The schema a property refers to, or the property itself.
+fn resolve(schema: &Value) -> &Value {
+    match referred(schema) {
+        Some(name) => types().definitions.get(name).unwrap_or(schema),
+        None => schema,
+    }
+}
+
+/// Removes the fields of `obj` (an object of the type named `ty`) that the type does not have,
+/// and answers their paths (`spec.template.spec.containers[0].imagee`), as Kubernetes' strict
+/// decoding names them. Objects without described properties (raw extensions) are left alone.
+pub fn prune_unknown(ty: &str, obj: &mut Value) -> Vec<String> {
+    let mut unknown = Vec::new();
+    if let Some(schema) = types().definitions.get(ty) {
+        prune(schema, obj, "", &mut unknown);
+    }
+    unknown
+}
+
+fn prune(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<String>) {
+    let schema = resolve(schema);
+    match value {
+        Value::Object(map) => {
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                map.retain(|key, child| {
+                    let here = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    match properties.get(key) {
+                        // Patch directives ($patch, $setElementOrder/...) are not fields.
+                        _ if key.starts_with('$') => true,
+                        Some(property) => {
+                            prune(property, child, &here, unknown);
+                            true
+                        }
+                        // apiVersion and kind are part of every object, described or not.
+                        None if path.is_empty() && (key == "apiVersion" || key == "kind") => true,
+                        None => {
+                            unknown.push(here);
+                            false
+                        }
+                    }
+                });
+            } else if let Some(values) =
+                schema.get("additionalProperties").filter(|v| v.is_object())
+            {
+                for (key, child) in map.iter_mut() {
+                    prune(values, child, &format!("{path}[{key}]"), unknown);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune(item_schema, item, &format!("{path}[{i}]"), unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_are_named_and_pruned() {
+        let mut deploy = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "labelz": {"a": "b"}, "labels": {"a": "b"}},
+            "spec": {"replicaz": 3, "selector": {"matchLabels": {"app": "api"}},
+                     "template": {"spec": {"containers": [{"name": "c", "imagee": "x", "resources": {"limits": {"cpu": "1"}}}]}}},
+            "status": {}
+        });
+        let unknown = prune_unknown("io.k8s.api.apps.v1.Deployment", &mut deploy);
+        assert_eq!(
+            unknown,
+            [
+                "metadata.labelz",
+                "spec.replicaz",
+                "spec.template.spec.containers[0].imagee"
+            ]
+        );
+        assert!(deploy["spec"].get("replicaz").is_none());
+        assert_eq!(
+            deploy["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
+        assert_eq!(deploy["metadata"]["labels"]["a"], "b");
+        let mut patch = serde_json::json!({"spec": {"template": {"spec": {"$setElementOrder/containers": [{"name": "c"}], "containers": [{"name": "c", "$patch": "delete"}]}}}});
+        assert!(prune_unknown("io.k8s.api.apps.v1.Deployment", &mut patch).is_empty());
+        let mut cm =
+            serde_json::json!({"data": {"any-key": "v"}, "binaryData": {}, "immutable": false});
+        assert!(prune_unknown("io.k8s.api.core.v1.ConfigMap", &mut cm).is_empty());
+    }
 
     #[test]
     fn every_kind_has_its_type() {

@@ -149,6 +149,63 @@ impl Query {
     }
 }
 
+/// What to do with fields a kind does not have (`fieldValidation`): they are dropped in any
+/// case, and refused under Strict (kubectl's default) or reported as warnings under Warn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FieldValidation {
+    Strict,
+    Warn,
+    Ignore,
+}
+
+impl FieldValidation {
+    fn of(query: &Query) -> Result<FieldValidation, ApiError> {
+        match query.get("fieldValidation") {
+            Some("Strict") => Ok(FieldValidation::Strict),
+            None | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+            ))),
+        }
+    }
+
+    /// Drops the unknown fields of `body` (an object of `kind`, or a patch of one) and answers
+    /// the warnings to send; under Strict, unknown fields are an error.
+    fn check(self, kind: &Kind, body: &mut Value) -> Result<Vec<String>, ApiError> {
+        let Some(ty) = skiff_api::schema::root(kind) else {
+            return Ok(Vec::new());
+        };
+        let unknown = skiff_api::schema::prune_unknown(ty, body);
+        let described: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        match self {
+            _ if unknown.is_empty() => Ok(Vec::new()),
+            FieldValidation::Strict => Err(ApiError::bad_request(format!(
+                "{kind_name} in version {version:?} cannot be handled as a {kind_name}: strict decoding error: {}",
+                described.join(", "),
+                kind_name = kind.kind,
+                version = kind.version,
+            ))),
+            FieldValidation::Warn => Ok(described),
+            FieldValidation::Ignore => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Adds `Warning` headers, as kubectl prints them.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - {:?}", warning);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
+            response.headers_mut().append("warning", value);
+        }
+    }
+    response
+}
+
 /// Reads a JSON or YAML body; other media types are refused.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
@@ -220,16 +277,17 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
             Method::GET if query.flag("watch") => watch(api, kind, namespace, &query, format).await,
             Method::GET => list(api, kind, namespace, &query, format).await,
             Method::POST => {
-                let obj = read_body(&parts.headers, body).await?;
+                let mut obj = read_body(&parts.headers, body).await?;
+                let mut warnings = FieldValidation::of(&query)?.check(kind, &mut obj)?;
                 let created = registry
                     .create(kind, namespace, obj, query.dry_run()?)
                     .await?;
                 api.after_create(kind, &created).await;
-                let mut response = json_response(StatusCode::CREATED, &created);
-                if let Some(warning) = not_enforced(kind) {
-                    response.headers_mut().insert("warning", warning);
-                }
-                Ok(response)
+                warnings.extend(not_enforced(kind));
+                Ok(with_warnings(
+                    json_response(StatusCode::CREATED, &created),
+                    &warnings,
+                ))
             }
             Method::DELETE => delete_collection(registry, kind, namespace, &query).await,
             ref m => Err(ApiError::method_not_allowed(m.as_str())),
@@ -240,19 +298,24 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
         namespace,
         name,
     };
+    let mut warnings = Vec::new();
     let obj = match parts.method {
         Method::GET => {
             let obj = registry.get(&target).await?;
             return Ok(format::object(kind, format, StatusCode::OK, &obj));
         }
         Method::PUT => {
-            let body = read_body(&parts.headers, body).await?;
+            let mut body = read_body(&parts.headers, body).await?;
+            warnings = FieldValidation::of(&query)?.check(kind, &mut body)?;
             registry
                 .update(&target, body, endpoint, query.dry_run()?)
                 .await?
         }
         Method::PATCH => {
-            let (patch_type, patch) = read_patch(&parts.headers, body).await?;
+            let (patch_type, mut patch) = read_patch(&parts.headers, body).await?;
+            if patch_type != PatchType::Json {
+                warnings = FieldValidation::of(&query)?.check(kind, &mut patch)?;
+            }
             registry
                 .patch(&target, patch_type, &patch, endpoint, query.dry_run()?)
                 .await?
@@ -265,7 +328,10 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
         }
         ref m => return Err(ApiError::method_not_allowed(m.as_str())),
     };
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &obj),
+        &warnings,
+    ))
 }
 
 /// `scale`, `binding`, `eviction`.
@@ -313,7 +379,7 @@ async fn serve_subresource(
 }
 
 /// Kinds stored but not yet acted on: their creation says so.
-fn not_enforced(kind: &Kind) -> Option<axum::http::HeaderValue> {
+fn not_enforced(kind: &Kind) -> Option<String> {
     let what = match (kind.group, kind.kind) {
         ("networking.k8s.io", "NetworkPolicy") => "NetworkPolicies are stored but not enforced",
         ("networking.k8s.io", "Ingress") => {
@@ -321,7 +387,7 @@ fn not_enforced(kind: &Kind) -> Option<axum::http::HeaderValue> {
         }
         _ => return None,
     };
-    axum::http::HeaderValue::from_str(&format!("299 - \"skiff: {what} yet\"")).ok()
+    Some(format!("skiff: {what} yet"))
 }
 
 /// Reads a PATCH body and its type.

@@ -643,3 +643,37 @@ fn get_shows_kubernetes_columns() {
         none.stderr
     );
 }
+
+#[test]
+fn unknown_fields_follow_field_validation() {
+    let server = server();
+    let typo = std::fs::read_to_string(example("api-server.yaml"))
+        .unwrap()
+        .replace("image: my-api:v2.1", "imagee: my-api:v2.1")
+        .replace("replicas: 3", "replicaz: 3");
+    let strict = kubectl_stdin(&server, &["apply", "-f", "-"], &typo).err();
+    assert!(
+        strict.contains("Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.replicaz\", unknown field \"spec.template.spec.containers[0].imagee\""),
+        "{strict}"
+    );
+    let warned = kubectl_stdin(&server, &["apply", "--validate=warn", "-f", "-"], &typo);
+    assert!(warned.ok, "{}", warned.stderr);
+    assert!(
+        warned
+            .stderr
+            .contains("Warning: unknown field \"spec.replicaz\""),
+        "{}",
+        warned.stderr
+    );
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert!(
+        deploy["spec"].get("replicaz").is_none(),
+        "unknown fields are dropped"
+    );
+    let ignored = kubectl_stdin(&server, &["replace", "--validate=false", "-f", "-"], &typo);
+    assert!(
+        ignored.ok && !ignored.stderr.contains("Warning"),
+        "{}",
+        ignored.stderr
+    );
+}
