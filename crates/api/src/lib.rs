@@ -7,6 +7,7 @@
 //! API fidelity issue grow here too.
 
 pub mod conversion;
+pub mod defaults;
 pub mod field_selector;
 pub mod kinds;
 pub mod label_selector;
@@ -18,6 +19,7 @@ pub mod service;
 pub mod strategic;
 pub mod strategy;
 pub mod table;
+pub mod validation;
 
 pub use field_selector::{FieldRequirement, FieldSelector, FieldSelectorError};
 pub use label_selector::{LabelSelector, Operator, Requirement, SelectorError};

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::kinds::Kind;
 use crate::object::{self, FieldError};
+use crate::{defaults, validation};
 
 /// Why a create or update is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +133,8 @@ fn name_is_label(kind: &Kind) -> bool {
 }
 
 fn validate(obj: &Value, kind: &Kind) -> Result<(), Rejection> {
-    let errs = object::validate_metadata(obj, name_is_label(kind));
+    let mut errs = object::validate_metadata(obj, name_is_label(kind));
+    errs.extend(validation::validate(kind, obj));
     if errs.is_empty() {
         Ok(())
     } else {
@@ -202,7 +204,12 @@ pub fn prepare_create(kind: &Kind, body: Value, ctx: &CreateContext) -> Result<V
                 .or_insert_with(|| Value::Array(vec!["kubernetes".into()]));
         }
     }
-    let obj = Value::Object(obj);
+    let mut obj = Value::Object(obj);
+    defaults::apply(kind, &mut obj);
+    if kind.group.is_empty() && kind.kind == "Pod" {
+        let qos = defaults::qos_class(obj.get("spec").unwrap_or(&Value::Null));
+        obj["status"]["qosClass"] = qos.into();
+    }
     validate(&obj, kind)?;
     Ok(obj)
 }
@@ -342,7 +349,8 @@ pub fn prepare_update(
             meta.insert("generation".into(), (generation + 1).into());
         }
     }
-    let result = Value::Object(result);
+    let mut result = Value::Object(result);
+    defaults::apply(kind, &mut result);
     validate(&result, kind)?;
     Ok(result)
 }
@@ -379,7 +387,7 @@ mod tests {
     #[test]
     fn create() {
         let cm = find("", "v1", "configmaps").unwrap();
-        let deploy = find("apps", "v1", "deployments").unwrap();
+        let pdb = find("policy", "v1", "poddisruptionbudgets").unwrap();
         let ns = find("", "v1", "namespaces").unwrap();
         let secret = find("", "v1", "secrets").unwrap();
         let cases = [
@@ -396,10 +404,10 @@ mod tests {
                 r#"{"metadata":{"generateName":"cfg-","namespace":"default","name":"cfg-x7k2p","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z"},"apiVersion":"v1","kind":"ConfigMap"}"#,
             ),
             (
-                deploy,
-                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api-server"}, "spec": {"replicas": 3}, "status": {"replicas": 9}}),
+                pdb,
+                json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "api-server"}, "spec": {"replicas": 3}, "status": {"replicas": 9}}),
                 Some("default"),
-                r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"api-server","namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z","generation":1},"spec":{"replicas":3},"status":{}}"#,
+                r#"{"apiVersion":"policy/v1","kind":"PodDisruptionBudget","metadata":{"name":"api-server","namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z","generation":1},"spec":{"replicas":3},"status":{}}"#,
             ),
             (
                 ns,
@@ -431,9 +439,9 @@ mod tests {
 
     #[test]
     fn update() {
-        let deploy = find("apps", "v1", "deployments").unwrap();
+        let pdb = find("policy", "v1", "poddisruptionbudgets").unwrap();
         let cm = find("", "v1", "configmaps").unwrap();
-        let old = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        let old = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": {"name": "d", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0", "generation": 2},
             "spec": {"replicas": 3}, "status": {"replicas": 3}});
         let old_cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -441,27 +449,27 @@ mod tests {
         let cases = [
             // A spec change bumps generation; the status sent on the main endpoint is ignored.
             (
-                deploy,
+                pdb,
                 &old,
                 json!({"metadata": {"name": "d", "resourceVersion": "5"}, "spec": {"replicas": 4}, "status": {"replicas": 0}}),
                 Endpoint::Main,
-                r#"{"metadata":{"name":"d","uid":"u-1","creationTimestamp":"t0","generation":3,"namespace":"default"},"spec":{"replicas":4},"status":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment"}"#,
+                r#"{"metadata":{"name":"d","uid":"u-1","creationTimestamp":"t0","generation":3,"namespace":"default"},"spec":{"replicas":4},"status":{"replicas":3},"apiVersion":"policy/v1","kind":"PodDisruptionBudget"}"#,
             ),
             // A label change alone does not.
             (
-                deploy,
+                pdb,
                 &old,
                 json!({"metadata": {"name": "d", "labels": {"a": "b"}}, "spec": {"replicas": 3}}),
                 Endpoint::Main,
-                r#"{"metadata":{"name":"d","labels":{"a":"b"},"uid":"u-1","creationTimestamp":"t0","generation":2,"namespace":"default"},"spec":{"replicas":3},"apiVersion":"apps/v1","kind":"Deployment","status":{"replicas":3}}"#,
+                r#"{"metadata":{"name":"d","labels":{"a":"b"},"uid":"u-1","creationTimestamp":"t0","generation":2,"namespace":"default"},"spec":{"replicas":3},"apiVersion":"policy/v1","kind":"PodDisruptionBudget","status":{"replicas":3}}"#,
             ),
             // The status endpoint takes status only.
             (
-                deploy,
+                pdb,
                 &old,
                 json!({"metadata": {"name": "d"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}),
                 Endpoint::Status,
-                r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#,
+                r#"{"apiVersion":"policy/v1","kind":"PodDisruptionBudget","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#,
             ),
             // System fields cannot be overwritten.
             (

@@ -649,11 +649,14 @@ fn unknown_fields_follow_field_validation() {
     let server = server();
     let typo = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
-        .replace("image: my-api:v2.1", "imagee: my-api:v2.1")
+        .replace(
+            "image: my-api:v2.1",
+            "image: my-api:v2.1\n        imagePulPolicy: Always",
+        )
         .replace("replicas: 3", "replicaz: 3");
     let strict = kubectl_stdin(&server, &["apply", "-f", "-"], &typo).err();
     assert!(
-        strict.contains("Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.replicaz\", unknown field \"spec.template.spec.containers[0].imagee\""),
+        strict.contains("Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.replicaz\", unknown field \"spec.template.spec.containers[0].imagePulPolicy\""),
         "{strict}"
     );
     let warned = kubectl_stdin(&server, &["apply", "--validate=warn", "-f", "-"], &typo);
@@ -676,4 +679,42 @@ fn unknown_fields_follow_field_validation() {
         "{}",
         ignored.stderr
     );
+}
+
+#[test]
+fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
+    let server = server();
+    let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
+    let no_image = manifest.replace("image: my-api:v2.1", "");
+    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &no_image).err();
+    assert!(
+        err.contains("The Deployment \"api-server\" is invalid: spec.template.spec.containers[0].image: Required value"),
+        "{err}"
+    );
+    let mismatch = manifest.replace(
+        "      labels:\n        app: api",
+        "      labels:\n        app: web",
+    );
+    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &mismatch).err();
+    assert!(
+        err.contains("`selector` does not match template `labels`"),
+        "{err}"
+    );
+
+    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+        "25%"
+    );
+    assert_eq!(deploy["spec"]["revisionHistoryLimit"], 10);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["restartPolicy"],
+        "Always"
+    );
+    // Re-applying after defaulting is still "unchanged".
+    let again = kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    assert!(again.contains("unchanged"), "{again}");
 }
