@@ -10,6 +10,7 @@ pub mod format;
 pub mod openapi;
 pub mod paths;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod rest;
 pub mod server;

@@ -24,7 +24,7 @@ use crate::server::Api;
 use crate::status::ApiError;
 use crate::subresources::{self, ScaleChange};
 use crate::watch::{self, WatchRequest};
-use crate::{cache, discovery};
+use crate::{cache, discovery, protobuf};
 
 /// Kubernetes' limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -206,8 +206,9 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
-/// Reads a JSON or YAML body; other media types are refused.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+/// Reads a JSON, YAML or (for the kinds kubectl sends so) protobuf body holding a `kind`;
+/// other media types are refused.
+async fn read_body(headers: &HeaderMap, body: Body, kind: &str) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             413,
@@ -229,11 +230,12 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
             serde_saphyr::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
         }
+        "application/vnd.kubernetes.protobuf" => protobuf::decode(kind, &bytes),
         other => Err(ApiError::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other})"
             ),
         )),
     }
@@ -247,7 +249,7 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
     if kind.storage == Storage::Virtual {
         return match (&parts.method, &path.name) {
             (&Method::POST, None) => {
-                let review = read_body(&parts.headers, body).await?;
+                let review = read_body(&parts.headers, body, kind.kind).await?;
                 Ok(json_response(
                     StatusCode::CREATED,
                     &access_review(kind, review),
@@ -277,7 +279,7 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
             Method::GET if query.flag("watch") => watch(api, kind, namespace, &query, format).await,
             Method::GET => list(api, kind, namespace, &query, format).await,
             Method::POST => {
-                let mut obj = read_body(&parts.headers, body).await?;
+                let mut obj = read_body(&parts.headers, body, kind.kind).await?;
                 let mut warnings = FieldValidation::of(&query)?.check(kind, &mut obj)?;
                 let created = registry
                     .create(kind, namespace, obj, query.dry_run()?)
@@ -305,7 +307,7 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
             return Ok(format::object(kind, format, StatusCode::OK, &obj));
         }
         Method::PUT => {
-            let mut body = read_body(&parts.headers, body).await?;
+            let mut body = read_body(&parts.headers, body, kind.kind).await?;
             warnings = FieldValidation::of(&query)?.check(kind, &mut body)?;
             registry
                 .update(&target, body, endpoint, query.dry_run()?)
@@ -355,7 +357,7 @@ async fn serve_subresource(
         }
         ("scale", &Method::PUT | &Method::PATCH) => {
             let change = if parts.method == Method::PUT {
-                ScaleChange::Replace(read_body(&parts.headers, body).await?)
+                ScaleChange::Replace(read_body(&parts.headers, body, "Scale").await?)
             } else {
                 let (patch_type, patch) = read_patch(&parts.headers, body).await?;
                 ScaleChange::Patch(patch_type, patch)
@@ -365,12 +367,12 @@ async fn serve_subresource(
             Ok(json_response(StatusCode::OK, &scale))
         }
         ("binding", &Method::POST) => {
-            let binding = read_body(&parts.headers, body).await?;
+            let binding = read_body(&parts.headers, body, "Binding").await?;
             subresources::bind(registry, target, &binding).await?;
             Ok(json_response(StatusCode::CREATED, &created()))
         }
         ("eviction", &Method::POST) => {
-            let eviction = read_body(&parts.headers, body).await?;
+            let eviction = read_body(&parts.headers, body, "Eviction").await?;
             let status = subresources::evict(registry, target, &eviction).await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
@@ -577,7 +579,7 @@ async fn delete_options(
     let mut from_body: Value = if body.is_empty() {
         json!({})
     } else {
-        read_body(headers, Body::from(body)).await?
+        read_body(headers, Body::from(body), "DeleteOptions").await?
     };
     if let (Some(policy), Some(map)) = (query.get("propagationPolicy"), from_body.as_object_mut()) {
         map.entry("propagationPolicy").or_insert(policy.into());

@@ -718,3 +718,122 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
     let again = kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
     assert!(again.contains("unchanged"), "{again}");
 }
+
+#[test]
+fn create_commands_and_auth_can_i_send_protobuf() {
+    let server = server();
+    let secret = kubectl(
+        &server,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db-creds",
+            "--from-literal=password=s3cur3-p4ss",
+        ],
+    )
+    .out();
+    assert!(secret.contains("secret/db-creds created"), "{secret}");
+    let read = kubectl(
+        &server,
+        &[
+            "get",
+            "secret",
+            "db-creds",
+            "-o",
+            "jsonpath={.type} {.data.password}",
+        ],
+    )
+    .out();
+    assert_eq!(read, "Opaque czNjdXIzLXA0c3M=");
+    kubectl(
+        &server,
+        &[
+            "create",
+            "configmap",
+            "app-config",
+            "--from-literal=log_level=debug",
+        ],
+    )
+    .out();
+    let cm = kubectl(
+        &server,
+        &[
+            "get",
+            "cm",
+            "app-config",
+            "-o",
+            "jsonpath={.data.log_level}",
+        ],
+    )
+    .out();
+    assert_eq!(cm, "debug");
+    kubectl(&server, &["create", "namespace", "team-a"]).out();
+    let ns = kubectl(
+        &server,
+        &["get", "ns", "team-a", "-o", "jsonpath={.status.phase}"],
+    )
+    .out();
+    assert_eq!(ns, "Active");
+    kubectl(
+        &server,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "user-service",
+            "--tcp=8080:8080",
+        ],
+    )
+    .out();
+    let svc = json(&kubectl(&server, &["get", "svc", "user-service", "-o", "json"]).out());
+    assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+    assert!(svc["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.43."));
+    kubectl(
+        &server,
+        &[
+            "create",
+            "deployment",
+            "api-server",
+            "--image=my-api:v2.1",
+            "--replicas=3",
+            "--port=8080",
+        ],
+    )
+    .out();
+    let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"]["app"],
+        "api-server"
+    );
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (c["image"].as_str(), c["ports"][0]["containerPort"].as_i64()),
+        (Some("my-api:v2.1"), Some(8080))
+    );
+    let dry = kubectl(
+        &server,
+        &[
+            "create",
+            "configmap",
+            "dry",
+            "--from-literal=a=b",
+            "--dry-run=server",
+        ],
+    )
+    .out();
+    assert!(
+        dry.contains("configmap/dry created (server dry run)"),
+        "{dry}"
+    );
+    kubectl(&server, &["get", "cm", "dry"]).err();
+
+    let can = kubectl(&server, &["auth", "can-i", "delete", "pods"]).out();
+    assert_eq!(can.trim(), "yes");
+    let list = kubectl(&server, &["auth", "can-i", "--list"]).out();
+    assert!(list.contains("*.*"), "{list}");
+}
