@@ -452,3 +452,52 @@ async fn feed(store: Arc<dyn Store>, cache: Arc<KindCache>, mut progress: mpsc::
 pub fn matches(filter: &Filter, obj: &Cached) -> bool {
     filter.matches(&obj.selectable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_store::{RedbOptions, RedbStore};
+
+    #[tokio::test]
+    async fn a_watcher_that_stops_reading_is_disconnected_not_buffered() {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory(RedbOptions::default()).unwrap());
+        let cache = WatchCache::new(store.clone(), DEFAULT_HISTORY);
+        let kind = skiff_api::kinds::find("", "v1", "configmaps").unwrap();
+        let cms = cache.of(kind).await.unwrap();
+        let everything = Filter::default();
+        let slow = cms
+            .subscribe(&kind.store_prefix(), &everything, false, None)
+            .unwrap();
+        let mut reading = cms
+            .subscribe(&kind.store_prefix(), &everything, false, None)
+            .unwrap();
+        let writes = WATCHER_QUEUE + 10;
+        for i in 0..writes {
+            let key = kind.store_key(Some("default"), &format!("c{i}"));
+            let value = format!(r#"{{"metadata":{{"name":"c{i}","namespace":"default"}}}}"#);
+            store.create(&key, value.into()).await.unwrap();
+            // The reading watcher keeps up.
+            while let Ok(change) = reading.live.try_recv() {
+                assert!(change.revision().is_some());
+            }
+        }
+        // Wait until the feed has handed out every write.
+        let last = store.current_revision().await.unwrap();
+        let mut applied = cms.applied.subscribe();
+        applied.wait_for(|r| *r >= last).await.unwrap();
+        let mut live = slow.live;
+        let mut queued = 0;
+        while live.recv().await.is_some() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, WATCHER_QUEUE,
+            "the slow watcher got what its queue held, then its end"
+        );
+        assert_eq!(
+            cms.watchers.lock().unwrap().len(),
+            1,
+            "only the reading watcher is left"
+        );
+    }
+}

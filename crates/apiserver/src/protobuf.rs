@@ -350,13 +350,15 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Value, ApiError> {
             }
             obj
         }
-        other => return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!(
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
                 "protobuf bodies of {other} are not supported yet; send JSON (application/json)"
             ),
-        )),
+            ))
+        }
     })
 }
 

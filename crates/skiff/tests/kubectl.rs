@@ -216,6 +216,32 @@ fn errors_are_statuses_kubectl_prints() {
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"ghost"}}"#;
     let err = kubectl_stdin(&server, &["create", "-f", "-"], no_ns).err();
     assert!(err.contains("namespaces \"ghost\" not found"), "{err}");
+    let dir = server.data_dir();
+    let malformed = dir.join("malformed.json");
+    std::fs::write(
+        &malformed,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},}"#,
+    )
+    .unwrap();
+    let path = "/api/v1/namespaces/default/configmaps";
+    let err = kubectl(
+        &server,
+        &["create", "--raw", path, "-f", malformed.to_str().unwrap()],
+    )
+    .err();
+    assert!(
+        err.contains("Error from server (BadRequest): the request body is not valid JSON: trailing comma at line 1 column 63"),
+        "{err}"
+    );
+    let huge = dir.join("huge.json");
+    let data = "x".repeat(4 << 20);
+    std::fs::write(&huge, format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{data}"}}}}"#)).unwrap();
+    let err = kubectl(
+        &server,
+        &["create", "--raw", path, "-f", huge.to_str().unwrap()],
+    )
+    .err();
+    assert!(err.contains("(RequestEntityTooLarge)"), "{err}");
     let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"twice"}}"#;
     kubectl_stdin(&server, &["create", "-f", "-"], cm).out();
     let err = kubectl_stdin(&server, &["create", "-f", "-"], cm).err();
