@@ -1,7 +1,8 @@
 //! Per-kind checks beyond metadata, in Kubernetes' words and field paths: pod specs (and pod
-//! templates) and the workload kinds' selectors and replicas.
+//! templates), the workload kinds' selectors and replicas, ConfigMap and Secret keys and
+//! values, Secret types, EndpointSlices, Leases.
 //!
-//! FIXME(issue 5): quantities, probes, volumes and the other kinds' fields are not checked yet.
+//! FIXME(issue 5): quantities, probes, volumes, Nodes' and Events' fields are not checked yet.
 
 use std::collections::BTreeSet;
 
@@ -135,6 +136,83 @@ fn replicas(obj: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// Keys of ConfigMaps and Secrets, as Kubernetes' IsConfigMapKey has them.
+fn config_key(key: &str) -> Option<&'static str> {
+    if key.is_empty() || key.len() > 253 {
+        return Some("must be no more than 253 characters and not empty");
+    }
+    if key == "." || key == ".." {
+        return Some("must not be '.' or '..'");
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Some(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+        );
+    }
+    None
+}
+
+/// The keys of `data` and `binaryData` (ConfigMaps, Secrets), each valid and not in both;
+/// Secrets' values are base64.
+fn data_keys(obj: &Value, binary: bool, errs: &mut Vec<FieldError>) {
+    use base64::Engine;
+    let mut seen = BTreeSet::new();
+    for field in ["data", "binaryData"] {
+        let Some(map) = obj.get(field).and_then(Value::as_object) else {
+            continue;
+        };
+        for (key, value) in map {
+            let path = format!("{field}[{key}]");
+            if let Some(problem) = config_key(key) {
+                errs.push(FieldError::invalid(&path, key, problem));
+            }
+            if !seen.insert(key.clone()) {
+                errs.push(FieldError::invalid(
+                    &path,
+                    key,
+                    "duplicate of key present in data",
+                ));
+            }
+            let text = value.as_str();
+            let decodes = |t: &str| base64::engine::general_purpose::STANDARD.decode(t).is_ok();
+            let ok = match (binary || field == "binaryData", text) {
+                (_, None) => false,
+                (true, Some(t)) => decodes(t),
+                (false, Some(_)) => true,
+            };
+            if !ok {
+                let shown = text.map_or_else(|| value.to_string(), str::to_string);
+                let want = if binary || field == "binaryData" {
+                    "must be base64-encoded data"
+                } else {
+                    "must be a string"
+                };
+                errs.push(FieldError::invalid(&path, &shown, want));
+            }
+        }
+    }
+}
+
+/// Secrets of the well-known types carry the keys their type promises.
+fn secret_type(obj: &Value, errs: &mut Vec<FieldError>) {
+    let has = |key: &str| obj.pointer(&format!("/data/{key}")).is_some();
+    let needed: &[&str] = match str_at(obj, "type") {
+        "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
+        "kubernetes.io/dockercfg" => &[".dockercfg"],
+        "kubernetes.io/tls" => &["tls.crt", "tls.key"],
+        "kubernetes.io/basic-auth" | "kubernetes.io/ssh-auth" | "Opaque" | "" => &[],
+        _ => &[],
+    };
+    for key in needed {
+        if !has(key) {
+            errs.push(FieldError::required(format!("data[{key}]"), ""));
+        }
+    }
+}
+
 /// The kind's own checks of `obj` (metadata is checked for every kind elsewhere).
 pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -161,9 +239,58 @@ pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
                 &["OnFailure", "Never"],
             ));
         }
+        ("", "ConfigMap") => data_keys(obj, false, &mut errs),
+        ("", "Secret") => {
+            data_keys(obj, true, &mut errs);
+            secret_type(obj, &mut errs);
+        }
+        ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj, &mut errs),
+        ("coordination.k8s.io", "Lease") => {
+            if let Some(d) = obj
+                .pointer("/spec/leaseDurationSeconds")
+                .and_then(Value::as_i64)
+            {
+                if d <= 0 {
+                    errs.push(FieldError::invalid(
+                        "spec.leaseDurationSeconds",
+                        &d.to_string(),
+                        "must be greater than 0",
+                    ));
+                }
+            }
+        }
         _ => {}
     }
     errs
+}
+
+fn endpoint_slice(obj: &Value, errs: &mut Vec<FieldError>) {
+    let kind = str_at(obj, "addressType");
+    if !matches!(kind, "IPv4" | "IPv6" | "FQDN") {
+        errs.push(FieldError {
+            reason: "FieldValueNotSupported",
+            field: "addressType".into(),
+            message: format!(
+                "Unsupported value: {kind:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""
+            ),
+        });
+    }
+    let endpoints = obj
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, e) in endpoints.iter().enumerate() {
+        if e.get("addresses")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            errs.push(FieldError::required(
+                format!("endpoints[{i}].addresses"),
+                "must contain at least 1 address",
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +330,12 @@ mod tests {
             (pods, json!({"spec": {"containers": []}}), vec!["spec.containers: Required value"]),
             (pods, json!({"spec": {"restartPolicy": "Sometimes", "containers": good.clone()}}), vec!["spec.restartPolicy: Unsupported value: \"Sometimes\""]),
             (pods, json!({"spec": {"containers": [{"name": "Bad_Name", "image": "x"}]}}), vec!["spec.containers[0].name: Invalid value: \"Bad_Name\""]),
+            (find("", "v1", "configmaps").unwrap(), json!({"data": {"ok.key": "v", "bad key": "v"}, "binaryData": {"ok.key": "AA=="}}),
+             vec!["data[bad key]: Invalid value: \"bad key\": a valid config key", "binaryData[ok.key]: Invalid value: \"ok.key\": duplicate of key present in data"]),
+            (find("", "v1", "secrets").unwrap(), json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "not base64!"}}),
+             vec!["data[tls.crt]: Invalid value: \"not base64!\": must be base64-encoded data", "data[tls.key]: Required value"]),
+            (find("discovery.k8s.io", "v1", "endpointslices").unwrap(), json!({"addressType": "IPv5", "endpoints": [{"addresses": []}]}),
+             vec!["addressType: Unsupported value: \"IPv5\"", "endpoints[0].addresses: Required value"]),
         ];
         for (kind, obj, want) in cases {
             let got: Vec<String> = validate(kind, &obj)
