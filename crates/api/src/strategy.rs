@@ -205,6 +205,7 @@ pub fn prepare_create(kind: &Kind, body: Value, ctx: &CreateContext) -> Result<V
         }
     }
     let mut obj = Value::Object(obj);
+    strip_nulls(&mut obj);
     defaults::apply(kind, &mut obj);
     if kind.group.is_empty() && kind.kind == "Pod" {
         let qos = defaults::qos_class(obj.get("spec").unwrap_or(&Value::Null));
@@ -256,6 +257,19 @@ fn fold_string_data(kind: &Kind, obj: &mut Map<String, Value>) -> Result<(), Rej
         data.insert(key, encoded.into());
     }
     Ok(())
+}
+
+/// Drops fields set to null: typed decoding reads them as unset (kubectl writes
+/// `creationTimestamp: null` into templates), so two objects that mean the same compare equal.
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|_, child| !child.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 /// The status a new object starts with: clients do not set it.
@@ -350,6 +364,7 @@ pub fn prepare_update(
         }
     }
     let mut result = Value::Object(result);
+    strip_nulls(&mut result);
     defaults::apply(kind, &mut result);
     validate(&result, kind)?;
     Ok(result)
@@ -422,6 +437,12 @@ mod tests {
             (cm, json!({"kind": "Secret", "metadata": {"name": "a"}}), Some("default"), "400 the kind in the data (Secret) does not match the expected kind (ConfigMap)"),
             (cm, json!({"metadata": {"name": "a", "namespace": "other"}}), Some("default"), "400 the namespace of the provided object does not match"),
             (cm, json!([1]), Some("default"), "400 the request body must be a JSON object, not an array"),
+            (
+                cm,
+                json!({"metadata": {"name": "n", "creationTimestamp": null, "labels": {"a": "b"}}, "data": {"k": null}}),
+                Some("default"),
+                r#"{"metadata":{"name":"n","labels":{"a":"b"},"namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z"},"data":{},"apiVersion":"v1","kind":"ConfigMap"}"#,
+            ),
             (cm, json!({"metadata": 5}), Some("default"), "422 metadata: Invalid value: \"5\": must be an object"),
             (
                 secret,

@@ -5,6 +5,7 @@
 //! operations ([`registry`]) and watches ([`watch`]); every error is a `Status` ([`status`]).
 
 pub mod cache;
+pub mod controllers;
 pub mod discovery;
 pub mod format;
 pub mod openapi;

@@ -37,6 +37,8 @@ pub struct Config {
     pub watch_history: usize,
     /// Where Services' cluster IPs and node ports come from.
     pub service_ranges: ServiceRanges,
+    /// Run the controllers (Deployments, ReplicaSets, garbage collection) in this process.
+    pub controllers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +356,10 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;
+    if config.controllers {
+        let client = Arc::new(crate::controllers::InProcess::new(api.clone()));
+        skiff_controllers::runtime::start(client, 2);
+    }
     let mut reachable = addr;
     if addr.ip().is_unspecified() {
         reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

@@ -42,6 +42,8 @@ async fn cluster() -> Cluster {
         tls_sans: vec![],
         watch_history: HISTORY,
         service_ranges: Default::default(),
+        // These tests write workloads' status themselves; the controllers' tests are in skiff.
+        controllers: false,
     };
     let running = server::start(config, store.clone()).await.unwrap();
     let kubeconfig = Kubeconfig::read_from(&running.kubeconfig).unwrap();

@@ -1,8 +1,12 @@
-//! Skiff's controllers. What is here: the pure decisions of the ReplicaSet controller
-//! ([`replicaset`]: which pods to make or remove, and the status) and the rollout arithmetic of
-//! the Deployment controller ([`rollout`]). They do no I/O; the controller runtime that feeds
-//! them objects and writes their decisions through the API server's registry comes next
-//! (issue 6).
+//! Skiff's controllers, run inside `skiff server`: the runtime ([`runtime`], a [`queue`] of
+//! keys fed by changes of the watched kinds), the reconcilers (ReplicaSets, Deployments, the
+//! garbage collector's background deletion) over the API as [`cluster`] describes it, and
+//! their pure decisions: which pods a ReplicaSet makes or removes ([`replicaset`]) and the
+//! rollout arithmetic of Deployments ([`rollout`]).
 
+pub mod cluster;
+pub mod queue;
+mod reconcile;
 pub mod replicaset;
 pub mod rollout;
+pub mod runtime;

@@ -76,6 +76,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         watch_history: skiff_apiserver::cache::DEFAULT_HISTORY,
         service_ranges: ServiceRanges::parse(&args.service_cidr, &args.service_node_port_range)
             .map_err(anyhow::Error::msg)?,
+        controllers: true,
     };
     let running = server::start(config, store).await?;
     tracing::info!(addr = %running.addr, "API server ready");

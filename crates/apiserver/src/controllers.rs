@@ -1,0 +1,190 @@
+//! The API as the in-process controllers see it: lists from the watch cache that include their
+//! own writes, feeds of changes from it, and writes through the registry, as kubectl's go.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use skiff_api::kinds::Kind;
+use skiff_api::object::Filter;
+use skiff_api::strategy::Endpoint;
+use skiff_controllers::cluster::{Changed, Cluster, ClusterError};
+use skiff_store::Revision;
+use tokio::sync::mpsc;
+
+use crate::cache::Change;
+use crate::registry::{DeleteOptions, Target};
+use crate::server::Api;
+use crate::status::ApiError;
+
+/// The controllers' client inside the server.
+pub struct InProcess {
+    api: Arc<Api>,
+    /// The newest revision this client wrote: its lists wait until the cache has it.
+    written: AtomicI64,
+}
+
+impl InProcess {
+    pub fn new(api: Arc<Api>) -> Self {
+        InProcess {
+            api,
+            written: AtomicI64::new(0),
+        }
+    }
+
+    fn wrote(&self, obj: &Value) {
+        let revision = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|rv| rv.parse::<Revision>().ok())
+            .unwrap_or(0);
+        self.written.fetch_max(revision, Ordering::SeqCst);
+    }
+}
+
+fn error(e: ApiError) -> ClusterError {
+    match e.code {
+        409 => ClusterError::Conflict(e.message),
+        404 => ClusterError::NotFound(e.message),
+        _ => ClusterError::Other(e.message),
+    }
+}
+
+fn target<'a>(kind: &'static Kind, obj: &'a Value) -> Target<'a> {
+    Target {
+        kind,
+        namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str),
+        name: obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    }
+}
+
+#[async_trait]
+impl Cluster for InProcess {
+    async fn list(&self, kind: &'static Kind, namespace: &str) -> Result<Vec<Value>, ClusterError> {
+        let cache = self
+            .api
+            .cache
+            .of(kind)
+            .await
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let at_least = self.written.load(Ordering::SeqCst);
+        let snapshot = cache
+            .snapshot(&kind.store_prefix_in(Some(namespace)), at_least)
+            .await
+            .ok_or_else(|| ClusterError::Other("the watch cache is behind the store".into()))?;
+        snapshot
+            .items
+            .iter()
+            .map(|(_, obj)| {
+                serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn changes(&self, kind: &'static Kind) -> Result<mpsc::Receiver<Changed>, ClusterError> {
+        let cache = self
+            .api
+            .cache
+            .of(kind)
+            .await
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let subscription = cache
+            .subscribe(&kind.store_prefix(), &Filter::default(), false, None)
+            .map_err(|e| ClusterError::Other(format!("{e:?}")))?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut live = subscription.live;
+            let mut backlog = subscription.backlog.into_iter();
+            loop {
+                let change = match backlog.next() {
+                    Some(c) => c,
+                    None => match live.recv().await {
+                        Some(c) => c,
+                        None => return,
+                    },
+                };
+                let (json, deleted) = match &*change {
+                    Change::Put { new, .. } => (&new.json, false),
+                    Change::Delete { old, .. } => (&old.json, true),
+                    Change::Progress(_) => continue,
+                    Change::Reset => return,
+                };
+                let Ok(object) = serde_json::from_slice(json) else {
+                    continue;
+                };
+                if tx.send(Changed { object, deleted }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn create(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        obj: Value,
+    ) -> Result<Value, ClusterError> {
+        let created = self
+            .api
+            .registry
+            .create(kind, Some(namespace), obj, false)
+            .await
+            .map_err(error)?;
+        self.wrote(&created);
+        Ok(created)
+    }
+
+    async fn update(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError> {
+        let updated = self
+            .api
+            .registry
+            .update(&target(kind, &obj), obj.clone(), Endpoint::Main, false)
+            .await
+            .map_err(error)?;
+        self.wrote(&updated);
+        Ok(updated)
+    }
+
+    async fn update_status(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError> {
+        let updated = self
+            .api
+            .registry
+            .update(&target(kind, &obj), obj.clone(), Endpoint::Status, false)
+            .await
+            .map_err(error)?;
+        self.wrote(&updated);
+        Ok(updated)
+    }
+
+    async fn delete(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ClusterError> {
+        let target = Target {
+            kind,
+            namespace: Some(namespace),
+            name,
+        };
+        let options = DeleteOptions {
+            precondition_uid: Some(uid.to_string()).filter(|u| !u.is_empty()),
+            ..DeleteOptions::default()
+        };
+        let last = self
+            .api
+            .registry
+            .delete(&target, &options)
+            .await
+            .map_err(error)?;
+        self.wrote(&last);
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! What the controllers need of the API: lists that include their own writes, a feed of
+//! changes per kind, and writes that go through the same registry path as kubectl's.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use skiff_api::kinds::Kind;
+use tokio::sync::mpsc;
+
+/// Why a call failed, as far as a controller cares.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Another writer got in first, or a precondition failed: read again and retry.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One change of a watched kind.
+#[derive(Clone, Debug)]
+pub struct Changed {
+    /// The object as it is now, or its last state when deleted.
+    pub object: Value,
+    pub deleted: bool,
+}
+
+/// The API as in-process controllers use it.
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// The objects of `kind` in `namespace`, at least as new as every write made through this
+    /// client so far.
+    async fn list(&self, kind: &'static Kind, namespace: &str) -> Result<Vec<Value>, ClusterError>;
+
+    /// The current objects of `kind` (as changes), then every change. The feed ends when the
+    /// client falls behind; the caller subscribes again.
+    async fn changes(&self, kind: &'static Kind) -> Result<mpsc::Receiver<Changed>, ClusterError>;
+
+    async fn create(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        obj: Value,
+    ) -> Result<Value, ClusterError>;
+
+    /// Replaces an object; its resourceVersion must still be current.
+    async fn update(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError>;
+
+    /// Replaces an object's status; its resourceVersion must still be current.
+    async fn update_status(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError>;
+
+    /// Deletes an object if its uid is still `uid`.
+    async fn delete(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ClusterError>;
+}

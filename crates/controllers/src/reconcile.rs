@@ -1,0 +1,480 @@
+//! The reconcilers: each reads the current state of one key through the cluster, decides with
+//! the pure cores (`replicaset`, `rollout`) and writes only what must change.
+
+use serde_json::{json, Map, Value};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::replicaset::{self, PodView};
+use crate::rollout::{self, IntOrPercent, Set, Step};
+use crate::runtime::{controller_of, kind};
+
+const REVISION: &str = "deployment.kubernetes.io/revision";
+const HASH_LABEL: &str = "pod-template-hash";
+
+fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
+    obj.pointer(pointer)
+        .and_then(Value::as_i64)
+        .unwrap_or(default)
+}
+
+fn owner_reference(kind: &str, api_version: &str, owner: &Value) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": text(owner, "/metadata/name"),
+        "uid": text(owner, "/metadata/uid"),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// The objects of a list controlled by the owner with `uid`.
+fn owned(objects: Vec<Value>, owner_kind: &str, uid: &str) -> Vec<Value> {
+    objects
+        .into_iter()
+        .filter(|o| controller_of(o, owner_kind).is_some_and(|(_, u)| u == uid))
+        .collect()
+}
+
+fn find(objects: Vec<Value>, name: &str) -> Option<Value> {
+    objects
+        .into_iter()
+        .find(|o| text(o, "/metadata/name") == name)
+}
+
+fn deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// Creates and deletes pods until the ReplicaSet has its replicas; reports its status.
+pub async fn replica_set(
+    cluster: &dyn Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let (sets, pods) = (kind("apps", "replicasets"), kind("", "pods"));
+    let Some(rs) = find(cluster.list(sets, namespace).await?, name) else {
+        return Ok(());
+    };
+    if deleting(&rs) {
+        return Ok(());
+    }
+    let uid = text(&rs, "/metadata/uid").to_string();
+    let mine = owned(cluster.list(pods, namespace).await?, "ReplicaSet", &uid);
+    let views: Vec<PodView> = mine.iter().map(PodView::of).collect();
+    let desired = int(&rs, "/spec/replicas", 1).max(0) as usize;
+    let plan = replicaset::plan(desired, &views);
+    for _ in 0..plan.create {
+        cluster.create(pods, namespace, pod_from(&rs)).await?;
+    }
+    for gone in &plan.delete {
+        let pod_uid = mine
+            .iter()
+            .find(|p| text(p, "/metadata/name") == gone)
+            .map(|p| text(p, "/metadata/uid"))
+            .unwrap_or("");
+        match cluster.delete(pods, namespace, gone, pod_uid).await {
+            Ok(()) | Err(ClusterError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
+        owned(cluster.list(pods, namespace).await?, "ReplicaSet", &uid)
+            .iter()
+            .map(PodView::of)
+            .collect()
+    } else {
+        views
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let counts = replicaset::counts(&views, int(&rs, "/spec/minReadySeconds", 0), now);
+    let mut status = Map::new();
+    status.insert("replicas".into(), counts.replicas.into());
+    status.insert("fullyLabeledReplicas".into(), counts.replicas.into());
+    for (field, n) in [
+        ("readyReplicas", counts.ready),
+        ("availableReplicas", counts.available),
+    ] {
+        if n > 0 {
+            status.insert(field.into(), n.into());
+        }
+    }
+    status.insert(
+        "observedGeneration".into(),
+        int(&rs, "/metadata/generation", 0).into(),
+    );
+    let status = Value::Object(status);
+    if rs.get("status") != Some(&status) {
+        let mut updated = rs.clone();
+        updated["status"] = status;
+        cluster.update_status(sets, updated).await?;
+    }
+    Ok(())
+}
+
+/// A new pod of a ReplicaSet, from its template.
+fn pod_from(rs: &Value) -> Value {
+    let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut metadata = json!({
+        "generateName": format!("{}-", text(rs, "/metadata/name")),
+        "ownerReferences": [owner_reference("ReplicaSet", "apps/v1", rs)],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+            metadata[field] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    })
+}
+
+/// Kubernetes' template hash: FNV-1a of the template, its decimal digits spelled in letters
+/// and digits that make no words.
+pub fn template_hash(template: &Value) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in serde_json::to_vec(template).expect("JSON serializes") {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash.to_string()
+        .bytes()
+        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A template without the hash label, as templates are compared.
+fn without_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(labels) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        labels.shift_remove(HASH_LABEL);
+    }
+    t
+}
+
+fn revision(rs: &Value) -> i64 {
+    text(
+        rs,
+        &format!("/metadata/annotations/{}", REVISION.replace('/', "~1")),
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+/// The new ReplicaSet of a Deployment whose template has none yet.
+fn new_replica_set(d: &Value, hash: &str, revision: i64) -> Value {
+    let mut template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    template["metadata"]["labels"][HASH_LABEL] = json!(hash);
+    let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+    selector["matchLabels"][HASH_LABEL] = json!(hash);
+    let replicas = int(d, "/spec/replicas", 1);
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("{}-{hash}", text(d, "/metadata/name")),
+            "labels": template["metadata"]["labels"].clone(),
+            "annotations": {
+                REVISION: revision.to_string(),
+                "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+            },
+            "ownerReferences": [owner_reference("Deployment", "apps/v1", d)],
+        },
+        "spec": {
+            "replicas": 0,
+            "minReadySeconds": int(d, "/spec/minReadySeconds", 0),
+            "selector": selector,
+            "template": template,
+        },
+    })
+}
+
+fn set_of(rs: &Value) -> Set {
+    Set {
+        name: text(rs, "/metadata/name").to_string(),
+        replicas: int(rs, "/spec/replicas", 0) as i32,
+        available: int(rs, "/status/availableReplicas", 0) as i32,
+    }
+}
+
+/// Rolls a Deployment's ReplicaSets toward its template, one step at a time, and reports its
+/// status as `kubectl rollout status` reads it.
+pub async fn deployment(
+    cluster: &dyn Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let (deployments, sets_kind) = (kind("apps", "deployments"), kind("apps", "replicasets"));
+    let Some(d) = find(cluster.list(deployments, namespace).await?, name) else {
+        return Ok(());
+    };
+    if deleting(&d) {
+        return Ok(());
+    }
+    let uid = text(&d, "/metadata/uid").to_string();
+    let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut sets = owned(
+        cluster.list(sets_kind, namespace).await?,
+        "Deployment",
+        &uid,
+    );
+    sets.sort_by(|a, b| {
+        text(a, "/metadata/creationTimestamp").cmp(text(b, "/metadata/creationTimestamp"))
+    });
+    let (new, old): (Vec<Value>, Vec<Value>) = sets
+        .into_iter()
+        .partition(|rs| rs.pointer("/spec/template").map(without_hash) == Some(template.clone()));
+    let newest = old.iter().map(revision).max().unwrap_or(0);
+    let Some(mut new) = new.into_iter().next() else {
+        let rs = new_replica_set(&d, &template_hash(&template), newest + 1);
+        cluster.create(sets_kind, namespace, rs).await?;
+        return Ok(());
+    };
+    if revision(&new) <= newest {
+        // A rollback to an older template: that ReplicaSet becomes the newest revision.
+        new["metadata"]["annotations"][REVISION] = json!((newest + 1).to_string());
+        new = cluster.update(sets_kind, new).await?;
+    }
+    let desired = int(&d, "/spec/replicas", 1) as i32;
+    let old_sets: Vec<Set> = old.iter().map(set_of).collect();
+    let strategy = d.pointer("/spec/strategy").cloned().unwrap_or(json!({}));
+    let recreate = strategy["type"] == "Recreate";
+    let bound = |field: &str| {
+        IntOrPercent::parse(&strategy["rollingUpdate"][field]).unwrap_or(IntOrPercent::Percent(25))
+    };
+    let limits = if recreate {
+        rollout::Limits {
+            max_surge: 0,
+            max_unavailable: desired,
+        }
+    } else {
+        rollout::limits(desired, bound("maxSurge"), bound("maxUnavailable"))
+    };
+    let step = if recreate {
+        let running: i32 = old
+            .iter()
+            .map(|rs| int(rs, "/status/replicas", 0) as i32)
+            .sum();
+        rollout::recreate_step(desired, &set_of(&new), &old_sets, running)
+    } else {
+        rollout::rolling_step(desired, limits, &set_of(&new), &old_sets)
+    };
+    match step {
+        Step::Wait => {}
+        Step::ScaleNew(n) => scale(cluster, new.clone(), n, desired).await?,
+        Step::ScaleOld(changes) => {
+            for (name, n) in changes {
+                if let Some(rs) = old.iter().find(|rs| text(rs, "/metadata/name") == name) {
+                    scale(cluster, rs.clone(), n, desired).await?;
+                }
+            }
+        }
+    }
+    report(
+        cluster,
+        &d,
+        &new,
+        &old,
+        i64::from(desired - limits.max_unavailable),
+    )
+    .await
+}
+
+async fn scale(
+    cluster: &dyn Cluster,
+    mut rs: Value,
+    replicas: i32,
+    desired: i32,
+) -> Result<(), ClusterError> {
+    rs["spec"]["replicas"] = json!(replicas);
+    rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
+        json!(desired.to_string());
+    cluster.update(kind("apps", "replicasets"), rs).await?;
+    Ok(())
+}
+
+/// The Deployment's status from its ReplicaSets', written when it changed. It is Available when
+/// at least `min_available` pods are.
+async fn report(
+    cluster: &dyn Cluster,
+    d: &Value,
+    new: &Value,
+    old: &[Value],
+    min_available: i64,
+) -> Result<(), ClusterError> {
+    let all: Vec<&Value> = old.iter().chain(std::iter::once(new)).collect();
+    let sum = |field: &str| -> i64 {
+        all.iter()
+            .map(|rs| int(rs, &format!("/status/{field}"), 0))
+            .sum()
+    };
+    let desired = int(d, "/spec/replicas", 1);
+    let (available, updated) = (sum("availableReplicas"), int(new, "/status/replicas", 0));
+    let complete = updated == desired && sum("replicas") == desired && available == desired;
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let condition = |kind: &str, ok: bool, reason: &str, message: String| {
+        let previous = d
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == kind));
+        let same = previous.is_some_and(|c| {
+            c["status"] == if ok { "True" } else { "False" } && c["reason"] == reason
+        });
+        let since = |field: &str| {
+            previous
+                .filter(|_| same)
+                .map_or(json!(now), |c| c[field].clone())
+        };
+        json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastUpdateTime": since("lastUpdateTime"),
+               "lastTransitionTime": since("lastTransitionTime"), "reason": reason, "message": message})
+    };
+    let name = text(d, "/metadata/name");
+    let new_name = text(new, "/metadata/name");
+    let conditions = vec![
+        if available >= min_available {
+            condition(
+                "Available",
+                true,
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+            )
+        } else {
+            condition(
+                "Available",
+                false,
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+            )
+        },
+        condition(
+            "Progressing",
+            true,
+            if complete {
+                "NewReplicaSetAvailable"
+            } else {
+                "ReplicaSetUpdated"
+            },
+            if complete {
+                format!("ReplicaSet \"{new_name}\" has successfully progressed.")
+            } else {
+                format!("ReplicaSet \"{new_name}\" is progressing.")
+            },
+        ),
+    ];
+    let mut status = json!({
+        "observedGeneration": int(d, "/metadata/generation", 0),
+        "replicas": sum("replicas"),
+        "updatedReplicas": updated,
+        "readyReplicas": sum("readyReplicas"),
+        "availableReplicas": available,
+        "unavailableReplicas": (desired - available).max(0),
+        "conditions": conditions,
+    });
+    // Counts of zero are left out, as Kubernetes' omitempty does.
+    let map = status.as_object_mut().expect("an object");
+    map.retain(|_, v| *v != json!(0));
+    if d.get("status") == Some(&status) && revision(d) == revision(new) {
+        return Ok(());
+    }
+    let mut updated_d = d.clone();
+    updated_d["status"] = status;
+    if revision(d) != revision(new) {
+        // The Deployment carries the revision of its newest ReplicaSet.
+        let mut with_revision = d.clone();
+        with_revision["metadata"]["annotations"][REVISION] = json!(revision(new).to_string());
+        let written = cluster
+            .update(kind("apps", "deployments"), with_revision)
+            .await?;
+        updated_d["metadata"] = written["metadata"].clone();
+    }
+    tracing::debug!(deployment = name, "status");
+    cluster
+        .update_status(kind("apps", "deployments"), updated_d)
+        .await?;
+    Ok(())
+}
+
+/// Deletes what a deleted owner controlled (background propagation).
+pub async fn orphans(
+    cluster: &dyn Cluster,
+    namespace: &str,
+    owner: &str,
+) -> Result<(), ClusterError> {
+    if owner.is_empty() {
+        return Ok(());
+    }
+    for k in [kind("apps", "replicasets"), kind("", "pods")] {
+        for obj in cluster.list(k, namespace).await? {
+            let refs = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if refs.iter().any(|r| r["uid"] == owner) {
+                let (name, uid) = (text(&obj, "/metadata/name"), text(&obj, "/metadata/uid"));
+                match cluster.delete(k, namespace, name, uid).await {
+                    Ok(()) | Err(ClusterError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_hashes_are_stable_word_free_and_ignore_the_hash_label() {
+        let t = json!({"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "server", "image": "my-api:v2.1"}]}});
+        let h = template_hash(&t);
+        assert_eq!(h, template_hash(&t.clone()));
+        assert!(
+            h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
+            "{h}"
+        );
+        let mut other = t.clone();
+        other["spec"]["containers"][0]["image"] = json!("my-api:v2.2");
+        assert_ne!(h, template_hash(&other));
+        let mut labelled = t.clone();
+        labelled["metadata"]["labels"][HASH_LABEL] = json!(h);
+        assert_eq!(without_hash(&labelled), t);
+    }
+
+    #[test]
+    fn new_replica_sets_select_their_own_pods() {
+        let d = json!({"metadata": {"name": "api-server", "uid": "d1"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "api"}},
+                     "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "server", "image": "x"}]}}}});
+        let rs = new_replica_set(&d, "7d9", 2);
+        assert_eq!(rs["metadata"]["name"], "api-server-7d9");
+        assert_eq!(
+            rs["spec"]["selector"]["matchLabels"],
+            json!({"app": "api", HASH_LABEL: "7d9"})
+        );
+        assert_eq!(
+            rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL],
+            "7d9"
+        );
+        assert_eq!(rs["metadata"]["annotations"][REVISION], "2");
+        assert_eq!(rs["metadata"]["ownerReferences"][0]["uid"], "d1");
+        let pod = pod_from(&rs);
+        assert_eq!(pod["metadata"]["generateName"], "api-server-7d9-");
+        assert_eq!(pod["metadata"]["labels"][HASH_LABEL], "7d9");
+    }
+}

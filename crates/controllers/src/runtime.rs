@@ -1,0 +1,197 @@
+//! The controller runtime inside `skiff server`: feeds of changes per kind turn into keys on a
+//! work queue; workers reconcile each key from the current state (level-triggered), retrying
+//! with backoff on failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_api::kinds::{self, Kind};
+
+use crate::cluster::{Changed, Cluster, ClusterError};
+use crate::queue::Queue;
+use crate::reconcile;
+
+/// What a worker reconciles.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    ReplicaSet {
+        namespace: String,
+        name: String,
+    },
+    Deployment {
+        namespace: String,
+        name: String,
+    },
+    /// The dependents of a deleted owner (by uid) in a namespace.
+    Orphans {
+        namespace: String,
+        owner: String,
+    },
+}
+
+pub(crate) fn kind(group: &str, plural: &str) -> &'static Kind {
+    kinds::find(group, "v1", plural).expect("a kind of the table")
+}
+
+fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.pointer(&format!("/metadata/{field}"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// The controlling owner of `obj` of `owner_kind`, if any: (name, uid).
+pub(crate) fn controller_of<'a>(obj: &'a Value, owner_kind: &str) -> Option<(&'a str, &'a str)> {
+    obj.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true && r["kind"] == owner_kind)
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or(""),
+                r["uid"].as_str().unwrap_or(""),
+            )
+        })
+}
+
+/// The keys a change of an object of `kind` calls for.
+fn keys_for(kind: &Kind, change: &Changed) -> Vec<Key> {
+    let obj = &change.object;
+    let namespace = meta(obj, "namespace").to_string();
+    let name = meta(obj, "name").to_string();
+    let mut keys = Vec::new();
+    if change.deleted {
+        keys.push(Key::Orphans {
+            namespace: namespace.clone(),
+            owner: meta(obj, "uid").to_string(),
+        });
+    }
+    match kind.kind {
+        "Deployment" => keys.push(Key::Deployment { namespace, name }),
+        "ReplicaSet" => {
+            if let Some((owner, _)) = controller_of(obj, "Deployment") {
+                keys.push(Key::Deployment {
+                    namespace: namespace.clone(),
+                    name: owner.to_string(),
+                });
+            }
+            keys.push(Key::ReplicaSet { namespace, name });
+        }
+        "Pod" => {
+            if let Some((owner, _)) = controller_of(obj, "ReplicaSet") {
+                keys.push(Key::ReplicaSet {
+                    namespace,
+                    name: owner.to_string(),
+                });
+            }
+        }
+        _ => {}
+    }
+    keys
+}
+
+/// Follows one kind's changes for the life of the server, queueing the keys they call for.
+async fn feed(cluster: Arc<dyn Cluster>, kind: &'static Kind, queue: Queue<Key>) {
+    loop {
+        match cluster.changes(kind).await {
+            Ok(mut changes) => {
+                while let Some(change) = changes.recv().await {
+                    for key in keys_for(kind, &change) {
+                        queue.add(key);
+                    }
+                }
+                tracing::info!(kind = kind.plural, "controller feed ended; following again");
+            }
+            Err(e) => tracing::warn!(kind = kind.plural, error = %e, "following changes"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>) {
+    loop {
+        let key = queue.next().await;
+        let result = match &key {
+            Key::ReplicaSet { namespace, name } => {
+                reconcile::replica_set(cluster.as_ref(), namespace, name).await
+            }
+            Key::Deployment { namespace, name } => {
+                reconcile::deployment(cluster.as_ref(), namespace, name).await
+            }
+            Key::Orphans { namespace, owner } => {
+                reconcile::orphans(cluster.as_ref(), namespace, owner).await
+            }
+        };
+        match result {
+            Ok(()) => queue.done(&key),
+            Err(ClusterError::NotFound(_)) => queue.done(&key),
+            Err(e) => {
+                let delay = queue.retry(key.clone());
+                tracing::debug!(?key, error = %e, ?delay, "reconcile failed; retrying");
+            }
+        }
+    }
+}
+
+/// Starts the controllers: one feed per watched kind, and `workers` workers.
+pub fn start(cluster: Arc<dyn Cluster>, workers: usize) {
+    let queue = Queue::default();
+    for k in [
+        kind("apps", "deployments"),
+        kind("apps", "replicasets"),
+        kind("", "pods"),
+    ] {
+        tokio::spawn(feed(cluster.clone(), k, queue.clone()));
+    }
+    for _ in 0..workers {
+        tokio::spawn(work(cluster.clone(), queue.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changes_call_for_their_owners() {
+        let pod = json!({"metadata": {"name": "web-abc", "namespace": "default", "uid": "p1",
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9", "uid": "r1", "controller": true}]}});
+        let rs = json!({"metadata": {"name": "web-7d9", "namespace": "default", "uid": "r1",
+            "ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "d1", "controller": true}]}});
+        let key = |kind, obj: &Value, deleted| {
+            keys_for(
+                kind,
+                &Changed {
+                    object: obj.clone(),
+                    deleted,
+                },
+            )
+        };
+        let ns = || "default".to_string();
+        assert_eq!(
+            key(kind("", "pods"), &pod, false),
+            [Key::ReplicaSet {
+                namespace: ns(),
+                name: "web-7d9".into()
+            }]
+        );
+        assert_eq!(
+            key(kind("apps", "replicasets"), &rs, true),
+            [
+                Key::Orphans {
+                    namespace: ns(),
+                    owner: "r1".into()
+                },
+                Key::Deployment {
+                    namespace: ns(),
+                    name: "web".into()
+                },
+                Key::ReplicaSet {
+                    namespace: ns(),
+                    name: "web-7d9".into()
+                },
+            ]
+        );
+    }
+}
