@@ -108,3 +108,160 @@ fn the_articles_deployment_gets_its_pods_and_rolls() {
         (!left.is_empty()).then_some(left)
     });
 }
+
+#[test]
+fn rollout_status_follows_a_rolling_update_to_the_end() {
+    let server = server();
+    let _node = fake_node::FakeNode::start(&server);
+    kubectl(
+        &server,
+        &["apply", "-f", example("api-server.yaml").to_str().unwrap()],
+    )
+    .out();
+    let first = kubectl(
+        &server,
+        &[
+            "rollout",
+            "status",
+            "deployment/api-server",
+            "--timeout=60s",
+        ],
+    )
+    .out();
+    assert!(
+        first.contains("deployment \"api-server\" successfully rolled out"),
+        "{first}"
+    );
+    let ready = kubectl(
+        &server,
+        &[
+            "get",
+            "deploy",
+            "api-server",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.availableReplicas}",
+        ],
+    )
+    .out();
+    assert_eq!(ready, "3/3");
+
+    kubectl(
+        &server,
+        &[
+            "set",
+            "image",
+            "deployment/api-server",
+            "server=my-api:v2.2",
+        ],
+    )
+    .out();
+    let second = kubectl(
+        &server,
+        &[
+            "rollout",
+            "status",
+            "deployment/api-server",
+            "--timeout=60s",
+        ],
+    )
+    .out();
+    // (The fake node makes pods ready at once: the rollout may be over before kubectl looks.)
+    assert!(
+        second.contains("deployment \"api-server\" successfully rolled out"),
+        "{second}"
+    );
+    eventually("the old pods to go", || {
+        let sets = replica_sets(&server);
+        (sets != "1 my-api:v2.1 0\n2 my-api:v2.2 3\n").then_some(sets)
+    });
+    let images = kubectl(
+        &server,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+    )
+    .out();
+    assert_eq!(images, "my-api:v2.2 my-api:v2.2 my-api:v2.2");
+}
+
+#[test]
+fn with_max_unavailable_zero_availability_never_drops() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let server = server();
+    let _node = fake_node::FakeNode::start(&server);
+    let manifest = std::fs::read_to_string(example("api-server.yaml"))
+        .unwrap()
+        .replace("  replicas: 3\n", "  replicas: 3\n  strategy:\n    rollingUpdate:\n      maxUnavailable: 0\n      maxSurge: 1\n");
+    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    kubectl(
+        &server,
+        &[
+            "rollout",
+            "status",
+            "deployment/api-server",
+            "--timeout=60s",
+        ],
+    )
+    .out();
+    let mut watch = Command::new("kubectl")
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HOME", server.data_dir())
+        .args(["get", "deploy", "api-server", "-w", "-o", "jsonpath={.status.availableReplicas} {.status.updatedReplicas} {.status.replicas}{\"\\n\"}"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    kubectl(
+        &server,
+        &[
+            "set",
+            "image",
+            "deployment/api-server",
+            "server=my-api:v2.2",
+        ],
+    )
+    .out();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) else {
+            break;
+        };
+        seen.push(line.clone());
+        let fields: Vec<i64> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert!(
+            fields.first().is_some_and(|available| *available >= 3),
+            "availability dropped: {seen:?}"
+        );
+        assert!(
+            fields.get(2).is_none_or(|total| *total <= 4),
+            "more than one surge pod: {seen:?}"
+        );
+        let rolling = seen.iter().any(|l| l != "3 3 3");
+        if fields == [3, 3, 3] && rolling {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(seen.last().map(String::as_str), Some("3 3 3"), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.ends_with(" 4")),
+        "the rollout went through a surge pod: {seen:?}"
+    );
+}
