@@ -1,7 +1,7 @@
 //! The table of kinds the API serves: what generic code needs to route, store and describe them.
 
 /// One served resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Kind {
     /// API group; "" is the core group (`/api/v1`).
     pub group: &'static str,
@@ -25,7 +25,7 @@ pub struct Kind {
 }
 
 /// Where a kind's objects live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Storage {
     /// In the store, under the group's and plural's prefix.
     Stored,

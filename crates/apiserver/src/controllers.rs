@@ -14,7 +14,7 @@ use skiff_store::Revision;
 use tokio::sync::mpsc;
 
 use crate::cache::Change;
-use crate::registry::{DeleteOptions, Target};
+use crate::registry::{DeleteOptions, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
 
@@ -168,6 +168,7 @@ impl Cluster for InProcess {
         namespace: &str,
         name: &str,
         uid: &str,
+        foreground: bool,
     ) -> Result<(), ClusterError> {
         let target = Target {
             kind,
@@ -176,6 +177,11 @@ impl Cluster for InProcess {
         };
         let options = DeleteOptions {
             precondition_uid: Some(uid.to_string()).filter(|u| !u.is_empty()),
+            propagation: if foreground {
+                Propagation::Foreground
+            } else {
+                Propagation::Background
+            },
             ..DeleteOptions::default()
         };
         let last = self

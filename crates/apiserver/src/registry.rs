@@ -57,6 +57,36 @@ pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
     pub dry_run: bool,
+    /// What becomes of the object's dependents.
+    pub propagation: Propagation,
+}
+
+/// A delete's propagation policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents afterwards.
+    #[default]
+    Background,
+    /// The object stays (finalizer `foregroundDeletion`) until its dependents are gone.
+    Foreground,
+    /// The object stays (finalizer `orphan`) until its dependents no longer refer to it.
+    Orphan,
+}
+
+impl Propagation {
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some("foregroundDeletion"),
+            Propagation::Orphan => Some("orphan"),
+        }
+    }
+}
+
+/// The kinds whose dependents the garbage collector follows: only for these do Foreground and
+/// Orphan hold the object (a finalizer on another kind would never be taken off).
+fn collected(kind: &Kind) -> bool {
+    kind.group == "apps" && matches!(kind.kind, "Deployment" | "ReplicaSet")
 }
 
 impl DeleteOptions {
@@ -70,7 +100,14 @@ impl DeleteOptions {
             }
         }
         let text = |v: &Value| v.as_str().map(str::to_string);
+        let propagation = match body["propagationPolicy"].as_str() {
+            Some("Foreground") => Propagation::Foreground,
+            Some("Orphan") => Propagation::Orphan,
+            _ if body["orphanDependents"] == true => Propagation::Orphan,
+            _ => Propagation::Background,
+        };
         Ok(DeleteOptions {
+            propagation,
             grace_period_seconds: body["gracePeriodSeconds"].as_i64(),
             precondition_uid: text(&body["preconditions"]["uid"]),
             precondition_resource_version: text(&body["preconditions"]["resourceVersion"]),
@@ -465,7 +502,22 @@ impl Registry {
         for _ in 0..UNCONDITIONAL_RETRIES {
             let (current, revision) = self.get_raw(target).await?;
             check_preconditions(&current, revision, options)?;
-            let old = without_resource_version(current.clone());
+            let mut old = without_resource_version(current.clone());
+            if let (Some(finalizer), true) =
+                (options.propagation.finalizer(), collected(target.kind))
+            {
+                if old.pointer("/metadata/deletionTimestamp").is_none() {
+                    let list = old["metadata"]["finalizers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    if !list.iter().any(|f| f == finalizer) {
+                        let mut list = list;
+                        list.push(finalizer.into());
+                        old["metadata"]["finalizers"] = Value::Array(list);
+                    }
+                }
+            }
             let now = jiff::Timestamp::now();
             let next = deletion_step(target.kind, &old, options, now);
             let result = match next {

@@ -50,12 +50,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// Replaces an object's status; its resourceVersion must still be current.
     async fn update_status(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError>;
 
-    /// Deletes an object if its uid is still `uid`.
+    /// Deletes an object if its uid is still `uid`; `foreground` keeps it until its own
+    /// dependents are gone.
     async fn delete(
         &self,
         kind: &'static Kind,
         namespace: &str,
         name: &str,
         uid: &str,
+        foreground: bool,
     ) -> Result<(), ClusterError>;
 }

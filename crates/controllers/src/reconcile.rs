@@ -7,6 +7,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::replicaset::{self, PodView};
 use crate::rollout::{self, IntOrPercent, Set, Step};
 use crate::runtime::{controller_of, kind};
+use skiff_api::kinds::Kind;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -77,7 +78,7 @@ pub async fn replica_set(
             .find(|p| text(p, "/metadata/name") == gone)
             .map(|p| text(p, "/metadata/uid"))
             .unwrap_or("");
-        match cluster.delete(pods, namespace, gone, pod_uid).await {
+        match cluster.delete(pods, namespace, gone, pod_uid, false).await {
             Ok(()) | Err(ClusterError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
@@ -425,13 +426,95 @@ pub async fn orphans(
                 .unwrap_or_default();
             if refs.iter().any(|r| r["uid"] == owner) {
                 let (name, uid) = (text(&obj, "/metadata/name"), text(&obj, "/metadata/uid"));
-                match cluster.delete(k, namespace, name, uid).await {
+                match cluster.delete(k, namespace, name, uid, false).await {
                     Ok(()) | Err(ClusterError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// The objects (ReplicaSets, pods) in `namespace` that refer to the owner `uid`.
+async fn dependents(
+    cluster: &dyn Cluster,
+    namespace: &str,
+    uid: &str,
+) -> Result<Vec<(&'static Kind, Value)>, ClusterError> {
+    let mut found = Vec::new();
+    for k in [kind("apps", "replicasets"), kind("", "pods")] {
+        for obj in cluster.list(k, namespace).await? {
+            let refers = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+            if refers {
+                found.push((k, obj));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Lets an owner held by `orphan` go once its dependents no longer refer to it, or by
+/// `foregroundDeletion` once they are gone (deleting them, in the foreground too).
+pub async fn finalize(
+    cluster: &dyn Cluster,
+    owner_kind: &'static Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let Some(owner) = find(cluster.list(owner_kind, namespace).await?, name) else {
+        return Ok(());
+    };
+    if !deleting(&owner) {
+        return Ok(());
+    }
+    let uid = text(&owner, "/metadata/uid").to_string();
+    let finalizers: Vec<String> = owner
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| {
+            f.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let release = if finalizers.iter().any(|f| f == "orphan") {
+        for (k, mut dep) in dependents(cluster, namespace, &uid).await? {
+            if let Some(refs) = dep
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r["uid"] != uid.as_str());
+            }
+            cluster.update(k, dep).await?;
+        }
+        "orphan"
+    } else if finalizers.iter().any(|f| f == "foregroundDeletion") {
+        let waiting = dependents(cluster, namespace, &uid).await?;
+        if !waiting.is_empty() {
+            for (k, dep) in waiting.iter().filter(|(_, d)| !deleting(d)) {
+                let (dep_name, dep_uid) = (text(dep, "/metadata/name"), text(dep, "/metadata/uid"));
+                match cluster.delete(k, namespace, dep_name, dep_uid, true).await {
+                    Ok(()) | Err(ClusterError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Called again as each dependent goes.
+            return Ok(());
+        }
+        "foregroundDeletion"
+    } else {
+        return Ok(());
+    };
+    let mut released = owner.clone();
+    released["metadata"]["finalizers"] = json!(finalizers
+        .iter()
+        .filter(|f| *f != release)
+        .collect::<Vec<_>>());
+    cluster.update(owner_kind, released).await?;
     Ok(())
 }
 

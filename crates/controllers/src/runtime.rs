@@ -28,6 +28,30 @@ pub enum Key {
         namespace: String,
         owner: String,
     },
+    /// An owner held by a `foregroundDeletion` or `orphan` finalizer.
+    Finalize {
+        kind: &'static Kind,
+        namespace: String,
+        name: String,
+    },
+}
+
+/// The kind of an owner reference's `kind`, among those the collector follows.
+fn owner_kind(kind: &str) -> Option<&'static Kind> {
+    match kind {
+        "Deployment" => Some(self::kind("apps", "deployments")),
+        "ReplicaSet" => Some(self::kind("apps", "replicasets")),
+        _ => None,
+    }
+}
+
+/// Held by a finalizer the garbage collector takes off.
+fn held(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|f| f == "orphan" || f == "foregroundDeletion"))
 }
 
 pub(crate) fn kind(group: &str, plural: &str) -> &'static Kind {
@@ -65,6 +89,33 @@ fn keys_for(kind: &Kind, change: &Changed) -> Vec<Key> {
             namespace: namespace.clone(),
             owner: meta(obj, "uid").to_string(),
         });
+    }
+    if held(obj) {
+        if let Some(k) = owner_kind(kind.kind) {
+            keys.push(Key::Finalize {
+                kind: k,
+                namespace: namespace.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+    // A dependent that goes (or changes) may release an owner waiting for it.
+    let owners = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for owner in owners {
+        if let (Some(k), Some(owner)) = (
+            owner["kind"].as_str().and_then(owner_kind),
+            owner["name"].as_str(),
+        ) {
+            keys.push(Key::Finalize {
+                kind: k,
+                namespace: namespace.clone(),
+                name: owner.to_string(),
+            });
+        }
     }
     match kind.kind {
         "Deployment" => keys.push(Key::Deployment { namespace, name }),
@@ -121,6 +172,11 @@ async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>) {
             Key::Orphans { namespace, owner } => {
                 reconcile::orphans(cluster.as_ref(), namespace, owner).await
             }
+            Key::Finalize {
+                kind,
+                namespace,
+                name,
+            } => reconcile::finalize(cluster.as_ref(), kind, namespace, name).await,
         };
         match result {
             Ok(()) => queue.done(&key),
@@ -171,10 +227,17 @@ mod tests {
         let ns = || "default".to_string();
         assert_eq!(
             key(kind("", "pods"), &pod, false),
-            [Key::ReplicaSet {
-                namespace: ns(),
-                name: "web-7d9".into()
-            }]
+            [
+                Key::Finalize {
+                    kind: kind("apps", "replicasets"),
+                    namespace: ns(),
+                    name: "web-7d9".into()
+                },
+                Key::ReplicaSet {
+                    namespace: ns(),
+                    name: "web-7d9".into()
+                }
+            ]
         );
         assert_eq!(
             key(kind("apps", "replicasets"), &rs, true),
@@ -182,6 +245,11 @@ mod tests {
                 Key::Orphans {
                     namespace: ns(),
                     owner: "r1".into()
+                },
+                Key::Finalize {
+                    kind: kind("apps", "deployments"),
+                    namespace: ns(),
+                    name: "web".into()
                 },
                 Key::Deployment {
                     namespace: ns(),

@@ -265,3 +265,66 @@ fn with_max_unavailable_zero_availability_never_drops() {
         "the rollout went through a surge pod: {seen:?}"
     );
 }
+
+#[test]
+fn propagation_policies_keep_their_promises() {
+    let server = server();
+    let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
+    let named = |name: &str| manifest.replace("name: api-server", &format!("name: {name}"));
+    kubectl_stdin(&server, &["apply", "-f", "-"], &named("orphaning")).out();
+    kubectl_stdin(&server, &["apply", "-f", "-"], &named("foreground")).out();
+    eventually("6 pods", || {
+        (pods(&server) != 6).then(|| format!("{} pods", pods(&server)))
+    });
+
+    // Orphan: the Deployment goes; its ReplicaSet and pods stay, no longer owned.
+    let out = kubectl(
+        &server,
+        &[
+            "delete",
+            "deployment",
+            "orphaning",
+            "--cascade=orphan",
+            "--timeout=20s",
+        ],
+    )
+    .out();
+    assert!(out.contains("deleted"), "{out}");
+    kubectl(&server, &["get", "deployment", "orphaning"]).err();
+    let sets = json(&kubectl(&server, &["get", "rs", "-o", "json"]).out());
+    let orphan = sets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rs| {
+            rs["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("orphaning-")
+        })
+        .expect("the orphaned ReplicaSet stays");
+    assert!(
+        orphan["metadata"]
+            .get("ownerReferences")
+            .is_none_or(|r| r.as_array().unwrap().is_empty()),
+        "{orphan}"
+    );
+    assert_eq!(pods(&server), 6);
+
+    // Foreground: the Deployment waits for its ReplicaSet and pods to go, then goes.
+    kubectl(
+        &server,
+        &[
+            "delete",
+            "deployment",
+            "foreground",
+            "--cascade=foreground",
+            "--timeout=20s",
+        ],
+    )
+    .out();
+    kubectl(&server, &["get", "deployment", "foreground"]).err();
+    let left = kubectl(&server, &["get", "rs,pods", "-o", "name"]).out();
+    assert!(!left.contains("foreground-"), "{left}");
+    assert_eq!(pods(&server), 3, "the orphaned pods stay: {left}");
+}

@@ -301,8 +301,8 @@ fn delete_honours_finalizers_preconditions_and_policies() {
         assert!(out.contains("deleted"), "{policy}: {out}");
         kubectl(&server, &["get", "cm", &name]).err();
     }
-    // FIXME(issue 6): foreground and orphan act as background until the garbage collector
-    // honours their finalizers; the dependents they are about do not exist yet.
+    // ConfigMaps have no dependents: every policy deletes at once (workloads' policies are
+    // tested in controllers.rs).
 
     // A uid precondition that does not hold is a Conflict.
     kubectl_stdin(
