@@ -78,6 +78,15 @@ impl<K: Clone + Eq + Hash + Send + 'static> Queue<K> {
         self.state.lock().expect("queue lock").failures.remove(key);
     }
 
+    /// Queues `key` again after `delay` (a deadline to check, with nothing else to say so).
+    pub fn add_after(&self, key: K, delay: Duration) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(key);
+        });
+    }
+
     /// The key failed: it comes back after a delay doubling with each failure in a row.
     pub fn retry(&self, key: K) -> Duration {
         let delay = {
@@ -88,11 +97,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Queue<K> {
                 .saturating_mul(2u32.saturating_pow(*n - 1))
                 .min(LAST_RETRY)
         };
-        let queue = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.add(key);
-        });
+        self.add_after(key, delay);
         delay
     }
 }

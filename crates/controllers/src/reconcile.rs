@@ -210,18 +210,19 @@ fn set_of(rs: &Value) -> Set {
 }
 
 /// Rolls a Deployment's ReplicaSets toward its template, one step at a time, and reports its
-/// status as `kubectl rollout status` reads it.
+/// status as `kubectl rollout status` reads it. Answers when to look again if nothing changes
+/// (the progress deadline).
 pub async fn deployment(
     cluster: &dyn Cluster,
     namespace: &str,
     name: &str,
-) -> Result<(), ClusterError> {
+) -> Result<Option<std::time::Duration>, ClusterError> {
     let (deployments, sets_kind) = (kind("apps", "deployments"), kind("apps", "replicasets"));
     let Some(d) = find(cluster.list(deployments, namespace).await?, name) else {
-        return Ok(());
+        return Ok(None);
     };
     if deleting(&d) {
-        return Ok(());
+        return Ok(None);
     }
     let uid = text(&d, "/metadata/uid").to_string();
     let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
@@ -240,7 +241,7 @@ pub async fn deployment(
     let Some(mut new) = new.into_iter().next() else {
         let rs = new_replica_set(&d, &template_hash(&template), newest + 1);
         cluster.create(sets_kind, namespace, rs).await?;
-        return Ok(());
+        return Ok(None);
     };
     if revision(&new) <= newest {
         // A rollback to an older template: that ReplicaSet becomes the newest revision.
@@ -313,7 +314,7 @@ async fn report(
     new: &Value,
     old: &[Value],
     min_available: i64,
-) -> Result<(), ClusterError> {
+) -> Result<Option<std::time::Duration>, ClusterError> {
     let all: Vec<&Value> = old.iter().chain(std::iter::once(new)).collect();
     let sum = |field: &str| -> i64 {
         all.iter()
@@ -343,7 +344,25 @@ async fn report(
                "lastTransitionTime": since("lastTransitionTime"), "reason": reason, "message": message})
     };
     let name = text(d, "/metadata/name");
-    let new_name = text(new, "/metadata/name");
+    let new_name = text(new, "/metadata/name").to_string();
+    let counts = |status: &Value| {
+        [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "observedGeneration",
+        ]
+        .map(|f| int(status, &format!("/{f}"), 0))
+    };
+    let now_counts = [
+        sum("replicas"),
+        updated,
+        sum("readyReplicas"),
+        available,
+        int(d, "/metadata/generation", 0),
+    ];
+    let progressed = d.get("status").map(counts) != Some(now_counts);
     let conditions = vec![
         if available >= min_available {
             condition(
@@ -360,19 +379,12 @@ async fn report(
                 "Deployment does not have minimum availability.".into(),
             )
         },
-        condition(
-            "Progressing",
-            true,
-            if complete {
-                "NewReplicaSetAvailable"
-            } else {
-                "ReplicaSetUpdated"
-            },
-            if complete {
-                format!("ReplicaSet \"{new_name}\" has successfully progressed.")
-            } else {
-                format!("ReplicaSet \"{new_name}\" is progressing.")
-            },
+        progressing(
+            d,
+            &new_name,
+            complete,
+            progressed,
+            jiff::Timestamp::now().as_second(),
         ),
     ];
     let mut status = json!({
@@ -388,7 +400,7 @@ async fn report(
     let map = status.as_object_mut().expect("an object");
     map.retain(|_, v| *v != json!(0));
     if d.get("status") == Some(&status) && revision(d) == revision(new) {
-        return Ok(());
+        return Ok(recheck_after(d));
     }
     let mut updated_d = d.clone();
     updated_d["status"] = status;
@@ -402,10 +414,103 @@ async fn report(
         updated_d["metadata"] = written["metadata"].clone();
     }
     tracing::debug!(deployment = name, "status");
-    cluster
+    let written = cluster
         .update_status(kind("apps", "deployments"), updated_d)
         .await?;
-    Ok(())
+    Ok(recheck_after(&written))
+}
+
+/// The Progressing condition: `NewReplicaSetAvailable` once the rollout is complete;
+/// `ReplicaSetUpdated`, its update time moving with each step of progress, while it goes on;
+/// `ProgressDeadlineExceeded` once no progress was made for `progressDeadlineSeconds`.
+fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now: i64) -> Value {
+    let stamp = |t: i64| {
+        jiff::Timestamp::from_second(t)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default()
+    };
+    let previous = d
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
+        .cloned();
+    let seconds = |c: &Value, field: &str| {
+        c[field]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
+    };
+    let deadline = int(d, "/spec/progressDeadlineSeconds", 600);
+    let timed_out = previous
+        .as_ref()
+        .is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded");
+    if timed_out && !progressed && !complete {
+        // Timed out stays timed out until something moves.
+        return previous.expect("checked above");
+    }
+    let (status, reason, message) = if complete {
+        (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
+    } else {
+        let last_progress = previous
+            .as_ref()
+            .filter(|_| !progressed)
+            .and_then(|c| seconds(c, "lastUpdateTime"))
+            .unwrap_or(now);
+        if now - last_progress > deadline {
+            (
+                "False",
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+            )
+        } else {
+            (
+                "True",
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+            )
+        }
+    };
+    let same = previous
+        .as_ref()
+        .is_some_and(|c| c["status"] == status && c["reason"] == reason);
+    let kept = |field: &str| {
+        previous
+            .as_ref()
+            .filter(|_| same)
+            .and_then(|c| seconds(c, field))
+            .unwrap_or(now)
+    };
+    let updated_at = if progressed || !same {
+        now
+    } else {
+        kept("lastUpdateTime")
+    };
+    json!({"type": "Progressing", "status": status, "lastUpdateTime": stamp(updated_at),
+           "lastTransitionTime": stamp(kept("lastTransitionTime")), "reason": reason, "message": message})
+}
+
+/// When a Deployment still rolling out must be looked at again even if nothing changes: when
+/// its progress deadline passes.
+pub fn recheck_after(d: &Value) -> Option<std::time::Duration> {
+    let progressing = d
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))?;
+    if progressing["reason"] != "ReplicaSetUpdated" {
+        return None;
+    }
+    let deadline = int(d, "/spec/progressDeadlineSeconds", 600);
+    let last = progressing["lastUpdateTime"]
+        .as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()?
+        .as_second();
+    let due = last + deadline + 1 - jiff::Timestamp::now().as_second();
+    Some(std::time::Duration::from_secs(due.max(1) as u64))
 }
 
 /// Deletes what a deleted owner controlled (background propagation).
@@ -521,6 +626,59 @@ pub async fn finalize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_and_its_deadline() {
+        let d = |reason: &str, updated: &str| {
+            json!({"spec": {"progressDeadlineSeconds": 60}, "status": {"conditions": [
+                {"type": "Progressing", "status": "True", "reason": reason, "lastUpdateTime": updated, "lastTransitionTime": "2026-11-25T11:00:00Z"}]}})
+        };
+        let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_second();
+        let now = at("2026-11-25T12:00:00Z");
+        let cases = [
+            // Progress moves the update time, keeps the transition time.
+            (
+                d("ReplicaSetUpdated", "2026-11-25T11:00:00Z"),
+                false,
+                true,
+                "True ReplicaSetUpdated 2026-11-25T12:00:00Z 2026-11-25T11:00:00Z",
+            ),
+            // No progress within the deadline: unchanged.
+            (
+                d("ReplicaSetUpdated", "2026-11-25T11:59:30Z"),
+                false,
+                false,
+                "True ReplicaSetUpdated 2026-11-25T11:59:30Z 2026-11-25T11:00:00Z",
+            ),
+            // No progress past it: exceeded, a transition now.
+            (
+                d("ReplicaSetUpdated", "2026-11-25T11:58:00Z"),
+                false,
+                false,
+                "False ProgressDeadlineExceeded 2026-11-25T12:00:00Z 2026-11-25T12:00:00Z",
+            ),
+            // Complete.
+            (
+                d("ReplicaSetUpdated", "2026-11-25T11:58:00Z"),
+                true,
+                true,
+                "True NewReplicaSetAvailable 2026-11-25T12:00:00Z 2026-11-25T12:00:00Z",
+            ),
+        ];
+        for (deployment, complete, progressed, want) in cases {
+            let c = progressing(&deployment, "rs", complete, progressed, now);
+            let got = format!(
+                "{} {} {} {}",
+                c["status"].as_str().unwrap(),
+                c["reason"].as_str().unwrap(),
+                c["lastUpdateTime"].as_str().unwrap(),
+                c["lastTransitionTime"].as_str().unwrap()
+            );
+            assert_eq!(got, want);
+        }
+        assert!(recheck_after(&d("ReplicaSetUpdated", "2026-11-25T11:00:00Z")).is_some());
+        assert!(recheck_after(&d("NewReplicaSetAvailable", "2026-11-25T11:00:00Z")).is_none());
+    }
 
     #[test]
     fn template_hashes_are_stable_word_free_and_ignore_the_hash_label() {

@@ -167,7 +167,13 @@ async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>) {
                 reconcile::replica_set(cluster.as_ref(), namespace, name).await
             }
             Key::Deployment { namespace, name } => {
-                reconcile::deployment(cluster.as_ref(), namespace, name).await
+                match reconcile::deployment(cluster.as_ref(), namespace, name).await {
+                    Ok(Some(later)) => {
+                        queue.add_after(key.clone(), later);
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
             }
             Key::Orphans { namespace, owner } => {
                 reconcile::orphans(cluster.as_ref(), namespace, owner).await

@@ -328,3 +328,48 @@ fn propagation_policies_keep_their_promises() {
     assert!(!left.contains("foreground-"), "{left}");
     assert_eq!(pods(&server), 3, "the orphaned pods stay: {left}");
 }
+
+#[test]
+fn a_rollout_that_makes_no_progress_fails_after_its_deadline() {
+    let server = server();
+    // No node: the pods never become ready.
+    let manifest = std::fs::read_to_string(example("api-server.yaml"))
+        .unwrap()
+        .replace(
+            "  replicas: 3\n",
+            "  replicas: 3\n  progressDeadlineSeconds: 2\n",
+        );
+    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    let started = Instant::now();
+    let err = kubectl(
+        &server,
+        &[
+            "rollout",
+            "status",
+            "deployment/api-server",
+            "--timeout=30s",
+        ],
+    )
+    .err();
+    assert!(
+        err.contains("deployment \"api-server\" exceeded its progress deadline"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "noticed in {:?}",
+        started.elapsed()
+    );
+    let reason = kubectl(
+        &server,
+        &[
+            "get",
+            "deploy",
+            "api-server",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ],
+    )
+    .out();
+    assert_eq!(reason, "ProgressDeadlineExceeded");
+}
