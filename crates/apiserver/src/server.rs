@@ -74,13 +74,24 @@ fn kind(group: &str, plural: &str) -> &'static Kind {
 }
 
 impl Api {
-    /// Runs after every create: a new namespace gets the cluster CA ConfigMap.
+    /// Runs after every create: a new namespace gets the cluster CA ConfigMap and its
+    /// `default` ServiceAccount.
     pub async fn after_create(&self, created_kind: &Kind, obj: &Value) {
         if created_kind.group.is_empty() && created_kind.kind == "Namespace" {
-            if let Err(e) = self.publish_root_ca(object::name(obj)).await {
-                tracing::warn!(namespace = object::name(obj), error = %e.message, "publishing kube-root-ca.crt");
+            if let Err(e) = self.furnish(object::name(obj)).await {
+                tracing::warn!(namespace = object::name(obj), error = %e.message, "furnishing a namespace");
             }
         }
+    }
+
+    /// What every namespace has: the cluster CA ConfigMap and the `default` ServiceAccount.
+    async fn furnish(&self, namespace: &str) -> Result<(), ApiError> {
+        self.publish_root_ca(namespace).await?;
+        let account =
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        self.registry
+            .ensure(kind("", "serviceaccounts"), Some(namespace), account)
+            .await
     }
 
     /// Runs after every delete: a namespace marked for deletion has its contents removed.
@@ -140,7 +151,7 @@ impl Api {
                     object::name(ns).to_string(),
                 ));
             } else {
-                self.publish_root_ca(object::name(ns)).await?;
+                self.furnish(object::name(ns)).await?;
             }
         }
         Ok(())

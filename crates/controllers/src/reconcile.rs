@@ -231,8 +231,12 @@ pub async fn deployment(
         "Deployment",
         &uid,
     );
-    sets.sort_by(|a, b| {
-        text(a, "/metadata/creationTimestamp").cmp(text(b, "/metadata/creationTimestamp"))
+    // Oldest first; revisions order sets made within the same second.
+    sets.sort_by_key(|rs| {
+        (
+            text(rs, "/metadata/creationTimestamp").to_string(),
+            revision(rs),
+        )
     });
     let (new, old): (Vec<Value>, Vec<Value>) = sets
         .into_iter()
@@ -273,7 +277,7 @@ pub async fn deployment(
         rollout::rolling_step(desired, limits, &set_of(&new), &old_sets)
     };
     match step {
-        Step::Wait => {}
+        Step::Wait => prune_history(cluster, &d, &old).await?,
         Step::ScaleNew(n) => scale(cluster, new.clone(), n, desired).await?,
         Step::ScaleOld(changes) => {
             for (name, n) in changes {
@@ -291,6 +295,39 @@ pub async fn deployment(
         i64::from(desired - limits.max_unavailable),
     )
     .await
+}
+
+/// Keeps `revisionHistoryLimit` old ReplicaSets that no longer run pods, deleting those of the
+/// oldest revisions beyond it.
+async fn prune_history(
+    cluster: &dyn Cluster,
+    d: &Value,
+    old: &[Value],
+) -> Result<(), ClusterError> {
+    let limit = int(d, "/spec/revisionHistoryLimit", 10).max(0) as usize;
+    let mut idle: Vec<&Value> = old
+        .iter()
+        .filter(|rs| int(rs, "/spec/replicas", 0) == 0 && int(rs, "/status/replicas", 0) == 0)
+        .collect();
+    idle.sort_by_key(|rs| revision(rs));
+    let surplus = idle.len().saturating_sub(limit);
+    for rs in &idle[..surplus] {
+        let (name, uid) = (text(rs, "/metadata/name"), text(rs, "/metadata/uid"));
+        match cluster
+            .delete(
+                kind("apps", "replicasets"),
+                text(d, "/metadata/namespace"),
+                name,
+                uid,
+                false,
+            )
+            .await
+        {
+            Ok(()) | Err(ClusterError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn scale(

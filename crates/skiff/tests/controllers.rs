@@ -373,3 +373,42 @@ fn a_rollout_that_makes_no_progress_fails_after_its_deadline() {
     .out();
     assert_eq!(reason, "ProgressDeadlineExceeded");
 }
+
+#[test]
+fn old_replica_sets_beyond_the_history_limit_go() {
+    let server = server();
+    let _node = fake_node::FakeNode::start(&server);
+    let manifest = std::fs::read_to_string(example("api-server.yaml"))
+        .unwrap()
+        .replace(
+            "  replicas: 3\n",
+            "  replicas: 3\n  revisionHistoryLimit: 1\n",
+        );
+    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    for version in ["v2.2", "v2.3", "v2.4"] {
+        kubectl(
+            &server,
+            &[
+                "set",
+                "image",
+                "deployment/api-server",
+                &format!("server=my-api:{version}"),
+            ],
+        )
+        .out();
+        kubectl(
+            &server,
+            &[
+                "rollout",
+                "status",
+                "deployment/api-server",
+                "--timeout=60s",
+            ],
+        )
+        .out();
+    }
+    eventually("one old ReplicaSet kept", || {
+        let sets = replica_sets(&server);
+        (sets != "3 my-api:v2.3 0\n4 my-api:v2.4 3\n").then_some(sets)
+    });
+}

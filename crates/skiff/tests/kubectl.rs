@@ -25,6 +25,21 @@ fn kubectl_lists_the_system_namespaces_over_tls() {
         .filter(|cm| cm["metadata"]["name"] == "kube-root-ca.crt")
         .count();
     assert_eq!(roots, 4, "a CA ConfigMap in each namespace");
+    let accounts = kubectl(&server, &["get", "serviceaccounts", "-A", "-o", "name"]).out();
+    assert_eq!(
+        accounts
+            .lines()
+            .filter(|l| *l == "serviceaccount/default")
+            .count(),
+        4,
+        "{accounts}"
+    );
+    kubectl(&server, &["create", "namespace", "team-a"]).out();
+    kubectl(
+        &server,
+        &["get", "serviceaccount", "default", "-n", "team-a"],
+    )
+    .out();
     let resources = kubectl(&server, &["api-resources", "-o", "name"]).out();
     for want in [
         "deployments.apps",
