@@ -72,8 +72,14 @@ impl Cluster for InProcess {
             .await
             .map_err(|e| ClusterError::Other(e.to_string()))?;
         let at_least = self.written.load(Ordering::SeqCst);
+        // An empty namespace lists them all.
+        let prefix = if namespace.is_empty() {
+            kind.store_prefix()
+        } else {
+            kind.store_prefix_in(Some(namespace))
+        };
         let snapshot = cache
-            .snapshot(&kind.store_prefix_in(Some(namespace)), at_least)
+            .snapshot(&prefix, at_least)
             .await
             .ok_or_else(|| ClusterError::Other("the watch cache is behind the store".into()))?;
         snapshot

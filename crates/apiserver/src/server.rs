@@ -39,6 +39,8 @@ pub struct Config {
     pub service_ranges: ServiceRanges,
     /// Run the controllers (Deployments, ReplicaSets, garbage collection) in this process.
     pub controllers: bool,
+    /// How long Events are kept after they were last seen.
+    pub event_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,7 +371,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         .map_err(|e| ServerError::Bootstrap(e.message))?;
     if config.controllers {
         let client = Arc::new(crate::controllers::InProcess::new(api.clone()));
-        skiff_controllers::runtime::start(client, 2);
+        skiff_controllers::runtime::start(client, 2, config.event_ttl);
     }
     let mut reachable = addr;
     if addr.ip().is_unspecified() {

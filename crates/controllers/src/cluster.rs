@@ -29,8 +29,8 @@ pub struct Changed {
 /// The API as in-process controllers use it.
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
-    /// The objects of `kind` in `namespace`, at least as new as every write made through this
-    /// client so far.
+    /// The objects of `kind` in `namespace` (all namespaces when empty), at least as new as
+    /// every write made through this client so far.
     async fn list(&self, kind: &'static Kind, namespace: &str) -> Result<Vec<Value>, ClusterError>;
 
     /// The current objects of `kind` (as changes), then every change. The feed ends when the

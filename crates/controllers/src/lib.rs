@@ -5,6 +5,7 @@
 //! rollout arithmetic of Deployments ([`rollout`]).
 
 pub mod cluster;
+pub mod events;
 pub mod queue;
 mod reconcile;
 pub mod replicaset;

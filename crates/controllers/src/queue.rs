@@ -1,5 +1,6 @@
-//! The work queue: keys waiting to be reconciled, each at most once in the queue, retried with
-//! exponential backoff after a failure.
+//! The work queue: keys waiting to be reconciled, each at most once in the queue and never by
+//! two workers at once (a key added while it is being worked on comes back when that ends),
+//! retried with exponential backoff after a failure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -14,6 +15,10 @@ const LAST_RETRY: Duration = Duration::from_secs(30);
 struct State<K> {
     order: VecDeque<K>,
     queued: HashSet<K>,
+    /// Keys a worker has taken and not finished.
+    processing: HashSet<K>,
+    /// Keys added while being processed: they come back when that ends.
+    dirty: HashSet<K>,
     failures: HashMap<K, u32>,
 }
 
@@ -38,6 +43,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Default for Queue<K> {
             state: Arc::new(Mutex::new(State {
                 order: VecDeque::new(),
                 queued: HashSet::new(),
+                processing: HashSet::new(),
+                dirty: HashSet::new(),
                 failures: HashMap::new(),
             })),
             ready: Arc::new(Notify::new()),
@@ -46,12 +53,27 @@ impl<K: Clone + Eq + Hash + Send + 'static> Default for Queue<K> {
 }
 
 impl<K: Clone + Eq + Hash + Send + 'static> Queue<K> {
-    /// Queues `key` unless it is already waiting.
+    /// Queues `key` unless it is already waiting; a key being worked on comes back when the
+    /// work ends.
     pub fn add(&self, key: K) {
         let mut state = self.state.lock().expect("queue lock");
-        if state.queued.insert(key.clone()) {
+        if state.processing.contains(&key) {
+            state.dirty.insert(key);
+        } else if state.queued.insert(key.clone()) {
             state.order.push_back(key);
             self.ready.notify_one();
+        }
+    }
+
+    /// The work on `key` ended: queue it again if it was added meanwhile.
+    fn finish(&self, key: &K) {
+        let again = {
+            let mut state = self.state.lock().expect("queue lock");
+            state.processing.remove(key);
+            state.dirty.remove(key)
+        };
+        if again {
+            self.add(key.clone());
         }
     }
 
@@ -70,12 +92,14 @@ impl<K: Clone + Eq + Hash + Send + 'static> Queue<K> {
         let mut state = self.state.lock().expect("queue lock");
         let key = state.order.pop_front()?;
         state.queued.remove(&key);
+        state.processing.insert(key.clone());
         Some(key)
     }
 
     /// The key was reconciled: its backoff starts over.
     pub fn done(&self, key: &K) {
         self.state.lock().expect("queue lock").failures.remove(key);
+        self.finish(key);
     }
 
     /// Queues `key` again after `delay` (a deadline to check, with nothing else to say so).
@@ -97,6 +121,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Queue<K> {
                 .saturating_mul(2u32.saturating_pow(*n - 1))
                 .min(LAST_RETRY)
         };
+        self.finish(&key);
         self.add_after(key, delay);
         delay
     }
@@ -115,6 +140,13 @@ mod tests {
         assert_eq!(q.next().await, "a");
         assert_eq!(q.next().await, "b");
         assert!(q.pop().is_none(), "a was queued once");
+        // Added while being worked on: it waits for the work to end.
+        q.add("a");
+        assert!(q.pop().is_none(), "no second worker gets a");
+        q.done(&"a");
+        assert_eq!(q.next().await, "a");
+        q.done(&"a");
+        q.done(&"b");
         let delays: Vec<Duration> = (0..12).map(|_| q.retry("c")).collect();
         assert_eq!(delays[0], Duration::from_millis(50));
         assert_eq!(delays[1], Duration::from_millis(100));

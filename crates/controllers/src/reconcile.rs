@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::cluster::{Cluster, ClusterError};
+use crate::events::{Note, Recorder};
 use crate::replicaset::{self, PodView};
 use crate::rollout::{self, IntOrPercent, Set, Step};
 use crate::runtime::{controller_of, kind};
@@ -54,6 +55,7 @@ fn deleting(obj: &Value) -> bool {
 /// Creates and deletes pods until the ReplicaSet has its replicas; reports its status.
 pub async fn replica_set(
     cluster: &dyn Cluster,
+    events: &Recorder,
     namespace: &str,
     name: &str,
 ) -> Result<(), ClusterError> {
@@ -70,7 +72,19 @@ pub async fn replica_set(
     let desired = int(&rs, "/spec/replicas", 1).max(0) as usize;
     let plan = replicaset::plan(desired, &views);
     for _ in 0..plan.create {
-        cluster.create(pods, namespace, pod_from(&rs)).await?;
+        let pod = cluster.create(pods, namespace, pod_from(&rs)).await?;
+        let message = format!("Created pod: {}", text(&pod, "/metadata/name"));
+        events
+            .record(
+                cluster,
+                &rs,
+                Note {
+                    warning: false,
+                    reason: "SuccessfulCreate",
+                    message,
+                },
+            )
+            .await;
     }
     for gone in &plan.delete {
         let pod_uid = mine
@@ -79,7 +93,21 @@ pub async fn replica_set(
             .map(|p| text(p, "/metadata/uid"))
             .unwrap_or("");
         match cluster.delete(pods, namespace, gone, pod_uid, false).await {
-            Ok(()) | Err(ClusterError::NotFound(_)) => {}
+            Ok(()) => {
+                let message = format!("Deleted pod: {gone}");
+                events
+                    .record(
+                        cluster,
+                        &rs,
+                        Note {
+                            warning: false,
+                            reason: "SuccessfulDelete",
+                            message,
+                        },
+                    )
+                    .await;
+            }
+            Err(ClusterError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -214,6 +242,7 @@ fn set_of(rs: &Value) -> Set {
 /// (the progress deadline).
 pub async fn deployment(
     cluster: &dyn Cluster,
+    events: &Recorder,
     namespace: &str,
     name: &str,
 ) -> Result<Option<std::time::Duration>, ClusterError> {
@@ -278,11 +307,11 @@ pub async fn deployment(
     };
     match step {
         Step::Wait => prune_history(cluster, &d, &old).await?,
-        Step::ScaleNew(n) => scale(cluster, new.clone(), n, desired).await?,
+        Step::ScaleNew(n) => scale(cluster, events, &d, new.clone(), n, desired).await?,
         Step::ScaleOld(changes) => {
             for (name, n) in changes {
                 if let Some(rs) = old.iter().find(|rs| text(rs, "/metadata/name") == name) {
-                    scale(cluster, rs.clone(), n, desired).await?;
+                    scale(cluster, events, &d, rs.clone(), n, desired).await?;
                 }
             }
         }
@@ -332,14 +361,39 @@ async fn prune_history(
 
 async fn scale(
     cluster: &dyn Cluster,
+    events: &Recorder,
+    d: &Value,
     mut rs: Value,
     replicas: i32,
     desired: i32,
 ) -> Result<(), ClusterError> {
+    let before = int(&rs, "/spec/replicas", 0);
     rs["spec"]["replicas"] = json!(replicas);
     rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
         json!(desired.to_string());
-    cluster.update(kind("apps", "replicasets"), rs).await?;
+    cluster
+        .update(kind("apps", "replicasets"), rs.clone())
+        .await?;
+    let direction = if i64::from(replicas) > before {
+        "up"
+    } else {
+        "down"
+    };
+    let message = format!(
+        "Scaled {direction} replica set {} from {before} to {replicas}",
+        text(&rs, "/metadata/name")
+    );
+    events
+        .record(
+            cluster,
+            d,
+            Note {
+                warning: false,
+                reason: "ScalingReplicaSet",
+                message,
+            },
+        )
+        .await;
     Ok(())
 }
 

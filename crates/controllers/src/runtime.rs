@@ -9,6 +9,7 @@ use serde_json::Value;
 use skiff_api::kinds::{self, Kind};
 
 use crate::cluster::{Changed, Cluster, ClusterError};
+use crate::events::Recorder;
 use crate::queue::Queue;
 use crate::reconcile;
 
@@ -159,15 +160,23 @@ async fn feed(cluster: Arc<dyn Cluster>, kind: &'static Kind, queue: Queue<Key>)
     }
 }
 
-async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>) {
+/// The recorders of the controllers' events, one per component.
+struct Recorders {
+    replicaset: Recorder,
+    deployment: Recorder,
+}
+
+async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>, events: Arc<Recorders>) {
     loop {
         let key = queue.next().await;
         let result = match &key {
             Key::ReplicaSet { namespace, name } => {
-                reconcile::replica_set(cluster.as_ref(), namespace, name).await
+                reconcile::replica_set(cluster.as_ref(), &events.replicaset, namespace, name).await
             }
             Key::Deployment { namespace, name } => {
-                match reconcile::deployment(cluster.as_ref(), namespace, name).await {
+                match reconcile::deployment(cluster.as_ref(), &events.deployment, namespace, name)
+                    .await
+                {
                     Ok(Some(later)) => {
                         queue.add_after(key.clone(), later);
                         Ok(())
@@ -195,9 +204,15 @@ async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>) {
     }
 }
 
-/// Starts the controllers: one feed per watched kind, and `workers` workers.
-pub fn start(cluster: Arc<dyn Cluster>, workers: usize) {
+/// Starts the controllers: one feed per watched kind, `workers` workers, and the expiry of
+/// events older than `event_ttl`.
+pub fn start(cluster: Arc<dyn Cluster>, workers: usize, event_ttl: Duration) {
     let queue = Queue::default();
+    let events = Arc::new(Recorders {
+        replicaset: Recorder::new("replicaset-controller"),
+        deployment: Recorder::new("deployment-controller"),
+    });
+    tokio::spawn(crate::events::expire(cluster.clone(), event_ttl));
     for k in [
         kind("apps", "deployments"),
         kind("apps", "replicasets"),
@@ -206,7 +221,7 @@ pub fn start(cluster: Arc<dyn Cluster>, workers: usize) {
         tokio::spawn(feed(cluster.clone(), k, queue.clone()));
     }
     for _ in 0..workers {
-        tokio::spawn(work(cluster.clone(), queue.clone()));
+        tokio::spawn(work(cluster.clone(), queue.clone(), events.clone()));
     }
 }
 

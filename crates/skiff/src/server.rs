@@ -38,9 +38,31 @@ pub struct ServerArgs {
     /// Where NodePort Services' ports come from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// How long Events are kept after they were last seen, like `24h`, `90m` or `30s`
+    /// (Kubernetes keeps them 1h; a day lets yesterday's failure still be read).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    event_ttl: std::time::Duration,
     /// etcd client URLs, comma-separated, for `--store etcd`.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+}
+
+/// `24h`, `90m`, `30s`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 24h, 90m or 30s"))?;
+    let seconds = match unit {
+        "h" => n * 3600,
+        "m" => n * 60,
+        "s" => n,
+        _ => return Err(format!("{text:?} is not a duration like 24h, 90m or 30s")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -77,6 +99,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         service_ranges: ServiceRanges::parse(&args.service_cidr, &args.service_node_port_range)
             .map_err(anyhow::Error::msg)?,
         controllers: true,
+        event_ttl: args.event_ttl,
     };
     let running = server::start(config, store).await?;
     tracing::info!(addr = %running.addr, "API server ready");

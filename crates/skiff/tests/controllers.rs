@@ -60,6 +60,40 @@ fn the_articles_deployment_gets_its_pods_and_rolls() {
             .then(|| d["status"].to_string())
     });
 
+    // Events explain what the controllers did: exactly 3 pods made, none made too many.
+    let created = kubectl(
+        &server,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SuccessfulCreate",
+            "-o",
+            "name",
+        ],
+    )
+    .out();
+    assert_eq!(created.lines().count(), 3, "{created}");
+    let deleted = kubectl(
+        &server,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SuccessfulDelete",
+            "-o",
+            "name",
+        ],
+    )
+    .out();
+    assert_eq!(deleted, "", "no pod was made in surplus");
+    let described = kubectl(&server, &["describe", "deployment", "api-server"]).out();
+    assert!(
+        described.contains("ScalingReplicaSet")
+            && described.contains("Scaled up replica set api-server-"),
+        "{described}"
+    );
+
     kubectl(&server, &["scale", "deployment/api-server", "--replicas=5"]).out();
     eventually("5 pods", || {
         (pods(&server) != 5).then(|| format!("{} pods", pods(&server)))
@@ -411,4 +445,33 @@ fn old_replica_sets_beyond_the_history_limit_go() {
         let sets = replica_sets(&server);
         (sets != "3 my-api:v2.3 0\n4 my-api:v2.4 3\n").then_some(sets)
     });
+}
+
+#[test]
+fn events_expire_after_their_time_to_live() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_skiff"));
+    let server = SkiffServer::start(bin, &["--event-ttl", "3s"]).unwrap();
+    kubectl(
+        &server,
+        &["apply", "-f", example("api-server.yaml").to_str().unwrap()],
+    )
+    .out();
+    eventually("events", || {
+        let n = kubectl(&server, &["get", "events", "-o", "name"])
+            .out()
+            .lines()
+            .count();
+        (n == 0).then(|| "none yet".to_string())
+    });
+    eventually("their expiry", || {
+        let left = kubectl(&server, &["get", "events", "-o", "name"]).out();
+        (!left.is_empty()).then_some(left)
+    });
+    let bad = SkiffServer::start(bin, &["--event-ttl", "soon"])
+        .err()
+        .unwrap_or_default();
+    assert!(
+        bad.contains("\"soon\" is not a duration like 24h, 90m or 30s"),
+        "{bad}"
+    );
 }
