@@ -1,7 +1,6 @@
 //! The API server benchmark: a release `skiff server` on loopback driven over TLS and HTTP/2,
 //! its figures set against issue 3's targets.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,32 +52,6 @@ impl Sizes {
             full
         }
     }
-}
-
-/// Builds the release binary (the benchmark measures what users run) and returns its path.
-fn release_binary() -> anyhow::Result<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .current_dir(&workspace)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "skiff",
-            "--bin",
-            "skiff",
-        ])
-        .status()
-        .context("running cargo build for the skiff binary")?;
-    if !status.success() {
-        bail!("building the skiff binary failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join("release/skiff"))
 }
 
 /// HTTP/2 connections to the server with the admin's client certificate.
@@ -174,7 +147,7 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
 }
 
 pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
-    let bin = release_binary()?;
+    let bin = crate::binary::release_binary()?;
     let server = SkiffServer::start(&bin, &[]).map_err(anyhow::Error::msg)?;
     let mut report = Report::new("apiserver", "skiff", "target (issue 3)".into());
     tokio::time::sleep(Duration::from_secs(2)).await;

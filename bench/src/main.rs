@@ -1,6 +1,8 @@
 //! Skiff's benchmarks: each subcommand measures, writes its figures as JSON and prints a table.
 
 mod apiserver;
+mod binary;
+mod controllers;
 mod report;
 mod store;
 
@@ -35,6 +37,15 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The controllers: large Deployments rolled out on a fake node, times and memory.
+    Controllers {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller workloads, for a quick look (the figures are not the ones to report).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -56,6 +67,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Apiserver { out, quick } => {
             let report = runtime.block_on(apiserver::run(apiserver::Sizes::new(quick)))?;
+            report.write(&out)?;
+        }
+        Command::Controllers { out, quick } => {
+            let report = runtime.block_on(controllers::run(controllers::Sizes::new(quick)))?;
             report.write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {

@@ -78,6 +78,17 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// A figure with nothing to compare it with (no target, no other system): shown alone.
+    pub fn measured(
+        &mut self,
+        workload: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        ours: f64,
+    ) {
+        self.add(workload, unit, better, ours, f64::NAN);
+    }
+
     /// Writes the JSON file and prints the table.
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(self)? + "\n")?;
@@ -99,12 +110,17 @@ impl Report {
             "advantage"
         );
         for r in &self.rows {
+            let (theirs, advantage) = if r.theirs.is_nan() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (format!("{:.2}", r.theirs), format!("{:.2}x", r.advantage))
+            };
             t += &format!(
-                "{:<44} {:>12.2} {:>12.2} {:>9.2}x  {} ({} is better)\n",
+                "{:<44} {:>12.2} {:>12} {:>10}  {} ({} is better)\n",
                 r.workload,
                 r.ours,
-                r.theirs,
-                r.advantage,
+                theirs,
+                advantage,
                 r.unit,
                 match r.better {
                     Better::Higher => "higher",

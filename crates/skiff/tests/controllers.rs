@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use skiff_testkit::FakeNode;
 
 /// Runs `check` until it holds, for up to 20 s.
 fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
@@ -146,7 +147,7 @@ fn the_articles_deployment_gets_its_pods_and_rolls() {
 #[test]
 fn rollout_status_follows_a_rolling_update_to_the_end() {
     let server = server();
-    let _node = fake_node::FakeNode::start(&server);
+    let _node = FakeNode::start(&server);
     kubectl(
         &server,
         &["apply", "-f", example("api-server.yaml").to_str().unwrap()],
@@ -226,7 +227,7 @@ fn with_max_unavailable_zero_availability_never_drops() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let server = server();
-    let _node = fake_node::FakeNode::start(&server);
+    let _node = FakeNode::start(&server);
     let manifest = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
         .replace("  replicas: 3\n", "  replicas: 3\n  strategy:\n    rollingUpdate:\n      maxUnavailable: 0\n      maxSurge: 1\n");
@@ -411,7 +412,7 @@ fn a_rollout_that_makes_no_progress_fails_after_its_deadline() {
 #[test]
 fn old_replica_sets_beyond_the_history_limit_go() {
     let server = server();
-    let _node = fake_node::FakeNode::start(&server);
+    let _node = FakeNode::start(&server);
     let manifest = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
         .replace(

@@ -1,9 +1,12 @@
-//! Real peers for Skiff's tests and benchmarks, started on loopback and stopped by their PID.
+//! Real peers for Skiff's tests and benchmarks, started on loopback and stopped by their PID,
+//! and a fake node that plays scheduler and node agent through the API.
 
 mod etcd;
+mod fake_node;
 mod skiff;
 
 pub use etcd::EtcdServer;
+pub use fake_node::FakeNode;
 pub use skiff::SkiffServer;
 
 use std::net::TcpListener;

@@ -11,7 +11,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use super::SkiffServer;
+use crate::SkiffServer;
 
 /// Runs until dropped.
 pub struct FakeNode {

@@ -1,0 +1,31 @@
+//! The `skiff` binary the benchmarks run: built in release mode, as users run it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+/// Builds the release binary (the benchmark measures what users run) and returns its path.
+pub fn release_binary() -> anyhow::Result<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "skiff",
+            "--bin",
+            "skiff",
+        ])
+        .status()
+        .context("running cargo build for the skiff binary")?;
+    if !status.success() {
+        bail!("building the skiff binary failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(target.join("release/skiff"))
+}
