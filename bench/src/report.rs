@@ -71,9 +71,14 @@ impl Report {
             theirs,
             advantage,
         };
+        let theirs = if row.theirs.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", row.theirs)
+        };
         eprintln!(
-            "  {:<44} {:>12.2} {:>12.2} {unit}",
-            row.workload, row.ours, row.theirs
+            "  {:<44} {:>12.2} {theirs:>12} {unit}",
+            row.workload, row.ours
         );
         self.rows.push(row);
     }

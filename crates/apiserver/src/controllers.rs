@@ -64,7 +64,12 @@ fn target<'a>(kind: &'static Kind, obj: &'a Value) -> Target<'a> {
 
 #[async_trait]
 impl Cluster for InProcess {
-    async fn list(&self, kind: &'static Kind, namespace: &str) -> Result<Vec<Value>, ClusterError> {
+    async fn list(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Value>, ClusterError> {
         let cache = self
             .api
             .cache
@@ -82,9 +87,11 @@ impl Cluster for InProcess {
             .snapshot(&prefix, at_least)
             .await
             .ok_or_else(|| ClusterError::Other("the watch cache is behind the store".into()))?;
+        // Selected before parsing: only the objects asked for are decoded.
         snapshot
             .items
             .iter()
+            .filter(|(_, obj)| crate::cache::matches(filter, obj))
             .map(|(_, obj)| {
                 serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
             })

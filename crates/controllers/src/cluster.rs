@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 use skiff_api::kinds::Kind;
+use skiff_api::object::Filter;
 use tokio::sync::mpsc;
 
 /// Why a call failed, as far as a controller cares.
@@ -29,9 +30,14 @@ pub struct Changed {
 /// The API as in-process controllers use it.
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
-    /// The objects of `kind` in `namespace` (all namespaces when empty), at least as new as
-    /// every write made through this client so far.
-    async fn list(&self, kind: &'static Kind, namespace: &str) -> Result<Vec<Value>, ClusterError>;
+    /// The objects of `kind` in `namespace` (all namespaces when empty) that `filter` selects,
+    /// at least as new as every write made through this client so far.
+    async fn list(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Value>, ClusterError>;
 
     /// The current objects of `kind` (as changes), then every change. The feed ends when the
     /// client falls behind; the caller subscribes again.

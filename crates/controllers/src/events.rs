@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use skiff_api::object::Filter;
+use skiff_api::FieldSelector;
+
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
 
@@ -75,11 +78,15 @@ impl Recorder {
             .cloned();
         let stamp = now();
         if let Some((name, count)) = known {
+            let by_name = Filter {
+                labels: None,
+                fields: FieldSelector::parse(&format!("metadata.name={name}")).ok(),
+            };
             let existing = cluster
-                .list(events, &namespace)
+                .list(events, &namespace, &by_name)
                 .await?
                 .into_iter()
-                .find(|e| text(e, "/metadata/name") == name);
+                .next();
             if let Some(mut event) = existing {
                 event["count"] = json!(count + 1);
                 event["lastTimestamp"] = json!(stamp);
@@ -132,7 +139,7 @@ pub async fn expire(cluster: std::sync::Arc<dyn Cluster>, ttl: Duration) {
     let events = kind("", "events");
     loop {
         let cutoff = jiff::Timestamp::now().as_second() - ttl.as_secs() as i64;
-        match cluster.list(events, "").await {
+        match cluster.list(events, "", &Filter::default()).await {
             Ok(all) => {
                 for e in all {
                     let last = [

@@ -9,6 +9,8 @@ use crate::replicaset::{self, PodView};
 use crate::rollout::{self, IntOrPercent, Set, Step};
 use crate::runtime::{controller_of, kind};
 use skiff_api::kinds::Kind;
+use skiff_api::object::{selector_from_json, Filter};
+use skiff_api::FieldSelector;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -42,10 +44,34 @@ fn owned(objects: Vec<Value>, owner_kind: &str, uid: &str) -> Vec<Value> {
         .collect()
 }
 
-fn find(objects: Vec<Value>, name: &str) -> Option<Value> {
-    objects
+/// The object of `kind` named `name` in `namespace`.
+async fn get(
+    cluster: &dyn Cluster,
+    kind: &'static Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Value>, ClusterError> {
+    let by_name = Filter {
+        labels: None,
+        fields: FieldSelector::parse(&format!("metadata.name={name}")).ok(),
+    };
+    Ok(cluster
+        .list(kind, namespace, &by_name)
+        .await?
         .into_iter()
-        .find(|o| text(o, "/metadata/name") == name)
+        .next())
+}
+
+/// What `owner`'s selector selects (callers keep only what it controls), to decode no more
+/// than needed.
+fn selected_by(owner: &Value) -> Filter {
+    let labels = owner
+        .pointer("/spec/selector")
+        .and_then(|s| selector_from_json(s).ok());
+    Filter {
+        labels,
+        fields: None,
+    }
 }
 
 fn deleting(obj: &Value) -> bool {
@@ -60,14 +86,19 @@ pub async fn replica_set(
     name: &str,
 ) -> Result<(), ClusterError> {
     let (sets, pods) = (kind("apps", "replicasets"), kind("", "pods"));
-    let Some(rs) = find(cluster.list(sets, namespace).await?, name) else {
+    let Some(rs) = get(cluster, sets, namespace, name).await? else {
         return Ok(());
     };
     if deleting(&rs) {
         return Ok(());
     }
     let uid = text(&rs, "/metadata/uid").to_string();
-    let mine = owned(cluster.list(pods, namespace).await?, "ReplicaSet", &uid);
+    let selects = selected_by(&rs);
+    let mine = owned(
+        cluster.list(pods, namespace, &selects).await?,
+        "ReplicaSet",
+        &uid,
+    );
     let views: Vec<PodView> = mine.iter().map(PodView::of).collect();
     let desired = int(&rs, "/spec/replicas", 1).max(0) as usize;
     let plan = replicaset::plan(desired, &views);
@@ -112,10 +143,14 @@ pub async fn replica_set(
         }
     }
     let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
-        owned(cluster.list(pods, namespace).await?, "ReplicaSet", &uid)
-            .iter()
-            .map(PodView::of)
-            .collect()
+        owned(
+            cluster.list(pods, namespace, &selects).await?,
+            "ReplicaSet",
+            &uid,
+        )
+        .iter()
+        .map(PodView::of)
+        .collect()
     } else {
         views
     };
@@ -247,7 +282,7 @@ pub async fn deployment(
     name: &str,
 ) -> Result<Option<std::time::Duration>, ClusterError> {
     let (deployments, sets_kind) = (kind("apps", "deployments"), kind("apps", "replicasets"));
-    let Some(d) = find(cluster.list(deployments, namespace).await?, name) else {
+    let Some(d) = get(cluster, deployments, namespace, name).await? else {
         return Ok(None);
     };
     if deleting(&d) {
@@ -256,7 +291,7 @@ pub async fn deployment(
     let uid = text(&d, "/metadata/uid").to_string();
     let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
     let mut sets = owned(
-        cluster.list(sets_kind, namespace).await?,
+        cluster.list(sets_kind, namespace, &selected_by(&d)).await?,
         "Deployment",
         &uid,
     );
@@ -614,7 +649,7 @@ pub async fn orphans(
         return Ok(());
     }
     for k in [kind("apps", "replicasets"), kind("", "pods")] {
-        for obj in cluster.list(k, namespace).await? {
+        for obj in cluster.list(k, namespace, &Filter::default()).await? {
             let refs = obj
                 .pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
@@ -640,7 +675,7 @@ async fn dependents(
 ) -> Result<Vec<(&'static Kind, Value)>, ClusterError> {
     let mut found = Vec::new();
     for k in [kind("apps", "replicasets"), kind("", "pods")] {
-        for obj in cluster.list(k, namespace).await? {
+        for obj in cluster.list(k, namespace, &Filter::default()).await? {
             let refers = obj
                 .pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
@@ -661,7 +696,7 @@ pub async fn finalize(
     namespace: &str,
     name: &str,
 ) -> Result<(), ClusterError> {
-    let Some(owner) = find(cluster.list(owner_kind, namespace).await?, name) else {
+    let Some(owner) = get(cluster, owner_kind, namespace, name).await? else {
         return Ok(());
     };
     if !deleting(&owner) {
