@@ -33,6 +33,22 @@ impl InProcess {
         }
     }
 
+    async fn replace(
+        &self,
+        kind: &'static Kind,
+        obj: Value,
+        endpoint: Endpoint,
+    ) -> Result<Value, ClusterError> {
+        let updated = self
+            .api
+            .registry
+            .update(&target(kind, &obj), obj.clone(), endpoint, false)
+            .await
+            .map_err(error)?;
+        self.wrote(&updated);
+        Ok(updated)
+    }
+
     fn wrote(&self, obj: &Value) {
         let revision = obj
             .pointer("/metadata/resourceVersion")
@@ -154,25 +170,11 @@ impl Cluster for InProcess {
     }
 
     async fn update(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError> {
-        let updated = self
-            .api
-            .registry
-            .update(&target(kind, &obj), obj.clone(), Endpoint::Main, false)
-            .await
-            .map_err(error)?;
-        self.wrote(&updated);
-        Ok(updated)
+        self.replace(kind, obj, Endpoint::Main).await
     }
 
     async fn update_status(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError> {
-        let updated = self
-            .api
-            .registry
-            .update(&target(kind, &obj), obj.clone(), Endpoint::Status, false)
-            .await
-            .map_err(error)?;
-        self.wrote(&updated);
-        Ok(updated)
+        self.replace(kind, obj, Endpoint::Status).await
     }
 
     async fn delete(

@@ -224,8 +224,6 @@ fn rollout_status_follows_a_rolling_update_to_the_end() {
 
 #[test]
 fn with_max_unavailable_zero_availability_never_drops() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let server = server();
     let _node = FakeNode::start(&server);
     let manifest = std::fs::read_to_string(example("api-server.yaml"))
@@ -242,21 +240,18 @@ fn with_max_unavailable_zero_availability_never_drops() {
         ],
     )
     .out();
-    let mut watch = Command::new("kubectl")
-        .env("KUBECONFIG", server.kubeconfig())
-        .env("HOME", server.data_dir())
-        .args(["get", "deploy", "api-server", "-w", "-o", "jsonpath={.status.availableReplicas} {.status.updatedReplicas} {.status.replicas}{\"\\n\"}"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let watching = watch(
+        &server,
+        &[
+            "get",
+            "deploy",
+            "api-server",
+            "-w",
+            "-o",
+            "jsonpath={.status.availableReplicas} {.status.updatedReplicas} {.status.replicas}{\"\\n\"}",
+        ],
+    );
+    let rx = &watching.lines;
     std::thread::sleep(Duration::from_millis(500));
     kubectl(
         &server,
@@ -292,8 +287,7 @@ fn with_max_unavailable_zero_availability_never_drops() {
             break;
         }
     }
-    let _ = watch.kill();
-    let _ = watch.wait();
+    drop(watching);
     assert_eq!(seen.last().map(String::as_str), Some("3 3 3"), "{seen:?}");
     assert!(
         seen.iter().any(|l| l.ends_with(" 4")),

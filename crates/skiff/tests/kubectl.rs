@@ -2,9 +2,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -348,28 +345,18 @@ fn delete_honours_finalizers_preconditions_and_policies() {
 #[test]
 fn get_watch_sees_changes() {
     let server = server();
-    let mut watcher = Command::new("kubectl")
-        .env("KUBECONFIG", server.kubeconfig())
-        .env("HOME", server.data_dir())
-        .args([
+    let watching = watch(
+        &server,
+        &[
             "get",
             "cm",
             "-w",
             "--output-watch-events",
             "-o",
             "jsonpath={.type} {.object.metadata.name} {.object.data.k}{\"\\n\"}",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kubectl runs");
-    let (tx, rx) = mpsc::channel();
-    let stdout = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        ],
+    );
+    let rx = &watching.lines;
     let next = |want: &str| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -391,8 +378,6 @@ fn get_watch_sees_changes() {
     next("MODIFIED w 2");
     kubectl(&server, &["delete", "cm", "w"]).out();
     next("DELETED w 2");
-    let _ = watcher.kill();
-    let _ = watcher.wait();
 }
 
 #[test]

@@ -115,3 +115,40 @@ pub fn kubectl_stdin(server: &SkiffServer, args: &[&str], stdin: &str) -> Run {
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// A running `kubectl ... -w` whose output lines arrive on a channel; killed when dropped.
+pub struct Watching {
+    child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts kubectl with `args` (a watch) against `server`.
+pub fn watch(server: &SkiffServer, args: &[&str]) -> Watching {
+    use std::io::BufRead;
+    let mut child = Command::new(kubectl_binary("kubectl"))
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HOME", server.data_dir())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl runs");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    Watching { child, lines }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
