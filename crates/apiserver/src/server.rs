@@ -371,7 +371,14 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         .map_err(|e| ServerError::Bootstrap(e.message))?;
     if config.controllers {
         let client = Arc::new(crate::controllers::InProcess::new(api.clone()));
-        skiff_controllers::runtime::start(client, 2, config.event_ttl);
+        let identity = format!(
+            "{}_{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            uuid::Uuid::new_v4()
+        );
+        skiff_controllers::runtime::start(client, identity, 2, config.event_ttl);
     }
     let mut reachable = addr;
     if addr.ip().is_unspecified() {

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod leader;
 pub mod queue;
 mod reconcile;
 pub mod replicaset;

@@ -166,8 +166,18 @@ struct Recorders {
     deployment: Recorder,
 }
 
-async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>, events: Arc<Recorders>) {
+async fn work(
+    cluster: Arc<dyn Cluster>,
+    queue: Queue<Key>,
+    events: Arc<Recorders>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
+        // Only the leader's workers take keys; the others' wait in the queue, so a new leader
+        // starts with every object's key.
+        if leader.wait_for(|leads| *leads).await.is_err() {
+            return;
+        }
         let key = queue.next().await;
         let result = match &key {
             Key::ReplicaSet { namespace, name } => {
@@ -204,10 +214,12 @@ async fn work(cluster: Arc<dyn Cluster>, queue: Queue<Key>, events: Arc<Recorder
     }
 }
 
-/// Starts the controllers: one feed per watched kind, `workers` workers, and the expiry of
-/// events older than `event_ttl`.
-pub fn start(cluster: Arc<dyn Cluster>, workers: usize, event_ttl: Duration) {
+/// Starts the controllers: leader election as `identity`, one feed per watched kind,
+/// `workers` workers that work while this server leads, and the expiry of events older than
+/// `event_ttl`.
+pub fn start(cluster: Arc<dyn Cluster>, identity: String, workers: usize, event_ttl: Duration) {
     let queue = Queue::default();
+    let leader = crate::leader::elect(cluster.clone(), identity);
     let events = Arc::new(Recorders {
         replicaset: Recorder::new("replicaset-controller"),
         deployment: Recorder::new("deployment-controller"),
@@ -221,7 +233,12 @@ pub fn start(cluster: Arc<dyn Cluster>, workers: usize, event_ttl: Duration) {
         tokio::spawn(feed(cluster.clone(), k, queue.clone()));
     }
     for _ in 0..workers {
-        tokio::spawn(work(cluster.clone(), queue.clone(), events.clone()));
+        tokio::spawn(work(
+            cluster.clone(),
+            queue.clone(),
+            events.clone(),
+            leader.clone(),
+        ));
     }
 }
 
