@@ -1,10 +1,11 @@
 //! Kubernetes API semantics as pure functions: no I/O, no HTTP, no store.
 //!
-//! What is here today: the syntax rules for names, label keys and values ([`names`]), label
-//! selectors ([`label_selector`]), field selectors ([`field_selector`]), the table of served kinds
-//! ([`kinds`]), reading and checking objects held as JSON ([`object`]) and what the server does
-//! to an object on create and update ([`strategy`]). Validation, defaulting and patches of the
-//! API fidelity issue grow here too.
+//! What is here: the syntax rules for names, label keys and values ([`names`]), label selectors
+//! ([`label_selector`]), field selectors ([`field_selector`]), the table of served kinds
+//! ([`kinds`]) and their Rust types' schemas ([`schema`]), objects held as JSON ([`object`]),
+//! what the server does to an object on create and update ([`strategy`], with [`defaults`] and
+//! [`validation`]), conversions between served versions ([`conversion`]), patches ([`patch`],
+//! [`strategic`]), Services' addresses ([`service`]) and `kubectl get` columns ([`table`]).
 
 pub mod conversion;
 pub mod defaults;
