@@ -36,12 +36,36 @@ fn owner_reference(kind: &str, api_version: &str, owner: &Value) -> Value {
     })
 }
 
-/// The objects of a list controlled by the owner with `uid`.
-fn owned(objects: Vec<Value>, owner_kind: &str, uid: &str) -> Vec<Value> {
-    objects
-        .into_iter()
-        .filter(|o| controller_of(o, owner_kind).is_some_and(|(_, u)| u == uid))
-        .collect()
+/// The objects of `selected` that `owner` controls, adopting those nobody controls (as
+/// Kubernetes does after `delete --cascade=orphan` and a new owner with the same selector).
+async fn claim(
+    cluster: &dyn Cluster,
+    kind: &'static Kind,
+    owner: &Value,
+    owner_kind: &str,
+    selected: Vec<Value>,
+) -> Result<Vec<Value>, ClusterError> {
+    let uid = text(owner, "/metadata/uid");
+    let has_controller = |o: &Value| {
+        o.pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true))
+    };
+    let mut mine = Vec::new();
+    for obj in selected {
+        if controller_of(&obj, owner_kind).is_some_and(|(_, u)| u == uid) {
+            mine.push(obj);
+        } else if !has_controller(&obj) && !deleting(&obj) && !deleting(owner) {
+            let mut adopted = obj;
+            let reference = owner_reference(owner_kind, "apps/v1", owner);
+            match adopted["metadata"]["ownerReferences"].as_array_mut() {
+                Some(refs) => refs.push(reference),
+                None => adopted["metadata"]["ownerReferences"] = json!([reference]),
+            }
+            mine.push(cluster.update(kind, adopted).await?);
+        }
+    }
+    Ok(mine)
 }
 
 /// The object of `kind` named `name` in `namespace`.
@@ -92,13 +116,9 @@ pub async fn replica_set(
     if deleting(&rs) {
         return Ok(());
     }
-    let uid = text(&rs, "/metadata/uid").to_string();
     let selects = selected_by(&rs);
-    let mine = owned(
-        cluster.list(pods, namespace, &selects).await?,
-        "ReplicaSet",
-        &uid,
-    );
+    let selected = cluster.list(pods, namespace, &selects).await?;
+    let mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
     let views: Vec<PodView> = mine.iter().map(PodView::of).collect();
     let desired = int(&rs, "/spec/replicas", 1).max(0) as usize;
     let plan = replicaset::plan(desired, &views);
@@ -143,14 +163,12 @@ pub async fn replica_set(
         }
     }
     let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
-        owned(
-            cluster.list(pods, namespace, &selects).await?,
-            "ReplicaSet",
-            &uid,
-        )
-        .iter()
-        .map(PodView::of)
-        .collect()
+        let selected = cluster.list(pods, namespace, &selects).await?;
+        claim(cluster, pods, &rs, "ReplicaSet", selected)
+            .await?
+            .iter()
+            .map(PodView::of)
+            .collect()
     } else {
         views
     };
@@ -288,13 +306,9 @@ pub async fn deployment(
     if deleting(&d) {
         return Ok(None);
     }
-    let uid = text(&d, "/metadata/uid").to_string();
     let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let mut sets = owned(
-        cluster.list(sets_kind, namespace, &selected_by(&d)).await?,
-        "Deployment",
-        &uid,
-    );
+    let selected = cluster.list(sets_kind, namespace, &selected_by(&d)).await?;
+    let mut sets = claim(cluster, sets_kind, &d, "Deployment", selected).await?;
     // Oldest first; revisions order sets made within the same second.
     sets.sort_by_key(|rs| {
         (

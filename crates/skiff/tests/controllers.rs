@@ -299,7 +299,12 @@ fn with_max_unavailable_zero_availability_never_drops() {
 fn propagation_policies_keep_their_promises() {
     let server = server();
     let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
-    let named = |name: &str| manifest.replace("name: api-server", &format!("name: {name}"));
+    // Each its own name and selector (overlapping selectors would let one adopt the other's).
+    let named = |name: &str| {
+        manifest
+            .replace("name: api-server", &format!("name: {name}"))
+            .replace("app: api", &format!("app: {name}"))
+    };
     kubectl_stdin(&server, &["apply", "-f", "-"], &named("orphaning")).out();
     kubectl_stdin(&server, &["apply", "-f", "-"], &named("foreground")).out();
     eventually("6 pods", || {
@@ -337,6 +342,41 @@ fn propagation_policies_keep_their_promises() {
             .get("ownerReferences")
             .is_none_or(|r| r.as_array().unwrap().is_empty()),
         "{orphan}"
+    );
+    assert_eq!(pods(&server), 6);
+
+    // A new Deployment with the same selector adopts the orphaned ReplicaSet and its pods.
+    kubectl_stdin(&server, &["apply", "-f", "-"], &named("orphaning")).out();
+    let uid = kubectl(
+        &server,
+        &[
+            "get",
+            "deploy",
+            "orphaning",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    )
+    .out();
+    eventually("the adoption", || {
+        let owner = kubectl(
+            &server,
+            &[
+                "get",
+                "rs",
+                orphan["metadata"]["name"].as_str().unwrap(),
+                "-o",
+                "jsonpath={.metadata.ownerReferences[0].uid}",
+            ],
+        )
+        .out();
+        (owner != uid).then_some(owner)
+    });
+    let sets = kubectl(&server, &["get", "rs", "-o", "name"]).out();
+    assert_eq!(
+        sets.lines().filter(|l| l.contains("orphaning-")).count(),
+        1,
+        "no second ReplicaSet: {sets}"
     );
     assert_eq!(pods(&server), 6);
 

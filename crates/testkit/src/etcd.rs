@@ -16,8 +16,21 @@ pub struct EtcdServer {
 
 impl EtcdServer {
     /// Starts etcd and waits until it reports itself healthy. Fails with a message naming the
-    /// missing package when etcd is not installed.
+    /// missing package when etcd is not installed. A port taken between choosing and binding
+    /// (tests run in parallel) costs a retry on other ports.
     pub fn start() -> Result<EtcdServer, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_once() {
+                Ok(server) => return Ok(server),
+                Err(e) if e.contains("install Debian's") => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once() -> Result<EtcdServer, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
@@ -39,7 +52,7 @@ impl EtcdServer {
             .map_err(|e| {
                 format!("cannot start etcd ({e}): install Debian's etcd-server package")
             })?;
-        let server = EtcdServer {
+        let mut server = EtcdServer {
             child,
             client_port,
             _dir: dir,
@@ -57,11 +70,14 @@ impl EtcdServer {
         self.child.id()
     }
 
-    fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.healthy() {
                 return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("etcd at {} exited: {status}", self.endpoint()));
             }
             if Instant::now() > deadline {
                 return Err(format!(

@@ -24,16 +24,35 @@ impl SkiffServer {
         Self::start_in(bin, dir, extra)
     }
 
-    /// Like [`SkiffServer::start`], on an existing data directory (a restart).
+    /// Like [`SkiffServer::start`], on an existing data directory (a restart). A port taken
+    /// between choosing and binding (tests run in parallel) costs a retry on another.
     pub fn start_in(
         bin: &Path,
         dir: tempfile::TempDir,
         extra: &[&str],
     ) -> Result<SkiffServer, String> {
+        let mut dir = dir;
+        for _ in 0..2 {
+            match Self::start_once(bin, dir, extra) {
+                Ok(server) => return Ok(server),
+                Err((returned, log)) if log.contains("Address already in use") => dir = returned,
+                Err((_, log)) => return Err(log),
+            }
+        }
+        Self::start_once(bin, dir, extra).map_err(|(_, log)| log)
+    }
+
+    fn start_once(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Result<SkiffServer, (tempfile::TempDir, String)> {
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log"))
-            .map_err(|e| format!("server log: {e}"))?;
-        let mut child = Command::new(bin)
+        let log = match std::fs::File::create(dir.path().join("server.log")) {
+            Ok(log) => log,
+            Err(e) => return Err((dir, format!("server log: {e}"))),
+        };
+        let child = Command::new(bin)
             .arg("server")
             .arg("--data-dir")
             .arg(dir.path())
@@ -42,8 +61,11 @@ impl SkiffServer {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => return Err((dir, format!("cannot start {}: {e}", bin.display()))),
+        };
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -56,10 +78,11 @@ impl SkiffServer {
         let mut server = SkiffServer { child, port, dir };
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let status = server.child.try_wait().ok().flatten();
-            return Err(format!(
+            let log = format!(
                 "skiff server did not become ready (exit: {status:?}); its log:\n{}",
                 server.log()
-            ));
+            );
+            return Err((server.stop(), log));
         }
         Ok(server)
     }
