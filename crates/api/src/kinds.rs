@@ -412,13 +412,6 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
         .find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
-/// The kind served at `group`/`version` named `kind`.
-pub fn find_kind(group: &str, version: &str, kind: &str) -> Option<&'static Kind> {
-    all()
-        .iter()
-        .find(|k| k.group == group && k.version == version && k.kind == kind)
-}
-
 /// The group-versions served, in discovery order, each with its kinds.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();

@@ -29,6 +29,24 @@ pub use label_selector::{LabelSelector, Operator, Requirement, SelectorError};
 mod testing {
     use std::fmt::Display;
 
+    use crate::object::FieldError;
+
+    /// Field errors checked against a list: as many as wanted, each starting with one of
+    /// them (`"field: message"`).
+    pub fn check_errors(what: &dyn Display, errors: &[FieldError], want: &[&str]) {
+        let got: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "{what}: {got:?} lacks {w}"
+            );
+        }
+    }
+
     /// Table check for parsers: each case is (input, canonical form), or (input, "error: " and a
     /// fragment the error message must contain).
     pub fn check_parse<T: Display, E: Display>(

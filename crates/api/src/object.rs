@@ -48,6 +48,11 @@ impl FieldError {
     }
 }
 
+/// RFC 3339 in whole seconds, as Kubernetes writes object timestamps.
+pub fn timestamp(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// The object's `metadata`, if it is an object.
 pub fn metadata(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata")?.as_object()
@@ -374,17 +379,7 @@ mod tests {
             ),
         ];
         for (obj, label, want) in cases {
-            let got: Vec<String> = validate_metadata(&obj, label)
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect();
-            assert_eq!(got.len(), want.len(), "{obj}: {got:?}");
-            for w in want {
-                assert!(
-                    got.iter().any(|g| g.starts_with(w)),
-                    "{obj}: {got:?} lacks {w}"
-                );
-            }
+            crate::testing::check_errors(&obj, &validate_metadata(&obj, label), &want);
         }
     }
 }

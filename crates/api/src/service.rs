@@ -62,11 +62,6 @@ impl ServiceRanges {
         Ipv4Addr::from(self.network + 1)
     }
 
-    /// The `n`-th address of the range (`10` is cluster DNS by convention).
-    pub fn nth_ip(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(self.network + n)
-    }
-
     fn usable(&self, ip: Ipv4Addr) -> bool {
         let offset = u32::from(ip).wrapping_sub(self.network);
         offset > 0 && offset < self.size() - 1
@@ -403,7 +398,6 @@ mod tests {
     fn ranges_parse_and_pick_free_values_outside_the_reserved_start() {
         let r = ServiceRanges::default();
         assert_eq!(r.first_ip(), Ipv4Addr::new(10, 43, 0, 1));
-        assert_eq!(r.nth_ip(10), Ipv4Addr::new(10, 43, 0, 10));
         for (cidr, ports, want) in [
             ("10.96.0.0/12", "30000-32767", None),
             ("10.96.0.0", "1-2", Some("not ADDRESS/PREFIX")),

@@ -215,6 +215,21 @@ fn age(obj: &Value, pointer: &str, now: i64) -> String {
     }
 }
 
+/// A map of strings as `k=v,k=v` (selectors, node selectors), or `<none>`.
+fn pairs(obj: &Value, pointer: &str) -> String {
+    let text = obj
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    or_none(text)
+}
+
 fn template_containers(obj: &Value, field: &str) -> String {
     obj.pointer("/spec/template/spec/containers")
         .and_then(Value::as_array)
@@ -408,17 +423,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
             json!(int(obj, "/status/numberReady")),
             json!(int(obj, "/status/updatedNumberScheduled")),
             json!(int(obj, "/status/numberAvailable")),
-            json!(or_none(
-                obj.pointer("/spec/template/spec/nodeSelector")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default()
-            )),
+            json!(pairs(obj, "/spec/template/spec/nodeSelector")),
             created,
         ],
         ("", "Service") => {
@@ -439,17 +444,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
                 json!(or_none(external)),
                 json!(service_ports(obj)),
                 created,
-                json!(or_none(
-                    obj.pointer("/spec/selector")
-                        .and_then(Value::as_object)
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default()
-                )),
+                json!(pairs(obj, "/spec/selector")),
             ]
         }
         ("", "ConfigMap") => vec![

@@ -130,13 +130,8 @@ impl Watcher {
     /// progress when it wants bookmarks.
     fn concerns(&self, change: &Change) -> bool {
         match change {
-            Change::Put { key, new, old, .. } => {
-                key.starts_with(&self.prefix)
-                    && (matches(&self.filter, new)
-                        || old.as_ref().is_some_and(|o| matches(&self.filter, o)))
-            }
-            Change::Delete { key, old, .. } => {
-                key.starts_with(&self.prefix) && matches(&self.filter, old)
+            Change::Put { key, .. } | Change::Delete { key, .. } => {
+                key.starts_with(&self.prefix) && translate(change, &self.filter).is_some()
             }
             Change::Progress(_) => self.bookmarks,
             Change::Reset => true,
@@ -445,6 +440,25 @@ async fn feed(store: Arc<dyn Store>, cache: Arc<KindCache>, mut progress: mpsc::
                 tracing::warn!(kind = cache.kind.plural, error = %e, "reloading the watch cache")
             }
         }
+    }
+}
+
+/// The event a change is for this watcher, if any: selectors make an update an ADDED when the
+/// object starts matching and a DELETED when it stops.
+pub fn translate<'a>(change: &'a Change, filter: &Filter) -> Option<(&'static str, &'a Cached)> {
+    match change {
+        Change::Put { new, old, .. } => {
+            let now = matches(filter, new);
+            let before = old.as_ref().is_some_and(|o| matches(filter, o));
+            match (before, now) {
+                (false, true) => Some(("ADDED", new)),
+                (true, true) => Some(("MODIFIED", new)),
+                (true, false) => Some(("DELETED", new)),
+                (false, false) => None,
+            }
+        }
+        Change::Delete { old, .. } => matches(filter, old).then_some(("DELETED", old)),
+        Change::Progress(_) | Change::Reset => None,
     }
 }
 

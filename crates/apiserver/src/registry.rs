@@ -154,11 +154,6 @@ fn encode(kind: &Kind, obj: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(&stored).expect("a JSON value serializes"))
 }
 
-/// RFC 3339 in seconds, as Kubernetes writes timestamps.
-pub fn timestamp(at: jiff::Timestamp) -> String {
-    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 /// Five characters as Kubernetes' generateName suffixes have them (no vowels, no look-alikes).
 fn name_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -236,7 +231,7 @@ impl Registry {
             self.check_namespace(ns).await?;
         }
         let uid = uuid::Uuid::new_v4().to_string();
-        let now = timestamp(jiff::Timestamp::now());
+        let now = object::timestamp(jiff::Timestamp::now());
         let suffix = name_suffix();
         let ctx = CreateContext {
             namespace,
@@ -595,13 +590,18 @@ enum DeletionStep {
 
 /// Pods on a node go when their node agent says the containers stopped: a DELETE with grace
 /// period 0. Namespaces go once their contents are gone.
-fn deletion_waits_for_grace(kind: &Kind, obj: &Value) -> bool {
-    let bound_pod = kind.group.is_empty()
+/// A pod on a node: its node agent finishes its deletion.
+fn bound_pod(kind: &Kind, obj: &Value) -> bool {
+    kind.group.is_empty()
         && kind.kind == "Pod"
         && obj
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty());
+            .is_some_and(|n| !n.is_empty())
+}
+
+fn deletion_waits_for_grace(kind: &Kind, obj: &Value) -> bool {
+    let bound_pod = bound_pod(kind, obj);
     let namespace = kind.group.is_empty() && kind.kind == "Namespace";
     let grace = obj
         .pointer("/metadata/deletionGracePeriodSeconds")
@@ -616,12 +616,7 @@ fn deletion_step(
     options: &DeleteOptions,
     now: jiff::Timestamp,
 ) -> DeletionStep {
-    let is_pod = kind.group.is_empty() && kind.kind == "Pod";
-    let bound = is_pod
-        && obj
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty());
+    let bound = bound_pod(kind, obj);
     let has_finalizers = !object::finalizers(obj).is_empty();
     let marked_grace = obj
         .pointer("/metadata/deletionGracePeriodSeconds")
@@ -657,7 +652,7 @@ fn mark(obj: &Value, now: jiff::Timestamp, grace: i64, namespace: bool) -> Value
     let mut obj = obj.clone();
     let at = now + Duration::from_secs(grace.max(0) as u64);
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("deletionTimestamp".into(), timestamp(at).into());
+        meta.insert("deletionTimestamp".into(), object::timestamp(at).into());
         meta.insert("deletionGracePeriodSeconds".into(), grace.into());
     }
     if namespace {

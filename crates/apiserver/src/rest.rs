@@ -516,22 +516,20 @@ async fn list_from_cache(
     };
     let mut items = Vec::new();
     let mut last = None;
-    for (key, obj) in &snapshot.items {
+    let mut more = false;
+    for (key, obj) in snapshot
+        .items
+        .iter()
+        .filter(|(_, o)| cache::matches(filter, o))
+    {
         if limit.is_some_and(|l| items.len() >= l) {
+            // Another match beyond the page: the list continues after the last key sent.
+            more = true;
             break;
         }
-        if cache::matches(filter, obj) {
-            items.push(obj.json.clone());
-            last = Some(key.as_str());
-        }
+        items.push(obj.json.clone());
+        last = Some(key.as_str());
     }
-    let more = limit.is_some_and(|l| items.len() >= l)
-        && snapshot
-            .items
-            .iter()
-            .skip_while(|(k, _)| Some(k.as_str()) != last)
-            .skip(1)
-            .any(|(_, o)| cache::matches(filter, o));
     let last = if more { last } else { None };
     Ok(Some(format::list(
         kind,

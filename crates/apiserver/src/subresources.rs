@@ -140,7 +140,7 @@ pub async fn bind(
                 ));
             }
             pod["spec"]["nodeName"] = node.into();
-            let now = crate::registry::timestamp(jiff::Timestamp::now());
+            let now = object::timestamp(jiff::Timestamp::now());
             let conditions = pod["status"]
                 .as_object_mut()
                 .map(|s| s.entry("conditions").or_insert_with(|| json!([])));

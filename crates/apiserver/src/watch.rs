@@ -14,7 +14,7 @@ use skiff_api::object::Filter;
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
-use crate::cache::{matches, Cached, Change, KindCache, WatchRefusal};
+use crate::cache::{translate, Change, KindCache, WatchRefusal};
 use crate::format::{self, Format};
 use crate::status::ApiError;
 
@@ -56,25 +56,6 @@ fn line(kind: &str, object: &[u8]) -> Bytes {
     out.put_slice(object);
     out.put_slice(b"}\n");
     out.freeze()
-}
-
-/// The event a change is for this watcher, if any: selectors make an update an ADDED when the
-/// object starts matching and a DELETED when it stops.
-fn translate<'a>(change: &'a Change, filter: &Filter) -> Option<(&'static str, &'a Cached)> {
-    match change {
-        Change::Put { new, old, .. } => {
-            let now = matches(filter, new);
-            let before = old.as_ref().is_some_and(|o| matches(filter, o));
-            match (before, now) {
-                (false, true) => Some(("ADDED", new)),
-                (true, true) => Some(("MODIFIED", new)),
-                (true, false) => Some(("DELETED", new)),
-                (false, false) => None,
-            }
-        }
-        Change::Delete { old, .. } => matches(filter, old).then_some(("DELETED", old)),
-        Change::Progress(_) | Change::Reset => None,
-    }
 }
 
 fn error_line(err: &ApiError) -> Bytes {
@@ -248,6 +229,7 @@ impl futures::Stream for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Cached;
     use serde_json::{json, Value};
     use skiff_api::object::Selectable;
     use skiff_api::LabelSelector;

@@ -18,9 +18,7 @@ fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    skiff_api::object::timestamp(jiff::Timestamp::now())
 }
 
 /// What an event says.

@@ -464,9 +464,7 @@ async fn report(
     let desired = int(d, "/spec/replicas", 1);
     let (available, updated) = (sum("availableReplicas"), int(new, "/status/replicas", 0));
     let complete = updated == desired && sum("replicas") == desired && available == desired;
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+    let now = skiff_api::object::timestamp(jiff::Timestamp::now());
     let condition = |kind: &str, ok: bool, reason: &str, message: String| {
         let previous = d
             .pointer("/status/conditions")
@@ -566,7 +564,7 @@ async fn report(
 fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now: i64) -> Value {
     let stamp = |t: i64| {
         jiff::Timestamp::from_second(t)
-            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .map(skiff_api::object::timestamp)
             .unwrap_or_default()
     };
     let previous = d

@@ -85,7 +85,8 @@ fn keys_for(kind: &Kind, change: &Changed) -> Vec<Key> {
     let namespace = meta(obj, "namespace").to_string();
     let name = meta(obj, "name").to_string();
     let mut keys = Vec::new();
-    if change.deleted {
+    // Only kinds that own something have dependents to delete (a deleted pod has none).
+    if change.deleted && owner_kind(kind.kind).is_some() {
         keys.push(Key::Orphans {
             namespace: namespace.clone(),
             owner: meta(obj, "uid").to_string(),
