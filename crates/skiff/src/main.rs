@@ -1,5 +1,8 @@
 //! The `skiff` binary: parses the command line and hands each subcommand to its own module.
 
+mod image;
+mod monitor;
+mod runtime;
 mod server;
 mod store;
 
@@ -23,9 +26,21 @@ enum Command {
     /// Look at a node's embedded store.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Import, list and remove the images of a node.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Run and list containers on a node's runtime directly (for debugging).
+    #[command(hide = true)]
+    Runtime(runtime::RuntimeArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    // The container monitor must start before any thread exists (it forks), so it is looked
+    // for before the command line parser, the logger and the async runtime.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "monitor") {
+        return monitor::main(&args[2..]);
+    }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -49,5 +64,7 @@ fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),
+        Command::Image(cmd) => image::run(cmd),
+        Command::Runtime(args) => runtime::run(args),
     }
 }

@@ -3,6 +3,7 @@
 
 mod etcd;
 mod fake_node;
+pub mod images;
 mod skiff;
 
 pub use etcd::EtcdServer;
