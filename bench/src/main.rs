@@ -4,6 +4,7 @@ mod apiserver;
 mod binary;
 mod controllers;
 mod report;
+mod runtime;
 mod store;
 
 use std::path::PathBuf;
@@ -46,6 +47,15 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The container runtime: start latency (libcontainer vs runc), monitor memory, image import.
+    Runtime {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller workloads, for a quick look (the figures are not the ones to report).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -72,6 +82,9 @@ fn main() -> anyhow::Result<()> {
         Command::Controllers { out, quick } => {
             let report = runtime.block_on(controllers::run(controllers::Sizes::new(quick)))?;
             report.write(&out)?;
+        }
+        Command::Runtime { out, quick } => {
+            runtime::run(runtime::Sizes::new(quick))?.write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {
             runtime.block_on(store::memory_child(&path, count))?;

@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod crilog;
+pub mod fake;
 mod files;
 pub mod image;
 mod layer;

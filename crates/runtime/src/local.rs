@@ -149,6 +149,7 @@ impl LocalRuntime {
                 ContainerState::Running
             },
             pid: state.pid,
+            monitor_pid: (state.monitor_pid > 0).then_some(state.monitor_pid),
             started_at: state.started_at,
             finished_at: state.finished_at.filter(|t| !t.is_empty()),
             exit_code: state.exit_code,

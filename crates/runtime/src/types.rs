@@ -141,6 +141,8 @@ pub struct ContainerStatus {
     pub image_id: String,
     pub state: ContainerState,
     pub pid: Option<i32>,
+    /// The process that owns the container and records its end.
+    pub monitor_pid: Option<i32>,
     /// RFC 3339 times.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -188,4 +190,89 @@ pub trait Runtime: Send + Sync {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecResult, Error>;
+
+    /// Removes exited containers (and their logs) beyond the newest `keep` of each container
+    /// of each pod (kubelet keeps one, for `kubectl logs --previous`); returns what went.
+    fn prune_exited(&self, keep: usize) -> Result<Vec<ContainerId>, Error> {
+        let doomed = exited_beyond(&self.containers(None)?, keep);
+        for id in &doomed {
+            self.remove_container(id)?;
+        }
+        Ok(doomed)
+    }
+}
+
+/// The exited containers beyond the newest `keep` attempts of each container of each pod. A
+/// running attempt is never among them and does not count.
+pub fn exited_beyond(statuses: &[ContainerStatus], keep: usize) -> Vec<ContainerId> {
+    let mut exited: Vec<&ContainerId> = statuses
+        .iter()
+        .filter(|c| c.state == ContainerState::Exited)
+        .map(|c| &c.id)
+        .collect();
+    // Newest attempt first within each (pod, container).
+    exited.sort_by(|a, b| {
+        (&a.pod_uid, &a.name)
+            .cmp(&(&b.pod_uid, &b.name))
+            .then(b.attempt.cmp(&a.attempt))
+    });
+    let mut doomed = Vec::new();
+    let mut seen = 0;
+    for (i, id) in exited.iter().enumerate() {
+        let same =
+            i > 0 && (&exited[i - 1].pod_uid, &exited[i - 1].name) == (&id.pod_uid, &id.name);
+        seen = if same { seen + 1 } else { 1 };
+        if seen > keep {
+            doomed.push((*id).clone());
+        }
+    }
+    doomed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(pod: &str, name: &str, attempt: u32, state: ContainerState) -> ContainerStatus {
+        ContainerStatus {
+            id: ContainerId {
+                pod_uid: pod.into(),
+                name: name.into(),
+                attempt,
+            },
+            image: String::new(),
+            image_id: String::new(),
+            state,
+            pid: None,
+            monitor_pid: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            error: None,
+            log_path: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn only_older_exited_attempts_are_pruned() {
+        use ContainerState::*;
+        let statuses = [
+            status("p1", "app", 0, Exited),
+            status("p1", "app", 1, Exited),
+            status("p1", "app", 2, Exited),
+            status("p1", "app", 3, Running),
+            status("p1", "side", 0, Exited),
+            status("p2", "app", 0, Exited),
+            status("p2", "app", 1, Exited),
+        ];
+        let names = |ids: Vec<ContainerId>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(exited_beyond(&statuses, 1)),
+            ["p1-app-1", "p1-app-0", "p2-app-0"]
+        );
+        assert_eq!(names(exited_beyond(&statuses, 0)).len(), 6);
+        assert!(exited_beyond(&statuses, 5).is_empty());
+    }
 }

@@ -2,8 +2,13 @@
 
 use std::os::unix::fs::FileTypeExt;
 
+use std::sync::Mutex;
+
+use base64::Engine;
+use skiff_runtime::image::{PullOptions, PullProgress, RegistryAuth};
 use skiff_runtime::{Error, ImageStore};
 use skiff_testkit::images::{build, layer_tar, ArchiveFormat, ImageSpec};
+use skiff_testkit::Registry;
 
 #[test]
 fn archives_of_both_formats_import_and_share_their_base_layer() {
@@ -51,6 +56,20 @@ fn archives_of_both_formats_import_and_share_their_base_layer() {
     // Importing again changes nothing; a name moves to the image imported last.
     assert_eq!(store.import(&oci).unwrap()[0].id, image.id);
     assert_eq!(store.list().unwrap().len(), 2);
+
+    // Collection above the disk mark removes unused images only (a mark of 0 % is always passed).
+    let everything = skiff_runtime::image::GcPolicy {
+        high_percent: 0,
+        low_percent: 0,
+    };
+    let in_use = std::collections::HashSet::from([image.id.clone()]);
+    let removed = store.collect_garbage(&in_use, everything).unwrap();
+    assert_eq!(
+        removed.iter().map(|i| i.names.clone()).collect::<Vec<_>>(),
+        [v22[0].names.clone()]
+    );
+    assert_eq!(store.list().unwrap().len(), 1);
+    store.import(&docker).unwrap();
 
     // Removing v2.2 keeps the shared layer; removing v2.1 too leaves nothing behind.
     store.remove("my-api:v2.2").unwrap();
@@ -137,4 +156,66 @@ fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
         )
     };
     (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[tokio::test]
+async fn images_are_pulled_from_a_registry_with_dockerconfigjson_credentials() {
+    let registry = Registry::start(Some(("alice", "s3cret"))).unwrap();
+    let reference = registry.push(&ImageSpec::my_api("v2.2")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path().join("images")).unwrap();
+    let ignore = |_: PullProgress| {};
+
+    let anonymous = PullOptions {
+        auth: RegistryAuth::Anonymous,
+        insecure_registries: vec![registry.host()],
+    };
+    let err = store
+        .pull(&reference, &anonymous, &ignore)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Pull { .. }), "{err}");
+
+    let secret = format!(
+        r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+        registry.host(),
+        base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+    );
+    let options = PullOptions {
+        auth: RegistryAuth::from_docker_config(secret.as_bytes(), &registry.host()).unwrap(),
+        insecure_registries: vec![registry.host()],
+    };
+    // Without being named insecure, a registry is spoken to over HTTPS, which this one lacks.
+    let https = PullOptions {
+        insecure_registries: vec![],
+        ..options.clone()
+    };
+    assert!(store.pull(&reference, &https, &ignore).await.is_err());
+
+    let seen = Mutex::new(Vec::new());
+    let image = store
+        .pull(&reference, &options, &|p| seen.lock().unwrap().push(p))
+        .await
+        .unwrap();
+    assert_eq!(image.names, [reference.as_str()]);
+    assert_eq!(image.layers.len(), 2);
+    let layers = store.layer_dirs(&image).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(layers[0].join("www/index.html")).unwrap(),
+        "my-api v2.2\n"
+    );
+    let seen = seen.into_inner().unwrap();
+    for layer in &image.layers {
+        let last = seen
+            .iter()
+            .rfind(|p| p.blob == layer.digest)
+            .expect("progress for every layer");
+        assert_eq!(Some(last.received), last.total, "{last:?}");
+    }
+    // Pulled again: nothing is fetched, the same image comes back.
+    let again = store
+        .pull(&reference, &options, &|_| panic!("nothing to fetch"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, image.id);
 }

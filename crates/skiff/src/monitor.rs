@@ -12,7 +12,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
     };
     match (args.first().and_then(|a| a.to_str()), args.get(1)) {
         (Some("run"), Some(dir)) if args.len() == 2 => {
-            log_to_stderr();
+            log_to_file(&Path::new(dir).join("monitor.log"));
             skiff_runtime::monitor::main(Path::new(dir))
         }
         // No logging: the command's stderr is the exec's.
@@ -34,15 +34,23 @@ pub fn main(args: &[OsString]) -> ExitCode {
     }
 }
 
-/// The OCI runtime's complaints land in the container's monitor.log (the monitor's stderr).
-/// The fmt subscriber starts no thread.
-fn log_to_stderr() {
+/// The OCI runtime's complaints land in the container's `monitor.log`. Not on stderr: the
+/// container's init process is forked from the monitor and logs before it execs, when its
+/// stderr is already the container's. The fmt subscriber starts no thread.
+fn log_to_file(path: &Path) {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SKIFF_MONITOR_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::sync::Mutex::new(file))
         .with_ansi(false)
         .init();
 }

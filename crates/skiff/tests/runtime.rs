@@ -460,17 +460,13 @@ fn nothing_is_left_behind(oci: OciRuntime) {
         ..ContainerConfig::new("app", "busybox")
     };
     let running = node.start_container("p1", &sleeper).unwrap();
-    let monitor: skiff_runtime::monitor::MonitorState = serde_json::from_slice(
-        &std::fs::read(node.root.join("pods/p1/containers/app/0/state.json")).unwrap(),
-    )
-    .unwrap();
     let cgroup_root = node.cgroup_root();
     node.reset().unwrap();
     assert!(
         !alive(running.pid.unwrap()),
         "the container's process is gone"
     );
-    assert!(!alive(monitor.monitor_pid), "its monitor is gone");
+    assert!(!alive(running.monitor_pid.unwrap()), "its monitor is gone");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(node.root.to_str().unwrap()),
@@ -481,6 +477,32 @@ fn nothing_is_left_behind(oci: OciRuntime) {
         assert!(!dir.exists(), "{} remains", dir.display());
     }
     assert!(!node.root.exists());
+}
+
+fn exited_attempts_are_pruned_with_their_logs(oci: OciRuntime) {
+    let node = node(&oci);
+    sandbox(&node, "p1");
+    let mut logs = Vec::new();
+    for attempt in 0..3 {
+        let config = ContainerConfig {
+            attempt,
+            ..shell("app", &format!("echo attempt {attempt}"))
+        };
+        let started = node.start_container("p1", &config).unwrap();
+        logs.push(wait_exit(&node, &started.id, Duration::from_secs(10)).log_path);
+    }
+    let pruned = node.prune_exited(1).unwrap();
+    assert_eq!(
+        pruned.iter().map(|id| id.attempt).collect::<Vec<_>>(),
+        [1, 0]
+    );
+    assert!(!logs[0].exists() && !logs[1].exists());
+    assert_eq!(
+        crilog::read_text(&logs[2]).unwrap(),
+        "attempt 2\n",
+        "the newest is kept for --previous"
+    );
+    assert_eq!(node.containers(None).unwrap().len(), 1);
 }
 
 fn alive(pid: i32) -> bool {
@@ -514,4 +536,5 @@ conformance!(
     a_new_runtime_adopts_the_containers_of_a_killed_one,
     two_nodes_on_one_machine_do_not_see_each_other,
     nothing_is_left_behind,
+    exited_attempts_are_pruned_with_their_logs,
 );

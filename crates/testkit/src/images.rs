@@ -149,15 +149,15 @@ fn base_layer() -> Vec<u8> {
     layer_tar(&files, &links)
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(bytes).expect("in memory");
     encoder.finish().expect("in memory")
 }
 
-/// Writes `spec` as an archive in `dir` and returns its path.
-pub fn build(spec: &ImageSpec, format: ArchiveFormat, dir: &Path) -> PathBuf {
-    let layers = [base_layer(), layer_tar(&spec.files, &[])];
+/// An image's configuration and its layers (uncompressed tars), lowest first.
+pub fn parts(spec: &ImageSpec) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let layers = vec![base_layer(), layer_tar(&spec.files, &[])];
     let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
     let config = serde_json::json!({
         "architecture": host_architecture(),
@@ -170,7 +170,12 @@ pub fn build(spec: &ImageSpec, format: ArchiveFormat, dir: &Path) -> PathBuf {
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
-    let config = serde_json::to_vec(&config).expect("json");
+    (serde_json::to_vec(&config).expect("json"), layers)
+}
+
+/// Writes `spec` as an archive in `dir` and returns its path.
+pub fn build(spec: &ImageSpec, format: ArchiveFormat, dir: &Path) -> PathBuf {
+    let (config, layers) = parts(spec);
     let file_name = format!(
         "{}-{}.tar",
         spec.name.replace([':', '/'], "_"),

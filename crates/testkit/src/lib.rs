@@ -4,10 +4,12 @@
 mod etcd;
 mod fake_node;
 pub mod images;
+mod registry;
 mod skiff;
 
 pub use etcd::EtcdServer;
 pub use fake_node::FakeNode;
+pub use registry::Registry;
 pub use skiff::SkiffServer;
 
 use std::net::TcpListener;

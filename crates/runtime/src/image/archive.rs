@@ -9,6 +9,7 @@ use crate::layer::Compression;
 use crate::Error;
 
 pub(super) fn import(store: &ImageStore, archive: &Path) -> Result<Vec<Image>, Error> {
+    let _ingesting = store.ingesting()?;
     let bad = |message: String| Error::BadArchive {
         file: archive.to_path_buf(),
         message,

@@ -259,7 +259,6 @@ impl ImageStore {
             catalog.images.push(image);
             Ok(())
         })?;
-        self.sweep()?;
         self.get(&image.id)
     }
 
@@ -290,8 +289,12 @@ impl ImageStore {
         result
     }
 
-    /// Deletes blobs and layers no image refers to.
+    /// Deletes blobs and layers no image refers to, and what interrupted imports left. It waits
+    /// for running imports and pulls (whose blobs no image refers to yet) to finish.
     fn sweep(&self) -> Result<(), Error> {
+        let _no_ingest = self.lock("ingest.lock", nix::fcntl::FlockArg::LockExclusive)?;
+        let tmp = self.root.join("tmp");
+        remove_unlisted(&tmp, &HashSet::new())?;
         self.update(|catalog| {
             let mut blobs = HashSet::new();
             let mut layers = HashSet::new();
@@ -371,17 +374,31 @@ impl ImageStore {
         }
     }
 
-    /// Runs `change` on the catalog under the store's exclusive lock and writes the result.
-    fn update<T>(&self, change: impl FnOnce(&mut Catalog) -> Result<T, Error>) -> Result<T, Error> {
-        let lock_path = self.root.join("lock");
-        let lock = fs::OpenOptions::new()
+    /// An flock on a file of the store, held until the result is dropped; across processes, so
+    /// that the CLI and a node never race.
+    fn lock(
+        &self,
+        name: &str,
+        how: nix::fcntl::FlockArg,
+    ) -> Result<nix::fcntl::Flock<fs::File>, Error> {
+        let path = self.root.join(name);
+        let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open", &lock_path, e))?;
-        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io("lock", &lock_path, e.into()))?;
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| Error::io("lock", &path, e.into()))
+    }
+
+    /// Held (shared) while an import or pull writes blobs no image refers to yet.
+    pub(crate) fn ingesting(&self) -> Result<nix::fcntl::Flock<fs::File>, Error> {
+        self.lock("ingest.lock", nix::fcntl::FlockArg::LockShared)
+    }
+
+    /// Runs `change` on the catalog under the store's exclusive lock and writes the result.
+    fn update<T>(&self, change: impl FnOnce(&mut Catalog) -> Result<T, Error>) -> Result<T, Error> {
+        let _guard = self.lock("lock", nix::fcntl::FlockArg::LockExclusive)?;
         let mut catalog = self.read_catalog()?;
         let result = change(&mut catalog)?;
         crate::files::write_atomic(

@@ -133,6 +133,7 @@ impl ImageStore {
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<Image, Error> {
         install_crypto_provider();
+        let _ingesting = self.ingesting()?;
         let name = super::normalize(reference)?;
         let parsed = oci_client::Reference::from_str(&name).map_err(|e| Error::BadReference {
             reference: reference.into(),
