@@ -5,7 +5,8 @@
 //! ([`kinds`]) and their Rust types' schemas ([`schema`]), objects held as JSON ([`object`]),
 //! what the server does to an object on create and update ([`strategy`], with [`defaults`] and
 //! [`validation`]), conversions between served versions ([`conversion`]), patches ([`patch`],
-//! [`strategic`]), Services' addresses ([`service`]) and `kubectl get` columns ([`table`]).
+//! [`strategic`]), Services' addresses ([`service`]), resource quantities ([`quantity`]) and
+//! `kubectl get` columns ([`table`]).
 
 pub mod conversion;
 pub mod defaults;
@@ -15,6 +16,7 @@ pub mod label_selector;
 pub mod names;
 pub mod object;
 pub mod patch;
+pub mod quantity;
 pub mod schema;
 pub mod service;
 pub mod strategic;

@@ -1,0 +1,232 @@
+//! Nodes as the scheduler sees them, each with the pods placed on it and what they use, and the
+//! snapshot of all of them that `schedule` decides on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Taint;
+use serde_json::Value;
+
+use crate::pod::{HostPort, PodInfo};
+use crate::resources::{Resources, DEFAULT_CPU_MILLI, DEFAULT_MEMORY};
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub allocatable: Resources,
+    /// What the pods on it request.
+    pub requested: Resources,
+    /// CPU (millicores) and memory requested, counting pods that ask nothing as asking the
+    /// non-zero defaults: what scores compare.
+    pub scored_cpu_milli: i64,
+    pub scored_memory: i64,
+    pub pods: Vec<Arc<PodInfo>>,
+    /// How many pods of each controller (by uid) run here, for spreading.
+    pub owners: HashMap<String, u32>,
+}
+
+/// A node's status conditions say it is not ready: it is treated as tainted so, as the node
+/// lifecycle controller would taint it.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
+impl NodeInfo {
+    pub fn from_json(node: &Value) -> NodeInfo {
+        let labels = node["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut taints: Vec<Taint> = node
+            .pointer("/spec/taints")
+            .and_then(|t| serde_json::from_value(t.clone()).ok())
+            .unwrap_or_default();
+        let ready = node
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if !ready
+            && !taints
+                .iter()
+                .any(|t| t.key.starts_with("node.kubernetes.io/"))
+        {
+            taints.push(Taint {
+                key: NOT_READY_TAINT.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+        }
+        let status = &node["status"];
+        let allocatable = Resources::from_list(
+            status
+                .get("allocatable")
+                .filter(|a| a.is_object())
+                .or(status.get("capacity")),
+        );
+        NodeInfo {
+            name: node["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            labels,
+            taints,
+            unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
+            allocatable,
+            ..Default::default()
+        }
+    }
+
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.add(&pod.requests);
+        let (cpu, memory) = scored(&pod.requests);
+        self.scored_cpu_milli += cpu;
+        self.scored_memory += memory;
+        if let Some(owner) = &pod.owner {
+            *self.owners.entry(owner.clone()).or_default() += 1;
+        }
+        self.pods.push(pod);
+    }
+
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
+        let i = self.pods.iter().position(|p| p.uid == uid)?;
+        let pod = self.pods.swap_remove(i);
+        self.requested.subtract(&pod.requests);
+        let (cpu, memory) = scored(&pod.requests);
+        self.scored_cpu_milli -= cpu;
+        self.scored_memory -= memory;
+        if let Some(owner) = &pod.owner {
+            if let Some(n) = self.owners.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(owner);
+                }
+            }
+        }
+        Some(pod)
+    }
+
+    /// Host ports in use on the node.
+    pub fn ports(&self) -> impl Iterator<Item = &HostPort> {
+        self.pods.iter().flat_map(|p| p.host_ports.iter())
+    }
+}
+
+pub(crate) fn scored(requests: &Resources) -> (i64, i64) {
+    let cpu = if requests.cpu_milli == 0 {
+        DEFAULT_CPU_MILLI
+    } else {
+        requests.cpu_milli
+    };
+    let memory = if requests.memory == 0 {
+        DEFAULT_MEMORY
+    } else {
+        requests.memory
+    };
+    (cpu, memory)
+}
+
+/// Every node and the pods placed on each; pods bound to a node not (yet) known wait aside and
+/// join it when it comes.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    placed: HashMap<String, String>,
+    waiting: HashMap<String, Vec<Arc<PodInfo>>>,
+    /// Placed pods with required anti-affinity, which every other pod must respect: few, so
+    /// they are kept aside rather than searched for among all pods.
+    anti_affinity: HashMap<String, (String, Arc<PodInfo>)>,
+}
+
+impl Snapshot {
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// Adds or replaces a node, keeping the pods placed on it.
+    pub fn set_node(&mut self, mut node: NodeInfo) {
+        match self.index.get(&node.name) {
+            Some(&i) => {
+                let old = std::mem::take(&mut self.nodes[i]);
+                node.requested = old.requested;
+                node.scored_cpu_milli = old.scored_cpu_milli;
+                node.scored_memory = old.scored_memory;
+                node.pods = old.pods;
+                node.owners = old.owners;
+                self.nodes[i] = node;
+            }
+            None => {
+                let name = node.name.clone();
+                for pod in self.waiting.remove(&name).unwrap_or_default() {
+                    node.add_pod(pod);
+                }
+                self.index.insert(name, self.nodes.len());
+                self.nodes.push(node);
+            }
+        }
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
+        let node = self.nodes.swap_remove(i);
+        if i < self.nodes.len() {
+            self.index.insert(self.nodes[i].name.clone(), i);
+        }
+        if !node.pods.is_empty() {
+            self.waiting.insert(node.name, node.pods);
+        }
+    }
+
+    /// Counts a pod on a node (bound, or assumed bound by the scheduler). A pod placed again
+    /// moves.
+    pub fn place(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.unplace(&pod.uid);
+        self.placed.insert(pod.uid.clone(), node.to_string());
+        if pod.has_required_anti_affinity() {
+            self.anti_affinity
+                .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
+        }
+        match self.index.get(node) {
+            Some(&i) => self.nodes[i].add_pod(pod),
+            None => self.waiting.entry(node.to_string()).or_default().push(pod),
+        }
+    }
+
+    pub fn unplace(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
+        let node = self.placed.remove(uid)?;
+        self.anti_affinity.remove(uid);
+        match self.index.get(&node) {
+            Some(&i) => self.nodes[i].remove_pod(uid),
+            None => {
+                let pods = self.waiting.get_mut(&node)?;
+                let i = pods.iter().position(|p| p.uid == uid)?;
+                Some(pods.swap_remove(i))
+            }
+        }
+    }
+
+    /// Placed pods with required anti-affinity, with their nodes.
+    pub fn anti_affinity_pods(&self) -> impl Iterator<Item = (&str, &Arc<PodInfo>)> {
+        self.anti_affinity
+            .values()
+            .map(|(node, pod)| (node.as_str(), pod))
+    }
+
+    /// Where a pod is placed.
+    pub fn placed_on(&self, uid: &str) -> Option<&str> {
+        self.placed.get(uid).map(String::as_str)
+    }
+}
