@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
-use skiff_testkit::{memory_of, FakeNode, SkiffServer};
+use skiff_testkit::{memory_of, HollowConfig, HollowNodes, SkiffServer};
 
 use crate::report::{Better, Report};
 
@@ -89,7 +89,7 @@ async fn rolled_out(
 pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     let bin = crate::binary::release_binary()?;
     let server = SkiffServer::start(&bin, &[]).map_err(anyhow::Error::msg)?;
-    let _node = FakeNode::start(&server);
+    let _node = HollowNodes::start(&server, HollowConfig::default());
     let kubeconfig = Kubeconfig::read_from(server.kubeconfig())?;
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;

@@ -177,6 +177,29 @@ impl Cluster for InProcess {
         self.replace(kind, obj, Endpoint::Status).await
     }
 
+    async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let pods = skiff_api::kinds::find("", "v1", "pods").expect("pods are served");
+        let target = Target {
+            kind: pods,
+            namespace: Some(namespace),
+            name,
+        };
+        let binding = serde_json::json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        crate::subresources::bind(&self.api.registry, &target, &binding)
+            .await
+            .map_err(error)
+    }
+
     async fn delete(
         &self,
         kind: &'static Kind,

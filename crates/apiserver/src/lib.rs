@@ -4,6 +4,7 @@
 //! discovery ([`discovery`], [`openapi`]), the REST endpoints ([`rest`]) over the generic object
 //! operations ([`registry`]) and watches ([`watch`]); every error is a `Status` ([`status`]).
 
+pub mod admission;
 pub mod cache;
 pub mod controllers;
 pub mod discovery;

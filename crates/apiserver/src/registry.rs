@@ -240,6 +240,10 @@ impl Registry {
             name_suffix: &suffix,
         };
         let given_name = object::name(&body).to_string();
+        let mut body = body;
+        if kind.plural == "pods" && kind.group.is_empty() {
+            crate::admission::pod_priority(self, &mut body).await?;
+        }
         let prepared = strategy::prepare_create(kind, body, &ctx)
             .map_err(|r| rejection(kind, &given_name, r))?;
         let target = Target {

@@ -118,6 +118,18 @@ pub async fn bind(
         .ok_or_else(|| ApiError::bad_request("a Binding needs target.name, the node"))?;
     registry
         .modify(target, |pod| {
+            let want_uid = binding.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            if !want_uid.is_empty() && want_uid != uid {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on pods/binding \"{}\": the UID in the precondition ({want_uid}) does not match the UID in record ({uid}). The object might have been deleted and then recreated",
+                        target.name
+                    ),
+                ));
+            }
             let assigned = pod
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)

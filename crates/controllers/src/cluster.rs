@@ -56,6 +56,15 @@ pub trait Cluster: Send + Sync + 'static {
     /// Replaces an object's status; its resourceVersion must still be current.
     async fn update_status(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError>;
 
+    /// Binds a pod (by uid, when given) to a node through `pods/binding`.
+    async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+    ) -> Result<(), ClusterError>;
+
     /// Deletes an object if its uid is still `uid`; `foreground` keeps it until its own
     /// dependents are gone.
     async fn delete(

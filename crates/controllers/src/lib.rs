@@ -2,7 +2,8 @@
 //! keys fed by changes of the watched kinds), the reconcilers (ReplicaSets, Deployments, the
 //! garbage collector's background deletion) over the API as [`cluster`] describes it, and
 //! their pure decisions: which pods a ReplicaSet makes or removes ([`replicaset`]) and the
-//! rollout arithmetic of Deployments ([`rollout`]).
+//! rollout arithmetic of Deployments ([`rollout`]). The [`scheduler`]'s loop runs here too,
+//! around the pure core of `skiff-scheduler`.
 
 pub mod cluster;
 pub mod events;
@@ -12,3 +13,4 @@ mod reconcile;
 pub mod replicaset;
 pub mod rollout;
 pub mod runtime;
+pub mod scheduler;

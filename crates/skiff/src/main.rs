@@ -1,5 +1,6 @@
 //! The `skiff` binary: parses the command line and hands each subcommand to its own module.
 
+mod hollow;
 mod image;
 mod monitor;
 mod runtime;
@@ -29,6 +30,8 @@ enum Command {
     /// Import, list and remove the images of a node.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Register hollow nodes (pods reported running, nothing run) to try a cluster at scale.
+    Hollow(hollow::HollowArgs),
     /// Run and list containers on a node's runtime directly (for debugging).
     #[command(hide = true)]
     Runtime(runtime::RuntimeArgs),
@@ -65,6 +68,7 @@ fn run() -> anyhow::Result<()> {
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),
         Command::Image(cmd) => image::run(cmd),
+        Command::Hollow(args) => runtime.block_on(hollow::run(args)),
         Command::Runtime(args) => runtime::run(args),
     }
 }

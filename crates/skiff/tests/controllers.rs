@@ -1,27 +1,13 @@
 //! The controllers inside `skiff server`, seen through the real kubectl: Deployments make
 //! ReplicaSets and pods, scale, roll to a new template, roll back, and take their dependents
-//! when deleted. No node runs the pods yet (issue 8), so they stay Pending.
+//! when deleted. Where pods must run, a hollow node reports them running.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use skiff_testkit::FakeNode;
-
-/// Runs `check` until it holds, for up to 20 s.
-fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match check() {
-            None => return,
-            Some(state) => last = state,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not happen; last seen: {last}");
-}
+use skiff_testkit::{HollowConfig, HollowNodes};
 
 /// The names and images of the ReplicaSets, with their replicas and revisions.
 fn replica_sets(server: &SkiffServer) -> String {
@@ -147,7 +133,7 @@ fn the_articles_deployment_gets_its_pods_and_rolls() {
 #[test]
 fn rollout_status_follows_a_rolling_update_to_the_end() {
     let server = server();
-    let _node = FakeNode::start(&server);
+    let _node = HollowNodes::start(&server, HollowConfig::default());
     kubectl(
         &server,
         &["apply", "-f", example("api-server.yaml").to_str().unwrap()],
@@ -225,7 +211,7 @@ fn rollout_status_follows_a_rolling_update_to_the_end() {
 #[test]
 fn with_max_unavailable_zero_availability_never_drops() {
     let server = server();
-    let _node = FakeNode::start(&server);
+    let _node = HollowNodes::start(&server, HollowConfig::default());
     let manifest = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
         .replace("  replicas: 3\n", "  replicas: 3\n  strategy:\n    rollingUpdate:\n      maxUnavailable: 0\n      maxSurge: 1\n");
@@ -446,7 +432,7 @@ fn a_rollout_that_makes_no_progress_fails_after_its_deadline() {
 #[test]
 fn old_replica_sets_beyond_the_history_limit_go() {
     let server = server();
-    let _node = FakeNode::start(&server);
+    let _node = HollowNodes::start(&server, HollowConfig::default());
     let manifest = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
         .replace(

@@ -1,14 +1,14 @@
 //! Real peers for Skiff's tests and benchmarks, started on loopback and stopped by their PID,
-//! and a fake node that plays scheduler and node agent through the API.
+//! and hollow nodes that report their pods running through the API.
 
 mod etcd;
-mod fake_node;
+mod hollow;
 pub mod images;
 mod registry;
 mod skiff;
 
 pub use etcd::EtcdServer;
-pub use fake_node::FakeNode;
+pub use hollow::{HollowConfig, HollowNodes};
 pub use registry::Registry;
 pub use skiff::SkiffServer;
 

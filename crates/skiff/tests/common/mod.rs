@@ -152,3 +152,18 @@ impl Drop for Watching {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `check` until it holds (returns `None`), for up to 20 s; otherwise fails with the last
+/// state it described.
+pub fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match check() {
+            None => return,
+            Some(state) => last = state,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{what} did not happen; last seen: {last}");
+}
