@@ -8,7 +8,16 @@ use anyhow::{bail, Context};
 pub fn release_binary() -> anyhow::Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let mut command = std::process::Command::new(cargo);
+    // The variables `cargo run` set for this process would make the inner build look different
+    // to build scripts and rebuild half the tree each time; the build is asked as from a shell.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+            command.env_remove(&name);
+        }
+    }
+    let status = command
         .current_dir(&workspace)
         .args([
             "build",

@@ -3,6 +3,7 @@
 mod apiserver;
 mod binary;
 mod controllers;
+mod density;
 mod report;
 mod runtime;
 mod store;
@@ -56,6 +57,16 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The scalability envelope: hollow nodes, pods through Deployments, the scheduler's rate.
+    Density {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 150_000)]
+        pods: usize,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -85,6 +96,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Runtime { out, quick } => {
             runtime::run(runtime::Sizes::new(quick))?.write(&out)?;
+        }
+        Command::Density { out, nodes, pods } => {
+            let report = runtime.block_on(density::run(density::Sizes { nodes, pods }))?;
+            report.write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {
             runtime.block_on(store::memory_child(&path, count))?;

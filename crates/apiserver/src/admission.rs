@@ -30,57 +30,58 @@ pub async fn pod_priority(registry: &Registry, pod: &mut Value) -> Result<(), Ap
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let (class, priority, policy) = if let Some((_, value)) =
-        BUILT_IN.iter().find(|(n, _)| *n == name)
-    {
-        (name.clone(), *value, "PreemptLowerPriority".to_string())
-    } else if name.is_empty() {
-        let classes = registry
-            .list(
-                priority_classes(),
-                None,
-                &Default::default(),
-                None,
-                None,
-                None,
-            )
-            .await?;
-        match classes.items.iter().find(|c| c["globalDefault"] == true) {
-            Some(c) => (
-                c["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                c["value"].as_i64().unwrap_or(0),
-                c["preemptionPolicy"]
-                    .as_str()
-                    .unwrap_or("PreemptLowerPriority")
-                    .to_string(),
-            ),
-            None => (String::new(), 0, "PreemptLowerPriority".to_string()),
-        }
-    } else {
-        let target = Target {
-            kind: priority_classes(),
-            namespace: None,
-            name: &name,
-        };
-        match registry.get(&target).await {
-            Ok(c) => (
-                name.clone(),
-                c["value"].as_i64().unwrap_or(0),
-                c["preemptionPolicy"]
-                    .as_str()
-                    .unwrap_or("PreemptLowerPriority")
-                    .to_string(),
-            ),
-            Err(e) if e.code == 404 => return Err(ApiError::new(
-                403,
-                "Forbidden",
-                format!(
+    let (class, priority, policy) =
+        if let Some((_, value)) = BUILT_IN.iter().find(|(n, _)| *n == name) {
+            (name.clone(), *value, "PreemptLowerPriority".to_string())
+        } else if name.is_empty() {
+            let classes = registry
+                .list(
+                    priority_classes(),
+                    None,
+                    &Default::default(),
+                    None,
+                    None,
+                    None,
+                )
+                .await?;
+            match classes.items.iter().find(|c| c["globalDefault"] == true) {
+                Some(c) => (
+                    c["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    c["value"].as_i64().unwrap_or(0),
+                    c["preemptionPolicy"]
+                        .as_str()
+                        .unwrap_or("PreemptLowerPriority")
+                        .to_string(),
+                ),
+                None => (String::new(), 0, "PreemptLowerPriority".to_string()),
+            }
+        } else {
+            let target = Target {
+                kind: priority_classes(),
+                namespace: None,
+                name: &name,
+            };
+            match registry.get(&target).await {
+                Ok(c) => (
+                    name.clone(),
+                    c["value"].as_i64().unwrap_or(0),
+                    c["preemptionPolicy"]
+                        .as_str()
+                        .unwrap_or("PreemptLowerPriority")
+                        .to_string(),
+                ),
+                Err(e) if e.code == 404 => {
+                    return Err(ApiError::new(
+                        403,
+                        "Forbidden",
+                        format!(
                     "pods \"{pod_name}\" is forbidden: no PriorityClass with name {name} was found"
                 ),
-            )),
-            Err(e) => return Err(e),
-        }
-    };
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        };
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return Ok(());
     };

@@ -10,10 +10,15 @@ use serde_json::Value;
 use crate::pod::{HostPort, PodInfo};
 use crate::resources::{Resources, DEFAULT_CPU_MILLI, DEFAULT_MEMORY};
 
+/// The label naming a node's zone.
+pub const ZONE: &str = "topology.kubernetes.io/zone";
+
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// Its `topology.kubernetes.io/zone`, looked up once.
+    pub zone: Option<String>,
     pub taints: Vec<Taint>,
     pub unschedulable: bool,
     pub allocatable: Resources,
@@ -34,7 +39,7 @@ pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
 impl NodeInfo {
     pub fn from_json(node: &Value) -> NodeInfo {
-        let labels = node["metadata"]["labels"]
+        let labels: BTreeMap<String, String> = node["metadata"]["labels"]
             .as_object()
             .map(|m| {
                 m.iter()
@@ -75,6 +80,7 @@ impl NodeInfo {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            zone: labels.get(ZONE).cloned(),
             labels,
             taints,
             unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
@@ -143,6 +149,9 @@ pub struct Snapshot {
     /// Placed pods with required anti-affinity, which every other pod must respect: few, so
     /// they are kept aside rather than searched for among all pods.
     anti_affinity: HashMap<String, (String, Arc<PodInfo>)>,
+    /// Pods per (zone, controller uid), kept as pods come and go, so that spreading over zones
+    /// costs a lookup rather than a walk over every node.
+    zone_owners: HashMap<String, HashMap<String, u32>>,
 }
 
 impl Snapshot {
@@ -159,6 +168,10 @@ impl Snapshot {
         match self.index.get(&node.name) {
             Some(&i) => {
                 let old = std::mem::take(&mut self.nodes[i]);
+                if old.zone != node.zone {
+                    self.count_zone(old.zone.as_deref(), &old.owners, -1);
+                    self.count_zone(node.zone.as_deref(), &old.owners, 1);
+                }
                 node.requested = old.requested;
                 node.scored_cpu_milli = old.scored_cpu_milli;
                 node.scored_memory = old.scored_memory;
@@ -171,6 +184,7 @@ impl Snapshot {
                 for pod in self.waiting.remove(&name).unwrap_or_default() {
                     node.add_pod(pod);
                 }
+                self.count_zone(node.zone.as_deref(), &node.owners, 1);
                 self.index.insert(name, self.nodes.len());
                 self.nodes.push(node);
             }
@@ -182,6 +196,7 @@ impl Snapshot {
             return;
         };
         let node = self.nodes.swap_remove(i);
+        self.count_zone(node.zone.as_deref(), &node.owners, -1);
         if i < self.nodes.len() {
             self.index.insert(self.nodes[i].name.clone(), i);
         }
@@ -200,8 +215,35 @@ impl Snapshot {
                 .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
         }
         match self.index.get(node) {
-            Some(&i) => self.nodes[i].add_pod(pod),
+            Some(&i) => {
+                if let (Some(zone), Some(owner)) = (&self.nodes[i].zone, &pod.owner) {
+                    let owners = self.zone_owners.entry(zone.clone()).or_default();
+                    *owners.entry(owner.clone()).or_default() += 1;
+                }
+                self.nodes[i].add_pod(pod)
+            }
             None => self.waiting.entry(node.to_string()).or_default().push(pod),
+        }
+    }
+
+    /// How many pods of a controller run in a zone.
+    pub fn in_zone(&self, zone: &str, owner: &str) -> u32 {
+        self.zone_owners
+            .get(zone)
+            .and_then(|owners| owners.get(owner))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_zone(&mut self, zone: Option<&str>, owners: &HashMap<String, u32>, sign: i64) {
+        let Some(zone) = zone else { return };
+        let counts = self.zone_owners.entry(zone.to_string()).or_default();
+        for (owner, n) in owners {
+            let count = counts.entry(owner.clone()).or_default();
+            *count = (i64::from(*count) + sign * i64::from(*n)).max(0) as u32;
+            if *count == 0 {
+                counts.remove(owner);
+            }
         }
     }
 
@@ -209,7 +251,13 @@ impl Snapshot {
         let node = self.placed.remove(uid)?;
         self.anti_affinity.remove(uid);
         match self.index.get(&node) {
-            Some(&i) => self.nodes[i].remove_pod(uid),
+            Some(&i) => {
+                let pod = self.nodes[i].remove_pod(uid)?;
+                if let (Some(zone), Some(owner)) = (self.nodes[i].zone.clone(), &pod.owner) {
+                    self.count_zone(Some(&zone), &HashMap::from([(owner.clone(), 1)]), -1);
+                }
+                Some(pod)
+            }
             None => {
                 let pods = self.waiting.get_mut(&node)?;
                 let i = pods.iter().position(|p| p.uid == uid)?;

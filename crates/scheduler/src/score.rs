@@ -9,8 +9,6 @@ use crate::filter::{selector, term_matches, term_selects, untolerated, Context};
 use crate::node::{scored, NodeInfo, Snapshot};
 use crate::pod::PodInfo;
 
-const ZONE: &str = "topology.kubernetes.io/zone";
-
 /// Kubernetes' default plugin weights.
 const W_FIT: i64 = 1;
 const W_BALANCED: i64 = 1;
@@ -223,23 +221,14 @@ pub fn scores(ctx: &Context, snapshot: &Snapshot, nodes: &[usize]) -> Vec<i64> {
             })
             .collect()
     } else if let (Some(owner), true) = (&pod.owner, pod.spread.is_empty()) {
-        let mut zones: HashMap<&str, i64> = HashMap::new();
-        for node in all {
-            if let Some(zone) = node.labels.get(ZONE) {
-                *zones.entry(zone).or_default() +=
-                    i64::from(node.owners.get(owner).copied().unwrap_or(0));
-            }
-        }
         candidates
             .iter()
             .map(|n| {
                 let on_node = i64::from(n.owners.get(owner).copied().unwrap_or(0));
                 let in_zone = n
-                    .labels
-                    .get(ZONE)
-                    .and_then(|z| zones.get(z.as_str()))
-                    .copied()
-                    .unwrap_or(0);
+                    .zone
+                    .as_deref()
+                    .map_or(0, |z| i64::from(snapshot.in_zone(z, owner)));
                 // Hostname spreading weighs as much as zone spreading, each in its own scale.
                 on_node * 2 + in_zone
             })

@@ -407,3 +407,36 @@ fn a_higher_priority_pod_preempts_the_fewest_lowest_pods() {
         "0/2 nodes are available: 2 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
     );
 }
+
+#[test]
+fn zones_are_spread_over_and_their_counts_follow_pods_and_nodes() {
+    let nodes = [zoned("x1", "x"), zoned("x2", "x"), zoned("y1", "y")];
+    let replica = |name: &str| {
+        pod(
+            name,
+            "100m",
+            json!({"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "uid": "rs-1", "controller": true}]}}),
+        )
+    };
+    let mut s = snapshot(&nodes, &[]);
+    for i in 0..6 {
+        let p = replica(&format!("r{i}"));
+        let chosen = decide(&s, &p);
+        s.place(Arc::new(PodInfo::from_json(&on(&chosen, p))), &chosen);
+    }
+    // Two per node: hostname and zone spreading weigh against each other as in Kubernetes'
+    // system defaults, which also end at 2-2-2 here.
+    assert_eq!((s.in_zone("x", "rs-1"), s.in_zone("y", "rs-1")), (4, 2));
+    s.unplace("uid-r0");
+    assert_eq!(s.in_zone("x", "rs-1") + s.in_zone("y", "rs-1"), 5);
+    let y_before = s.in_zone("y", "rs-1");
+    // A node moving to another zone takes its pods' counts along; a node removed, its pods'.
+    let moved = zoned("y1", "z");
+    s.set_node(NodeInfo::from_json(&moved));
+    assert_eq!(
+        (s.in_zone("y", "rs-1"), s.in_zone("z", "rs-1")),
+        (0, y_before)
+    );
+    s.remove_node("y1");
+    assert_eq!(s.in_zone("z", "rs-1"), 0);
+}

@@ -1,0 +1,281 @@
+//! The density benchmark, Kubernetes' scalability envelope: a release `skiff server` with N hollow
+//! nodes, and pods created through Deployments of 100 (30 to a namespace, the envelope's 3,000
+//! pods per namespace) until P run. Figures: bindings per second, pod
+//! startup latency (first seen by a watch to Running seen by the watch), API call latency during
+//! the run, and the server's memory at the end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use serde_json::json;
+use skiff_testkit::{memory_of, HollowConfig, HollowNodes, SkiffServer};
+
+use crate::report::{ms, percentile, Better, Report};
+
+pub struct Sizes {
+    pub nodes: usize,
+    pub pods: usize,
+}
+
+/// Pods per Deployment: the envelope's 30 pods per node come from Deployments of this size.
+const REPLICAS: usize = 100;
+/// Deployments per namespace: the envelope's limit of 3,000 pods per namespace.
+const PER_NAMESPACE: usize = 30;
+
+#[derive(Default)]
+struct Seen {
+    first: HashMap<String, Instant>,
+    bound: HashMap<String, Instant>,
+    running: HashMap<String, Instant>,
+}
+
+fn deployment(name: &str, replicas: usize) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "c", "image": "my-api:v2.1",
+                                  "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}},
+        }
+    }))
+    .expect("a Deployment")
+}
+
+/// The scheduler's core alone, in this process: decisions per second placing `pods` pods of
+/// Deployments of 100 on `nodes` nodes in three zones (no API, no binding).
+fn core_decisions_per_second(nodes: usize, pods: usize) -> f64 {
+    use skiff_scheduler::{schedule, NodeInfo, PodInfo, Snapshot};
+    let mut snapshot = Snapshot::default();
+    for i in 0..nodes {
+        snapshot.set_node(NodeInfo::from_json(&json!({
+            "metadata": {"name": format!("n{i}"), "labels": {
+                "kubernetes.io/hostname": format!("n{i}"),
+                "topology.kubernetes.io/zone": format!("zone-{}", i % 3)}},
+            "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        })));
+    }
+    let pods: Vec<PodInfo> = (0..pods)
+        .map(|i| {
+            PodInfo::from_json(&json!({
+                "metadata": {"name": format!("p{i}"), "namespace": "default", "uid": format!("u{i}"),
+                             "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "uid": format!("rs{}", i / REPLICAS), "controller": true}]},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+            }))
+        })
+        .collect();
+    let started = Instant::now();
+    for (i, pod) in pods.into_iter().enumerate() {
+        match schedule(&snapshot, &pod, i) {
+            Ok(placement) => snapshot.place(Arc::new(pod), &placement.node),
+            Err(d) => panic!("the core benchmark's pods all fit: {}", d.message),
+        }
+    }
+    let n = snapshot.nodes().iter().map(|n| n.pods.len()).sum::<usize>();
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
+    eprintln!(
+        "scheduling {} pods on {} nodes with the core alone",
+        sizes.pods, sizes.nodes
+    );
+    let core = core_decisions_per_second(sizes.nodes, sizes.pods);
+    let bin = crate::binary::release_binary()?;
+    let server = SkiffServer::start(&bin, &[]).map_err(anyhow::Error::msg)?;
+    eprintln!("registering {} hollow nodes", sizes.nodes);
+    let nodes_started = Instant::now();
+    let _nodes = HollowNodes::start(
+        &server,
+        HollowConfig {
+            count: sizes.nodes,
+            zones: 3,
+            ..HollowConfig::default()
+        },
+    );
+    eprintln!("registered in {:.1?}", nodes_started.elapsed());
+    let kubeconfig = Kubeconfig::read_from(server.kubeconfig())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client = kube::Client::try_from(config)?;
+
+    // One watch of every pod records when each was first seen, bound and Running.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let watching = {
+        let seen = seen.clone();
+        let pods: Api<Pod> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let mut events = watcher(pods, watcher::Config::default()).boxed();
+            while let Some(event) = events.next().await {
+                let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+                    continue;
+                };
+                let now = Instant::now();
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let mut seen = seen.lock().expect("seen");
+                seen.first.entry(uid.clone()).or_insert(now);
+                if pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some()
+                {
+                    seen.bound.entry(uid.clone()).or_insert(now);
+                }
+                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                    seen.running.entry(uid).or_insert(now);
+                }
+            }
+        })
+    };
+
+    // API latency during the run: a client reading a ConfigMap twenty times a second.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "probe"}, "data": {"k": "v"}}))?,
+        )
+        .await?;
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let probing = {
+        let latencies = latencies.clone();
+        tokio::spawn(async move {
+            loop {
+                let begun = Instant::now();
+                if configmaps.get("probe").await.is_ok() {
+                    latencies.lock().expect("latencies").push(begun.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let count = sizes.pods.div_ceil(REPLICAS);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for k in 0..count.div_ceil(PER_NAMESPACE) {
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": format!("density-{k}")}}))?;
+        namespaces.create(&PostParams::default(), &ns).await?;
+    }
+    eprintln!("creating {count} Deployments for {} pods", sizes.pods);
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let deployments: Api<Deployment> =
+                Api::namespaced(client.clone(), &format!("density-{}", i / PER_NAMESPACE));
+            let replicas = REPLICAS.min(sizes.pods - i * REPLICAS);
+            async move {
+                deployments
+                    .create(
+                        &PostParams::default(),
+                        &deployment(&format!("d{i}"), replicas),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let limit = Duration::from_secs(3600);
+    loop {
+        let (bound, running) = {
+            let seen = seen.lock().expect("seen");
+            (seen.bound.len(), seen.running.len())
+        };
+        if running >= sizes.pods {
+            break;
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("{running} of {} pods running after {limit:?}", sizes.pods);
+        }
+        eprint!(
+            "\r  {:>6.1}s  bound {bound:>7}  running {running:>7}",
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!();
+    let total = started.elapsed();
+    probing.abort();
+    watching.abort();
+    let seen = std::mem::take(&mut *seen.lock().expect("seen"));
+    let (first_bind, last_bind) =
+        seen.bound
+            .values()
+            .fold((None::<Instant>, None::<Instant>), |(lo, hi), &t| {
+                (
+                    Some(lo.map_or(t, |l| l.min(t))),
+                    Some(hi.map_or(t, |h| h.max(t))),
+                )
+            });
+    let binding_span = match (first_bind, last_bind) {
+        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        _ => total.as_secs_f64(),
+    };
+    let mut startup: Vec<Duration> = seen
+        .running
+        .iter()
+        .filter_map(|(uid, running)| Some(*running - *seen.first.get(uid)?))
+        .collect();
+    let mut api = latencies.lock().expect("latencies").clone();
+    let (rss, _) = memory_of(server.pid())?;
+
+    let mut report = Report::new(
+        "density",
+        "skiff",
+        format!("targets for {} nodes, {} pods", sizes.nodes, sizes.pods),
+    );
+    report.add(
+        "bindings per second",
+        "pods/s",
+        Better::Higher,
+        seen.bound.len() as f64 / binding_span,
+        1000.0,
+    );
+    report.measured(
+        "scheduler core alone, decisions per second",
+        "pods/s",
+        Better::Higher,
+        core,
+    );
+    report.measured("all pods running", "s", Better::Lower, total.as_secs_f64());
+    report.measured(
+        "pod startup p50 (seen to Running, by watch)",
+        "ms",
+        Better::Lower,
+        ms(percentile(&mut startup, 50.0)),
+    );
+    report.add(
+        "pod startup p99 (seen to Running, by watch)",
+        "ms",
+        Better::Lower,
+        ms(percentile(&mut startup, 99.0)),
+        5000.0,
+    );
+    report.add(
+        "API GET p99 during the run",
+        "ms",
+        Better::Lower,
+        ms(percentile(&mut api, 99.0)),
+        1000.0,
+    );
+    report.add(
+        "server resident memory at the end",
+        "MiB",
+        Better::Lower,
+        rss as f64 / (1 << 20) as f64,
+        4096.0,
+    );
+    Ok(report)
+}
