@@ -39,13 +39,22 @@ impl Sizes {
 }
 
 fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
+    deployment_of(
+        name,
+        replicas as usize,
+        json!({"name": "server", "image": image}),
+    )
+}
+
+/// A Deployment of `replicas` pods of one container, selected by `app: <name>`.
+pub fn deployment_of(name: &str, replicas: usize, container: serde_json::Value) -> Deployment {
     serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "server", "image": image}]}},
+                         "spec": {"containers": [container]}},
         }
     }))
     .expect("a Deployment")

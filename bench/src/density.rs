@@ -37,17 +37,12 @@ struct Seen {
 }
 
 fn deployment(name: &str, replicas: usize) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "c", "image": "my-api:v2.1",
-                                  "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}},
-        }
-    }))
-    .expect("a Deployment")
+    crate::controllers::deployment_of(
+        name,
+        replicas,
+        json!({"name": "c", "image": "my-api:v2.1",
+               "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}),
+    )
 }
 
 /// The scheduler's core alone, in this process: decisions per second placing `pods` pods of
