@@ -36,7 +36,7 @@ pub struct LocalConfig {
     /// Names what the node creates outside `root` (its cgroup tree).
     pub node: String,
     /// The program and arguments that start a monitor (`skiff monitor`); the runtime appends
-    /// `run DIR` or `exec DIR COMMAND...`.
+    /// `zygote ROOT` (the node's process monitors are forked from) or `exec DIR COMMAND...`.
     pub monitor: Vec<OsString>,
     pub oci: OciRuntime,
     pub log_max_bytes: u64,
@@ -184,6 +184,69 @@ impl LocalRuntime {
         command
     }
 
+    /// Has the node's zygote fork a monitor for the container in `dir` and returns the monitor's
+    /// one-line report. The zygote is started when none answers.
+    fn ask_zygote(&self, dir: &Path) -> Result<String, Error> {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let socket = self.config.root.join(monitor::ZYGOTE_SOCKET);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut started = false;
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::io("reach the monitor zygote at", &socket, e))
+                }
+                Err(_) if !started => {
+                    let log = self.config.root.join("monitor.log");
+                    let stderr = fs::File::options()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                        .map_err(|e| Error::io("open", &log, e))?;
+                    let mut child = self
+                        .monitor_command("zygote", &self.config.root)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(stderr)
+                        .spawn()
+                        .map_err(|e| Error::io("start monitor", &self.config.monitor[0], e))?;
+                    let _ = child.wait();
+                    started = true;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let mut writer = stream
+            .try_clone()
+            .map_err(|e| Error::io("talk to", &socket, e))?;
+        writeln!(writer, "{}", dir.display()).map_err(|e| Error::io("talk to", &socket, e))?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .map_err(|e| Error::io("read the report of monitor", dir, e))?;
+        Ok(line)
+    }
+
+    /// Ends the node's zygote (its pid is in `monitor.pid`), if it runs.
+    fn stop_zygote(&self) {
+        let pid_file = self.config.root.join(monitor::ZYGOTE_PID);
+        let Some(pid) = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        // Only our zygote: its command line names this root.
+        let ours = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            String::from_utf8_lossy(&cmdline).contains(&*self.config.root.to_string_lossy())
+        });
+        if ours {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
     /// Waits for a container's monitor to record its end.
     fn wait_exited(&self, id: &ContainerId, timeout: Duration) -> Result<ContainerStatus, Error> {
         let deadline = Instant::now() + timeout;
@@ -204,6 +267,7 @@ impl LocalRuntime {
                 tracing::warn!(uid = %sandbox.config.uid, %e, "remove sandbox");
             }
         }
+        self.stop_zygote();
         // What a crash may have left: monitors and containers in the cgroup tree, mounts.
         cgroups::remove_tree(&self.cgroup_root())?;
         unmount_under(&self.config.root)?;
@@ -373,20 +437,7 @@ impl Runtime for LocalRuntime {
         };
         write_atomic(&dir.join(monitor::CONFIG_FILE), &pretty(&monitor_config))?;
 
-        let monitor_log = dir.join("monitor.log");
-        let stderr =
-            fs::File::create(&monitor_log).map_err(|e| Error::io("create", &monitor_log, e))?;
-        let mut child = self
-            .monitor_command("run", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| Error::io("start monitor", &self.config.monitor[0], e))?;
-        let mut line = String::new();
-        let read = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
-        let _ = child.wait();
-        read.map_err(|e| Error::io("read the report of monitor", &dir, e))?;
+        let line = self.ask_zygote(&dir)?;
         if line.trim() != "ok" && !dir.join(monitor::STATE_FILE).exists() {
             // The monitor could not even record its failure.
             let state = MonitorState {

@@ -89,6 +89,90 @@ pub fn main(dir: &Path) -> ! {
         Err(e) => report_and_exit(&format!("fork: {e}")),
     }
     let _ = setsid();
+    run_detached(dir)
+}
+
+/// The per-node process monitors are forked from (`skiff monitor zygote ROOT`), listening on
+/// `ROOT/monitor.sock` for container directories. Forked rather than executed, every monitor
+/// shares its relocated tables and code with the zygote and its siblings instead of holding a
+/// private copy: a monitor's proportional memory is then mostly its own small heap and stack.
+pub const ZYGOTE_SOCKET: &str = "monitor.sock";
+pub const ZYGOTE_PID: &str = "monitor.pid";
+
+/// The zygote's main: never returns. One per runtime root (an flock on `monitor.lock`); a second
+/// one leaves at once. `on_child` runs first in each forked monitor (to set up its logging).
+pub fn zygote(root: &Path, on_child: fn(&Path)) -> ! {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+    // SAFETY: single-threaded (dispatched before any thread starts).
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(ForkResult::Child) => {}
+        Err(_) => std::process::exit(1),
+    }
+    let _ = setsid();
+    let lock_path = root.join("monitor.lock");
+    let Ok(lock) = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    else {
+        std::process::exit(1)
+    };
+    let Ok(_held) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    else {
+        // Another zygote serves this root.
+        std::process::exit(0)
+    };
+    let socket = root.join(ZYGOTE_SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    let Ok(listener) = UnixListener::bind(&socket) else {
+        std::process::exit(1)
+    };
+    let _ = std::fs::write(root.join(ZYGOTE_PID), std::process::id().to_string());
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+    // Monitors are reaped by the kernel: the zygote never waits for them.
+    // SAFETY: setting a signal disposition to ignore.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let mut line = String::new();
+        let read = conn
+            .try_clone()
+            .map(|c| std::io::BufReader::new(c).read_line(&mut line));
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            continue;
+        }
+        let dir = PathBuf::from(line.trim_end());
+        // SAFETY: the zygote is single-threaded.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                drop(listener);
+                // A monitor waits for its container: it must not inherit the zygote's
+                // auto-reaping. SAFETY: restoring the default disposition.
+                unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+                let _ = setsid();
+                let _ = nix::unistd::dup2(conn.as_raw_fd(), 1);
+                drop(conn);
+                on_child(&dir);
+                run_detached(&dir)
+            }
+            Ok(ForkResult::Parent { .. }) => drop(conn),
+            Err(e) => {
+                let mut conn = conn;
+                let _ = writeln!(conn, "error: fork a monitor: {e}");
+            }
+        }
+    }
+    std::process::exit(0)
+}
+
+/// A monitor's work once it is detached: start the container, then watch it.
+fn run_detached(dir: &Path) -> ! {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let config: MonitorConfig = match crate::files::read_json(&dir.join(CONFIG_FILE)) {
@@ -452,8 +536,11 @@ pub fn oom_kills(file: &Path) -> u64 {
 pub fn teardown(dir: &Path, config: &MonitorConfig) {
     match &config.oci {
         OciRuntime::Libcontainer => {
-            if let Ok(mut container) =
-                libcontainer::container::Container::load(config.state_root.join(&config.id))
+            let state = config.state_root.join(&config.id);
+            if let Some(mut container) = state
+                .exists()
+                .then(|| libcontainer::container::Container::load(state).ok())
+                .flatten()
             {
                 if let Err(e) = container.delete(true) {
                     tracing::warn!(id = %config.id, %e, "delete container");

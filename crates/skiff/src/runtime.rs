@@ -44,6 +44,8 @@ enum RuntimeCommand {
     },
     /// Print every container of the node as JSON.
     Ps,
+    /// Remove everything the node made: containers, sandboxes, mounts, cgroups, the root.
+    Reset,
 }
 
 pub fn run(args: RuntimeArgs) -> anyhow::Result<()> {
@@ -88,6 +90,7 @@ pub fn run(args: RuntimeArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        RuntimeCommand::Reset => runtime.reset()?,
         RuntimeCommand::Ps => {
             for status in runtime.containers(None)? {
                 println!("{}", serde_json::to_string(&status)?);

@@ -461,7 +461,14 @@ fn nothing_is_left_behind(oci: OciRuntime) {
     };
     let running = node.start_container("p1", &sleeper).unwrap();
     let cgroup_root = node.cgroup_root();
+    let zygote: i32 = std::fs::read_to_string(node.root.join("monitor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(zygote), "monitors are forked from the node's zygote");
     node.reset().unwrap();
+    assert!(!alive(zygote), "the zygote is gone");
     assert!(
         !alive(running.pid.unwrap()),
         "the container's process is gone"
