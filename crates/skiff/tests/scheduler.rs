@@ -59,9 +59,8 @@ fn a_pod_that_fits_nowhere_is_explained_by_describe() {
             ..HollowConfig::default()
         },
     );
-    kubectl_stdin(
+    apply(
         &server,
-        &["apply", "-f", "-"],
         "apiVersion: v1
 kind: Pod
 metadata: {name: huge}
@@ -69,8 +68,7 @@ spec:
   containers:
   - {name: c, image: my-api:v2.1, resources: {requests: {cpu: '8'}}}
 ",
-    )
-    .out();
+    );
     eventually("a FailedScheduling explanation", || {
         let described = kubectl(&server, &["describe", "pod", "huge"]).out();
         let ok = described.contains("FailedScheduling")
@@ -114,14 +112,9 @@ fn gpu_tainted_nodes_only_take_pods_that_tolerate_them() {
             ..HollowConfig::default()
         },
     );
-    kubectl_stdin(
-        &server,
-        &["apply", "-f", "-"],
-        &deployment("web", 6, "100m", ""),
-    )
-    .out();
-    kubectl_stdin(&server, &["apply", "-f", "-"], &deployment("train", 1, "100m",
-        "nodeSelector: {accelerator: nvidia}\n      tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]")).out();
+    apply(&server, &deployment("web", 6, "100m", ""));
+    apply(&server, &deployment("train", 1, "100m",
+        "nodeSelector: {accelerator: nvidia}\n      tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]"));
     eventually("all pods placed", || {
         let placed = placement(&server, "app in (web,train)");
         (placed.len() != 7 || placed.iter().any(|(_, n)| n.is_empty()))
@@ -143,12 +136,7 @@ fn replicas_spread_and_cordon_and_drain_move_them() {
             ..HollowConfig::default()
         },
     );
-    kubectl_stdin(
-        &server,
-        &["apply", "-f", "-"],
-        &deployment("web", 6, "100m", ""),
-    )
-    .out();
+    apply(&server, &deployment("web", 6, "100m", ""));
     let per_node = |server| {
         let mut counts = std::collections::BTreeMap::new();
         for (_, node) in placement(server, "app=web") {
@@ -201,31 +189,23 @@ fn a_high_priority_pod_preempts_lower_ones() {
             ..HollowConfig::default()
         },
     );
-    kubectl_stdin(
+    apply(
         &server,
-        &["apply", "-f", "-"],
         "apiVersion: scheduling.k8s.io/v1
 kind: PriorityClass
 metadata: {name: critical}
 value: 1000000
 description: the article's API in front of everything else
 ",
-    )
-    .out();
-    kubectl_stdin(
-        &server,
-        &["apply", "-f", "-"],
-        &deployment("batch", 4, "900m", ""),
-    )
-    .out();
+    );
+    apply(&server, &deployment("batch", 4, "900m", ""));
     kubectl(
         &server,
         &["rollout", "status", "deployment/batch", "--timeout=60s"],
     )
     .out();
-    kubectl_stdin(
+    apply(
         &server,
-        &["apply", "-f", "-"],
         "apiVersion: v1
 kind: Pod
 metadata: {name: urgent}
@@ -234,8 +214,7 @@ spec:
   containers:
   - {name: c, image: my-api:v2.1, resources: {requests: {cpu: '1'}}}
 ",
-    )
-    .out();
+    );
     let priority = kubectl(
         &server,
         &["get", "pod", "urgent", "-o", "jsonpath={.spec.priority}"],

@@ -153,6 +153,11 @@ impl Drop for Watching {
     }
 }
 
+/// `kubectl apply -f -` of a manifest; its output.
+pub fn apply(server: &SkiffServer, manifest: &str) -> String {
+    kubectl_stdin(server, &["apply", "-f", "-"], manifest).out()
+}
+
 /// Runs `check` until it holds (returns `None`), for up to 20 s; otherwise fails with the last
 /// state it described.
 pub fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) {
