@@ -81,7 +81,7 @@ fn start_many(runtime: &LocalRuntime, count: usize) -> anyhow::Result<Starts> {
 
 pub fn run(sizes: Sizes) -> anyhow::Result<Report> {
     anyhow::ensure!(
-        nix_is_root(),
+        is_root(),
         "the runtime benchmark runs containers: run it as root"
     );
     anyhow::ensure!(
@@ -182,7 +182,7 @@ pub fn run(sizes: Sizes) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

@@ -53,6 +53,21 @@ pub fn timestamp(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Puts `condition` into `status.conditions`, replacing the one of the same `type` (and making
+/// `status` and the list when missing).
+pub fn set_condition(obj: &mut Value, condition: Value) {
+    if !obj["status"].is_object() {
+        obj["status"] = Value::Object(Map::new());
+    }
+    if !obj["status"]["conditions"].is_array() {
+        obj["status"]["conditions"] = Value::Array(Vec::new());
+    }
+    if let Value::Array(conditions) = &mut obj["status"]["conditions"] {
+        conditions.retain(|c| c["type"] != condition["type"]);
+        conditions.push(condition);
+    }
+}
+
 /// The object's `metadata`, if it is an object.
 pub fn metadata(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata")?.as_object()
@@ -283,6 +298,27 @@ mod tests {
             "spec": {"nodeName": "n1", "hostNetwork": false},
             "status": {"phase": "Running"}
         })
+    }
+
+    #[test]
+    fn conditions_are_set_by_type() {
+        let mut pod = serde_json::json!({"metadata": {}});
+        set_condition(
+            &mut pod,
+            serde_json::json!({"type": "Ready", "status": "False"}),
+        );
+        set_condition(
+            &mut pod,
+            serde_json::json!({"type": "PodScheduled", "status": "True"}),
+        );
+        set_condition(
+            &mut pod,
+            serde_json::json!({"type": "Ready", "status": "True"}),
+        );
+        assert_eq!(
+            pod["status"]["conditions"],
+            serde_json::json!([{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}])
+        );
     }
 
     #[test]

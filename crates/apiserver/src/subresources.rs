@@ -153,13 +153,10 @@ pub async fn bind(
             }
             pod["spec"]["nodeName"] = node.into();
             let now = object::timestamp(jiff::Timestamp::now());
-            let conditions = pod["status"]
-                .as_object_mut()
-                .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
-            if let Some(Value::Array(conditions)) = conditions {
-                conditions.retain(|c| c["type"] != "PodScheduled");
-                conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
-            }
+            object::set_condition(
+                pod,
+                json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}),
+            );
             Ok(())
         })
         .await

@@ -364,21 +364,13 @@ impl Scheduler {
         if changed {
             let mut pod = json;
             let now = skiff_api::object::timestamp(jiff::Timestamp::now());
-            let status = pod["status"]
-                .as_object_mut()
-                .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
-            if let Some(Value::Array(conditions)) = status {
-                conditions.retain(|c| c["type"] != "PodScheduled");
-                conditions.push(json!({
+            skiff_api::object::set_condition(
+                &mut pod,
+                json!({
                     "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": message, "lastTransitionTime": now, "lastProbeTime": null,
-                }));
-            } else {
-                pod["status"] = json!({"phase": "Pending", "conditions": [{
-                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": message, "lastTransitionTime": now, "lastProbeTime": null,
-                }]});
-            }
+                }),
+            );
             if let Err(e) = self.cluster.update_status(kind("", "pods"), pod).await {
                 tracing::debug!(error = %e, "writing the PodScheduled condition");
             }

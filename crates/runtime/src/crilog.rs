@@ -112,7 +112,7 @@ impl RotatingFile {
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let numbered = |n: u32| rotated(&self.path, n);
         let _ = fs::remove_file(numbered(self.max_files - 1));
         for n in (1..self.max_files.saturating_sub(1)).rev() {
             let _ = fs::rename(numbered(n), numbered(n + 1));
@@ -129,6 +129,16 @@ impl RotatingFile {
         self.size = 0;
         Ok(())
     }
+}
+
+/// The `n`th rotated file of a log (`0.log.1` is the newest).
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
+}
+
+/// A log and its rotated files, up to `max_files` in all.
+pub fn files(path: &Path, max_files: u32) -> impl Iterator<Item = PathBuf> + '_ {
+    std::iter::once(path.to_path_buf()).chain((1..max_files).map(move |n| rotated(path, n)))
 }
 
 /// The text of a log, records decoded and partial lines joined (what `kubectl logs` shows).

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::files::{read_json, write_atomic};
 use crate::monitor::{self, MonitorConfig, MonitorState, OciRuntime};
 use crate::types::*;
-use crate::{cgroups, sandbox, spec, Error, ImageStore};
+use crate::{cgroups, crilog, sandbox, spec, Error, ImageStore};
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -131,10 +131,9 @@ impl LocalRuntime {
         let mut state = state.unwrap_or_else(|| MonitorState {
             error: Some("the container's monitor never reported".into()),
             exit_code: Some(128),
-            finished_at: Some(String::new()),
             ..Default::default()
         });
-        if !state.exited() && !alive(state.monitor_pid) {
+        if state.error.is_none() && !state.exited() && !alive(state.monitor_pid) {
             // The monitor was killed: what the container did next is unknown.
             state.error = Some("the container's monitor died".into());
             state.exit_code = Some(255);
@@ -151,7 +150,7 @@ impl LocalRuntime {
             pid: state.pid,
             monitor_pid: (state.monitor_pid > 0).then_some(state.monitor_pid),
             started_at: state.started_at,
-            finished_at: state.finished_at.filter(|t| !t.is_empty()),
+            finished_at: state.finished_at,
             exit_code: state.exit_code,
             signal: state.signal,
             oom_killed: state.oom_killed,
@@ -497,10 +496,7 @@ impl Runtime for LocalRuntime {
             monitor::teardown(&dir, &config);
         }
         cgroups::remove_tree(&self.cgroup_of(id))?;
-        for path in [status.log_path.clone()].into_iter().chain(
-            (1..=self.config.log_max_files)
-                .map(|n| PathBuf::from(format!("{}.{n}", status.log_path.display()))),
-        ) {
+        for path in crilog::files(&status.log_path, self.config.log_max_files) {
             let _ = fs::remove_file(path);
         }
         fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))

@@ -1,9 +1,11 @@
-//! The per-container monitor: `skiff` re-executed, detached and single-threaded, which starts
-//! one container, writes its output to the CRI log and its fate to `state.json`, so that the
-//! agent can die and come back at any time without losing a container or its exit.
+//! The per-container monitor: detached and single-threaded, it starts one container, writes its
+//! output to the CRI log and its fate to `state.json`, so that the agent can die and come back at
+//! any time without losing a container or its exit.
 //!
-//! The runtime starts it with the container's directory (holding `monitor.json` and the OCI
-//! bundle) and reads one line from its stdout: `ok` once the container runs, or the error.
+//! Monitors are forked from the node's zygote (`skiff` re-executed once per node): the runtime
+//! sends the container's directory (holding `monitor.json` and the OCI bundle) to the zygote's
+//! socket and reads one line back from the new monitor: `ok` once the container runs, or the
+//! error.
 
 use std::fs::File;
 use std::io::Write;
@@ -75,21 +77,6 @@ pub const STATE_FILE: &str = "state.json";
 
 fn now() -> String {
     jiff::Timestamp::now().to_string()
-}
-
-/// The monitor's main: never returns. `dir` is the container's directory.
-pub fn main(dir: &Path) -> ! {
-    // The runtime waits for our report on stdout; the parent leaves at once so that the
-    // monitor is nobody's child but init's (or a subreaper's), and never a zombie of the agent.
-    // SAFETY: the process is single-threaded here (the binary dispatches to the monitor before
-    // it starts any thread), so the child may run arbitrary code.
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
-        Ok(ForkResult::Child) => {}
-        Err(e) => report_and_exit(&format!("fork: {e}")),
-    }
-    let _ = setsid();
-    run_detached(dir)
 }
 
 /// The per-node process monitors are forked from (`skiff monitor zygote ROOT`), listening on
@@ -171,7 +158,7 @@ pub fn zygote(root: &Path, on_child: fn(&Path)) -> ! {
     std::process::exit(0)
 }
 
-/// A monitor's work once it is detached: start the container, then watch it.
+/// A monitor's work, in a child of the zygote: start the container, then watch it.
 fn run_detached(dir: &Path) -> ! {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::WeightedPodAffinityTerm;
 
-use crate::filter::{selector, term_matches, term_selects, untolerated, Context};
+use crate::filter::{selector, term_matches, term_selects, tolerates, Context};
 use crate::node::{scored, NodeInfo, Snapshot};
 use crate::pod::PodInfo;
 
@@ -140,17 +140,7 @@ pub fn scores(ctx: &Context, snapshot: &Snapshot, nodes: &[usize]) -> Vec<i64> {
             n.taints
                 .iter()
                 .filter(|t| t.effect == "PreferNoSchedule")
-                .filter(|taint| {
-                    untolerated(
-                        &NodeInfo {
-                            taints: vec![(*taint).clone()],
-                            ..Default::default()
-                        },
-                        pod,
-                        &["PreferNoSchedule"],
-                    )
-                    .is_some()
-                })
+                .filter(|taint| !pod.tolerations.iter().any(|t| tolerates(t, taint)))
                 .count() as i64
         })
         .collect();

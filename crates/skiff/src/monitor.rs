@@ -1,6 +1,6 @@
-//! `skiff monitor zygote ROOT`, `skiff monitor run DIR` and `skiff monitor exec DIR COMMAND...`:
-//! the per-container monitor (forked from the node's zygote, or run on its own), entered before
-//! anything starts a thread (no tokio, no logging set-up), as forking needs.
+//! `skiff monitor zygote ROOT` (the node's process per-container monitors are forked from) and
+//! `skiff monitor exec DIR COMMAND...`, entered before anything starts a thread (no tokio, no
+//! logging set-up), as forking needs.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 pub fn main(args: &[OsString]) -> ExitCode {
     let usage = || {
-        eprintln!("usage: skiff monitor zygote ROOT | run DIR | exec DIR COMMAND...");
+        eprintln!("usage: skiff monitor zygote ROOT | exec DIR COMMAND...");
         ExitCode::from(2)
     };
     match (args.first().and_then(|a| a.to_str()), args.get(1)) {
@@ -16,10 +16,6 @@ pub fn main(args: &[OsString]) -> ExitCode {
             skiff_runtime::monitor::zygote(Path::new(root), |dir| {
                 log_to_file(&dir.join("monitor.log"))
             })
-        }
-        (Some("run"), Some(dir)) if args.len() == 2 => {
-            log_to_file(&Path::new(dir).join("monitor.log"));
-            skiff_runtime::monitor::main(Path::new(dir))
         }
         // No logging: the command's stderr is the exec's.
         (Some("exec"), Some(dir)) if args.len() > 2 => {

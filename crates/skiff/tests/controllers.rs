@@ -215,7 +215,7 @@ fn with_max_unavailable_zero_availability_never_drops() {
     let manifest = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
         .replace("  replicas: 3\n", "  replicas: 3\n  strategy:\n    rollingUpdate:\n      maxUnavailable: 0\n      maxSurge: 1\n");
-    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    apply(&server, &manifest);
     kubectl(
         &server,
         &[
@@ -291,8 +291,8 @@ fn propagation_policies_keep_their_promises() {
             .replace("name: api-server", &format!("name: {name}"))
             .replace("app: api", &format!("app: {name}"))
     };
-    kubectl_stdin(&server, &["apply", "-f", "-"], &named("orphaning")).out();
-    kubectl_stdin(&server, &["apply", "-f", "-"], &named("foreground")).out();
+    apply(&server, &named("orphaning"));
+    apply(&server, &named("foreground"));
     eventually("6 pods", || {
         (pods(&server) != 6).then(|| format!("{} pods", pods(&server)))
     });
@@ -332,7 +332,7 @@ fn propagation_policies_keep_their_promises() {
     assert_eq!(pods(&server), 6);
 
     // A new Deployment with the same selector adopts the orphaned ReplicaSet and its pods.
-    kubectl_stdin(&server, &["apply", "-f", "-"], &named("orphaning")).out();
+    apply(&server, &named("orphaning"));
     let uid = kubectl(
         &server,
         &[
@@ -394,7 +394,7 @@ fn a_rollout_that_makes_no_progress_fails_after_its_deadline() {
             "  replicas: 3\n",
             "  replicas: 3\n  progressDeadlineSeconds: 2\n",
         );
-    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    apply(&server, &manifest);
     let started = Instant::now();
     let err = kubectl(
         &server,
@@ -439,7 +439,7 @@ fn old_replica_sets_beyond_the_history_limit_go() {
             "  replicas: 3\n",
             "  replicas: 3\n  revisionHistoryLimit: 1\n",
         );
-    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    apply(&server, &manifest);
     for version in ["v2.2", "v2.3", "v2.4"] {
         kubectl(
             &server,

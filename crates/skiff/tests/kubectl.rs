@@ -550,8 +550,8 @@ fn explain_reads_the_served_schemas() {
 fn reapply_set_image_set_env_and_restart_patch_strategically() {
     let server = server();
     let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
-    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
-    let unchanged = kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    apply(&server, &manifest);
+    let unchanged = apply(&server, &manifest);
     assert!(
         unchanged.contains("deployment.apps/api-server unchanged"),
         "{unchanged}"
@@ -564,7 +564,7 @@ fn reapply_set_image_set_env_and_restart_patch_strategically() {
     let changed = manifest
         .replace("replicas: 3", "replicas: 4")
         .replace("cpu: \"500m\"", "cpu: \"1\"");
-    let configured = kubectl_stdin(&server, &["apply", "-f", "-"], &changed).out();
+    let configured = apply(&server, &changed);
     assert!(
         configured.contains("deployment.apps/api-server configured"),
         "{configured}"
@@ -734,7 +734,7 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
         "{err}"
     );
 
-    kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    apply(&server, &manifest);
     let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
     assert_eq!(
         deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
@@ -748,7 +748,7 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
         "Always"
     );
     // Re-applying after defaulting is still "unchanged".
-    let again = kubectl_stdin(&server, &["apply", "-f", "-"], &manifest).out();
+    let again = apply(&server, &manifest);
     assert!(again.contains("unchanged"), "{again}");
 }
 

@@ -1,5 +1,6 @@
 //! Import of image archives: OCI layouts as tar files and `docker save` archives.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -62,15 +63,6 @@ fn inside(dir: &Path, name: &str, bad: &dyn Fn(String) -> Error) -> Result<PathB
     Ok(dir.join(relative))
 }
 
-fn store_file(
-    store: &ImageStore,
-    path: &Path,
-    expected: Option<&str>,
-) -> Result<(String, u64), Error> {
-    let file = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    store.write_blob(file, expected)
-}
-
 /// `docker save`: `manifest.json` lists each image's configuration, layer tars and tags. The
 /// store keeps an OCI manifest it writes for it.
 fn import_docker(
@@ -79,10 +71,21 @@ fn import_docker(
     bad: &dyn Fn(String) -> Error,
 ) -> Result<Vec<Image>, Error> {
     let entries: Vec<DockerArchiveEntry> = read_json(&dir.join("manifest.json"), bad)?;
+    // Images of one archive share files (and older archives link layers to each other): each
+    // file is moved into the store once, by its real path.
+    let mut adopted: HashMap<PathBuf, (String, u64)> = HashMap::new();
+    let mut adopt = |path: PathBuf| -> Result<(String, u64), Error> {
+        let real = fs::canonicalize(&path).map_err(|e| Error::io("open", &path, e))?;
+        if let Some(known) = adopted.get(&real) {
+            return Ok(known.clone());
+        }
+        let stored = store.adopt_blob(&real, None)?;
+        adopted.insert(real, stored.clone());
+        Ok(stored)
+    };
     let mut images = Vec::new();
     for entry in entries {
-        let (config_digest, config_size) =
-            store_file(store, &inside(dir, &entry.config, bad)?, None)?;
+        let (config_digest, config_size) = adopt(inside(dir, &entry.config, bad)?)?;
         let mut layers = Vec::new();
         for layer in &entry.layers {
             let path = inside(dir, layer, bad)?;
@@ -97,7 +100,7 @@ fn import_docker(
                 Compression::Gzip => format::LAYER_GZIP,
                 Compression::Zstd => format::LAYER_ZSTD,
             };
-            let (digest, size) = store_file(store, &path, None)?;
+            let (digest, size) = adopt(path)?;
             layers.push(Descriptor {
                 media_type: media_type.into(),
                 digest,
@@ -185,10 +188,12 @@ fn import_oci(
         let manifest: Manifest = read_json(&blob(&descriptor.digest)?, bad)?;
         for part in std::iter::once(&manifest.config).chain(&manifest.layers) {
             if !store.has_blob(&part.digest) {
-                store_file(store, &blob(&part.digest)?, Some(&part.digest))?;
+                store.adopt_blob(&blob(&part.digest)?, Some(&part.digest))?;
             }
         }
-        store_file(store, &blob(&descriptor.digest)?, Some(&descriptor.digest))?;
+        if !store.has_blob(&descriptor.digest) {
+            store.adopt_blob(&blob(&descriptor.digest)?, Some(&descriptor.digest))?;
+        }
         images.push(store.commit(&descriptor.digest, &names)?);
     }
     Ok(images)

@@ -13,7 +13,7 @@ mod pull;
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -124,10 +124,7 @@ impl ImageStore {
     }
 
     pub fn config(&self, image: &Image) -> Result<ImageConfig, Error> {
-        let path = self.blob_path(&image.id)?;
-        let bytes = fs::read(&path).map_err(|e| Error::io("read image configuration", &path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
+        self.read_blob_json(&image.id)
     }
 
     /// The unpacked layers of an image, topmost first, as overlayfs' `lowerdir` lists them.
@@ -335,43 +332,39 @@ impl ImageStore {
         let tmp_dir = self.root.join("tmp");
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
             .map_err(|e| Error::io("create file in", &tmp_dir, e))?;
+        io::copy(&mut from, &mut tmp).map_err(|e| Error::io("write blob", tmp.path(), e))?;
+        let path = tmp
+            .into_temp_path()
+            .keep()
+            .map_err(|e| Error::io("keep", &tmp_dir, e.error))?;
+        self.adopt_blob(&path, expected)
+    }
+
+    /// Moves a file already in the store's filesystem (an unpacked archive's, a download's)
+    /// into the blobs, checking it against `expected` when given; returns its digest and size.
+    /// The file is read once and never copied.
+    pub(crate) fn adopt_blob(
+        &self,
+        path: &Path,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), Error> {
+        let mut file = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = from
-                .read(&mut buf)
-                .map_err(|e| Error::io("read blob", &tmp_dir, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])
-                .map_err(|e| Error::io("write blob", tmp.path(), e))?;
-            size += n as u64;
-        }
+        let size = io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read blob", path, e))?;
         let digest = format!("sha256:{:x}", hasher.finalize());
-        if let Some(expected) = expected {
-            if expected != digest {
-                return Err(Error::Corrupt(format!(
-                    "blob should be {expected} but its content is {digest}"
-                )));
-            }
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            let _ = fs::remove_file(path);
+            return Err(Error::Corrupt(format!(
+                "blob should be {expected} but its content is {digest}"
+            )));
         }
         let dest = self.blob_path(&digest)?;
-        tmp.persist(&dest)
-            .map_err(|e| Error::io("store blob", &dest, e.error))?;
+        fs::rename(path, &dest).map_err(|e| Error::io("store blob", &dest, e))?;
         Ok((digest, size))
     }
 
     fn read_catalog(&self) -> Result<Catalog, Error> {
-        let path = self.root.join("images.json");
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Catalog::default()),
-            Err(e) => Err(Error::io("read", &path, e)),
-        }
+        Ok(crate::files::read_json(&self.root.join("images.json"))?.unwrap_or_default())
     }
 
     /// An flock on a file of the store, held until the result is dropped; across processes, so

@@ -206,8 +206,11 @@ impl ImageStore {
                     total: stream.content_length.or(Some(part.size)),
                 });
             }
-            let file = tmp.reopen().map_err(|e| Error::io("read", tmp.path(), e))?;
-            self.write_blob(file, Some(&part.digest))?;
+            let path = tmp
+                .into_temp_path()
+                .keep()
+                .map_err(|e| Error::io("keep", &tmp_dir, e.error))?;
+            self.adopt_blob(&path, Some(&part.digest))?;
         }
         let (stored, _) = self.write_blob(body.as_ref(), Some(&digest))?;
         let store = self.clone();
