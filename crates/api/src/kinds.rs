@@ -196,7 +196,7 @@ static GROUPS: &[(&str, &str, &[Entry])] = &[
             entry("Pod", "pods", NAMESPACED)
                 .short(&["po"])
                 .all()
-                .sub(&["status", "binding", "eviction"])
+                .sub(&["status", "binding", "eviction", "log"])
                 .fields(POD_FIELDS),
             entry("Service", "services", NAMESPACED)
                 .short(&["svc"])

@@ -121,6 +121,7 @@ fn subresource_kind(
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "binding" => ("", "v1", "Binding", &["create"]),
         "eviction" => ("policy", "v1", "Eviction", &["create"]),
+        "log" => ("", "v1", "Pod", &["get"]),
         _ => (k.group, k.version, k.kind, &["get", "patch", "update"]),
     }
 }

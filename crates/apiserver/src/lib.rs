@@ -9,6 +9,7 @@ pub mod cache;
 pub mod controllers;
 pub mod discovery;
 pub mod format;
+pub mod logs;
 pub mod openapi;
 pub mod paths;
 pub mod pki;

@@ -27,6 +27,7 @@ pub enum PkiError {
 /// PEM text of everything the server and the admin kubeconfig need.
 pub struct Pki {
     pub ca_cert: String,
+    ca_key: String,
     pub server_cert: String,
     pub server_key: String,
     pub admin_cert: String,
@@ -174,6 +175,7 @@ impl Pki {
 
         Ok(Pki {
             ca_cert,
+            ca_key,
             server_cert,
             server_key,
             admin_cert,
@@ -181,19 +183,56 @@ impl Pki {
         })
     }
 
-    /// A kubeconfig for the admin user against `server` (an `https://` URL).
-    pub fn admin_kubeconfig(&self, server: &str) -> String {
+    /// A new certificate signed by the cluster CA, and its key (PEM): for a client (`sans`
+    /// empty; CN the user, each O a group) or a server (`sans` its names and addresses).
+    pub fn issue(
+        &self,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[String],
+    ) -> Result<(String, String), PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key).map_err(generate("CA key from ca.key"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_cert, ca_key).map_err(generate("CA from ca.crt"))?;
+        let key = KeyPair::generate().map_err(generate("key"))?;
+        let mut params = CertificateParams::new(sans.to_vec()).map_err(generate("certificate"))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        for org in orgs {
+            dn.push(DnType::OrganizationName, *org);
+        }
+        params.distinguished_name = dn;
+        params.extended_key_usages = if sans.is_empty() {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        };
+        validity(&mut params);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(generate("certificate"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A kubeconfig for `user` with its client certificate against `server` (an `https://`
+    /// URL).
+    pub fn kubeconfig(&self, server: &str, user: &str, cert: &str, key: &str) -> String {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    \
-             certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    \
              client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: skiff\n  \
-             context:\n    cluster: skiff\n    user: admin\ncurrent-context: skiff\n",
+             context:\n    cluster: skiff\n    user: {user}\ncurrent-context: skiff\n",
             ca = b64(&self.ca_cert),
-            cert = b64(&self.admin_cert),
-            key = b64(&self.admin_key),
+            cert = b64(cert),
+            key = b64(key),
         )
+    }
+
+    /// A kubeconfig for the admin user against `server` (an `https://` URL).
+    pub fn admin_kubeconfig(&self, server: &str) -> String {
+        self.kubeconfig(server, "admin", &self.admin_cert, &self.admin_key)
     }
 
     /// Writes the admin kubeconfig (owner-only: it holds the admin key) and returns its path.

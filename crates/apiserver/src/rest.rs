@@ -336,7 +336,7 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
     ))
 }
 
-/// `scale`, `binding`, `eviction`.
+/// `scale`, `binding`, `eviction`, `log`.
 async fn serve_subresource(
     api: &Api,
     target: &Target<'_>,
@@ -371,6 +371,7 @@ async fn serve_subresource(
             subresources::bind(registry, target, &binding).await?;
             Ok(json_response(StatusCode::CREATED, &created()))
         }
+        ("log", &Method::GET) => crate::logs::proxy(api, target, parts.uri.query()).await,
         ("eviction", &Method::POST) => {
             let eviction = read_body(&parts.headers, body, "Eviction").await?;
             let status = subresources::evict(registry, target, &eviction).await?;

@@ -57,6 +57,8 @@ pub enum ServerError {
     },
     #[error("starting the API: {0}")]
     Bootstrap(String),
+    #[error("the API server's client TLS toward agents: {0}")]
+    AgentTls(String),
 }
 
 /// What the handlers share.
@@ -66,6 +68,8 @@ pub struct Api {
     ca_cert: String,
     /// The port the API listens on (the `kubernetes` Service's target).
     port: u16,
+    /// TLS toward node agents (logs), with the API server's client certificate.
+    pub kubelet_client: Arc<rustls::ClientConfig>,
 }
 
 /// Namespaces every cluster has.
@@ -316,7 +320,11 @@ pub fn router(api: Arc<Api>) -> Router {
 pub struct Running {
     /// The address it listens on (the port is known here when 0 was asked for).
     pub addr: SocketAddr,
+    /// `https://` and an address clients on this machine reach it at.
+    pub url: String,
     pub kubeconfig: PathBuf,
+    /// The cluster's certificates, to issue more (a node's in `skiff up`).
+    pub pki: Arc<Pki>,
     pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -351,6 +359,10 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         .await
         .map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
+    let (kubelet_cert, kubelet_key) =
+        pki.issue(crate::logs::KUBELET_CLIENT, &["system:masters"], &[])?;
+    let kubelet_client = crate::logs::client_config(&pki.ca_cert, &kubelet_cert, &kubelet_key)
+        .map_err(ServerError::AgentTls)?;
     let api = Arc::new(Api {
         registry: Registry {
             store: store.clone(),
@@ -359,6 +371,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         cache: WatchCache::new(store, config.watch_history),
         ca_cert: pki.ca_cert.clone(),
         port: addr.port(),
+        kubelet_client,
     });
     // Every kind's cache from the start, so that watches can resume from any revision since.
     for kind in kinds::all().iter().filter(|k| k.storage == Storage::Stored) {
@@ -384,12 +397,14 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     if addr.ip().is_unspecified() {
         reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let kubeconfig =
-        pki.write_admin_kubeconfig(&config.data_dir, &format!("https://{reachable}"))?;
+    let url = format!("https://{reachable}");
+    let kubeconfig = pki.write_admin_kubeconfig(&config.data_dir, &url)?;
     let serving = tokio::spawn(tls::serve(listener, tls, router(api)));
     Ok(Running {
         addr,
+        url,
         kubeconfig,
+        pki: Arc::new(pki),
         serving,
     })
 }

@@ -6,6 +6,7 @@ mod monitor;
 mod runtime;
 mod server;
 mod store;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster on this machine: the API server and a node agent in one process.
+    Up(up::UpArgs),
+    /// Remove a node's containers, mounts, cgroups and its data directory.
+    Reset(up::ResetArgs),
     /// Run the API server.
     Server(server::ServerArgs),
     /// Look at a node's embedded store.
@@ -65,6 +70,8 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match Cli::parse().command {
+        Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Reset(args) => up::reset(args),
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),
         Command::Image(cmd) => image::run(cmd),

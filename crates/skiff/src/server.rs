@@ -22,10 +22,10 @@ pub enum StoreKind {
 pub struct ServerArgs {
     /// Where the store, the certificates and the admin kubeconfig live.
     #[arg(long, default_value = "/var/lib/skiff")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// The address the API listens on.
     #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Another name or address for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -34,7 +34,7 @@ pub struct ServerArgs {
     store: StoreKind,
     /// Where Services' cluster IPs come from.
     #[arg(long, default_value = "10.43.0.0/16")]
-    service_cidr: String,
+    pub service_cidr: String,
     /// Where NodePort Services' ports come from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
@@ -48,7 +48,7 @@ pub struct ServerArgs {
 }
 
 /// `24h`, `90m`, `30s`.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
@@ -87,10 +87,11 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+/// Starts the API server (and its controllers) as the arguments say.
+pub async fn start(args: &ServerArgs) -> anyhow::Result<server::Running> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
-    let store = open_store(&args).await?;
+    let store = open_store(args).await?;
     let config = Config {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
@@ -101,14 +102,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         controllers: true,
         event_ttl: args.event_ttl,
     };
-    let running = server::start(config, store).await?;
+    Ok(server::start(config, store).await?)
+}
+
+/// Prints where the cluster is and how to use it (test harnesses wait for the `kubeconfig:`
+/// line).
+pub fn announce(what: &str, running: &server::Running) {
     tracing::info!(addr = %running.addr, "API server ready");
-    println!("skiff server listening on https://{}", running.addr);
+    println!("{what} listening on https://{}", running.addr);
     println!("kubeconfig: {}", running.kubeconfig.display());
     println!(
         "try: KUBECONFIG={} kubectl get namespaces",
         running.kubeconfig.display()
     );
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let running = start(&args).await?;
+    announce("skiff server", &running);
+    wait(running).await
+}
+
+/// Serves until the listener fails or the process is asked to stop.
+pub async fn wait(running: server::Running) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = running.serving => r.context("the listener task failed")?.context("serving")?,

@@ -24,8 +24,20 @@ impl SkiffServer {
         Self::start_in(bin, dir, extra)
     }
 
+    /// `skiff up` (server and node agent) on `dir`, with `extra` arguments.
+    pub fn up_in(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Result<SkiffServer, String> {
+        let mut args = vec!["up"];
+        args.extend_from_slice(extra);
+        Self::start_in(bin, dir, &args)
+    }
+
     /// Like [`SkiffServer::start`], on an existing data directory (a restart). A port taken
     /// between choosing and binding (tests run in parallel) costs a retry on another.
+    /// `extra` may start with another subcommand than `server` (`up`).
     pub fn start_in(
         bin: &Path,
         dir: tempfile::TempDir,
@@ -52,8 +64,12 @@ impl SkiffServer {
             Ok(log) => log,
             Err(e) => return Err((dir, format!("server log: {e}"))),
         };
+        let (command, extra) = match extra.first() {
+            Some(&"up") => ("up", &extra[1..]),
+            _ => ("server", extra),
+        };
         let child = Command::new(bin)
-            .arg("server")
+            .arg(command)
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--listen")
@@ -113,7 +129,8 @@ impl SkiffServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// Stops the server and hands back its data directory, for a restart.
+    /// Kills the process (SIGKILL) at once, leaving what it started, and hands back its data
+    /// directory, for a restart.
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();

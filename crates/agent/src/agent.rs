@@ -1,0 +1,336 @@
+//! The agent's shell: registers the node, keeps its heartbeat, follows the pods bound to it
+//! (one watch, one worker per pod), pulls images, removes what no pod claims any more, prunes
+//! old container attempts, and serves logs.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
+use kube::api::Api;
+use kube::runtime::watcher;
+use skiff_runtime::image::{PullOptions, RegistryAuth};
+use skiff_runtime::{ImageStore, Runtime};
+use tokio::sync::watch;
+
+use crate::container::NodeFacts;
+use crate::logs::ServingTls;
+use crate::node::{self, Machine, NodeIdentity};
+use crate::plan::Backoff;
+use crate::volumes::Volumes;
+use crate::worker::{self, pod_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("registering node {node}: {source}")]
+    Register { node: String, source: kube::Error },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("agent TLS: {0}")]
+    Tls(String),
+}
+
+pub struct AgentConfig {
+    pub node: NodeIdentity,
+    /// Where the agent keeps the pods' volumes (`<dir>/pods`).
+    pub data_dir: PathBuf,
+    /// Where the agent's HTTPS endpoint (logs) listens; its port is published on the Node.
+    pub listen: SocketAddr,
+    pub tls: ServingTls,
+    pub backoff: Backoff,
+    pub lease_interval: Duration,
+    pub lease_duration: Duration,
+    pub status_every: Duration,
+    /// The `kubernetes` Service's address and port, given to containers.
+    pub api_service: Option<(String, u16)>,
+    /// Registries pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
+}
+
+/// What the workers share.
+pub struct Agent {
+    pub client: kube::Client,
+    pub config: AgentConfig,
+    pub runtime: Arc<dyn Runtime>,
+    /// The node's image store; none for runtimes without images (the fake one).
+    pub images: Option<ImageStore>,
+    pub volumes: Volumes,
+    pub facts: NodeFacts,
+    /// The uid of each pod of the node by namespace and name, for the log endpoint.
+    pods: Mutex<HashMap<(String, String), Pod>>,
+}
+
+/// A started agent.
+pub struct Running {
+    pub agent: Arc<Agent>,
+    /// The address of the agent's endpoint.
+    pub addr: SocketAddr,
+}
+
+impl Agent {
+    /// The pod of this node with that namespace and name, as last seen.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Makes sure the container's image is in the store, pulling it as its pull policy says.
+    pub async fn ensure_image(&self, pod: &Pod, container: &Container) -> Result<(), String> {
+        let Some(images) = &self.images else {
+            return Ok(());
+        };
+        let image = container.image.clone().unwrap_or_default();
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| skiff_api::defaults::pull_policy(&image).to_string());
+        let present = images.get(&image).is_ok();
+        match policy.as_str() {
+            "Never" if present => return Ok(()),
+            "Never" => {
+                return Err(format!(
+                    "container image {image:?} is not present with pull policy of Never"
+                ))
+            }
+            "IfNotPresent" if present => return Ok(()),
+            _ => {}
+        }
+        let auth = self.pull_credentials(pod, &image).await;
+        let options = PullOptions {
+            auth,
+            insecure_registries: self.config.insecure_registries.clone(),
+        };
+        tracing::info!(%image, "pulling image");
+        images
+            .pull(&image, &options, &|_| {})
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("failed to pull image {image:?}: {e}"))
+    }
+
+    /// Credentials for the image's registry from the pod's `imagePullSecrets`.
+    async fn pull_credentials(&self, pod: &Pod, image: &str) -> RegistryAuth {
+        let (namespace, _) = pod_name(pod);
+        let registry = skiff_runtime::image::normalize(image)
+            .ok()
+            .and_then(|n| n.split('/').next().map(str::to_string))
+            .unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        for reference in pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        {
+            let Ok(Some(secret)) = secrets.get_opt(&reference.name).await else {
+                continue;
+            };
+            let Some(config) = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(".dockerconfigjson"))
+            else {
+                continue;
+            };
+            if let Ok(auth) = RegistryAuth::from_docker_config(&config.0, &registry) {
+                if auth != RegistryAuth::Anonymous {
+                    return auth;
+                }
+            }
+        }
+        RegistryAuth::Anonymous
+    }
+}
+
+/// The variables every container gets for the API server's Service.
+fn api_service_env(service: &Option<(String, u16)>) -> Vec<(String, String)> {
+    let Some((ip, port)) = service else {
+        return Vec::new();
+    };
+    let url = format!("tcp://{ip}:{port}");
+    vec![
+        ("KUBERNETES_SERVICE_HOST".into(), ip.clone()),
+        ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
+        ("KUBERNETES_PORT".into(), url.clone()),
+        (format!("KUBERNETES_PORT_{port}_TCP"), url),
+        (format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+        (format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+        (format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.clone()),
+    ]
+}
+
+/// Registers the node and starts following its pods. Ready (the Node exists and is Ready)
+/// when this returns.
+pub async fn start(
+    client: kube::Client,
+    runtime: Arc<dyn Runtime>,
+    images: Option<ImageStore>,
+    mut config: AgentConfig,
+) -> Result<Running, AgentError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    config.node.port = addr.port();
+    let machine = Machine::read(&config.data_dir);
+    node::register(&client, &config.node, &machine)
+        .await
+        .map_err(|source| AgentError::Register {
+            node: config.node.name.clone(),
+            source,
+        })?;
+    let facts = NodeFacts {
+        host_ip: config.node.ip.clone(),
+        // FIXME(issue 9): pods have only loopback until the pod network gives them addresses.
+        pod_ip: None,
+        service_env: api_service_env(&config.api_service),
+        memory_bytes: machine.memory_bytes as i64,
+        cpu_millis: machine.cpus as i64 * 1000,
+    };
+    let tls = crate::logs::server_config(&config.tls).map_err(AgentError::Tls)?;
+    let agent = Arc::new(Agent {
+        client: client.clone(),
+        volumes: Volumes::new(config.data_dir.join("pods")),
+        runtime,
+        images,
+        facts,
+        pods: Mutex::new(HashMap::new()),
+        config,
+    });
+    tokio::spawn(node::heartbeat(
+        client,
+        agent.config.node.clone(),
+        machine,
+        agent.config.lease_interval,
+        agent.config.lease_duration,
+        agent.config.status_every,
+    ));
+    tokio::spawn(crate::logs::serve(listener, tls, agent.clone()));
+    tokio::spawn(follow_pods(agent.clone()));
+    tokio::spawn(prune(agent.clone()));
+    Ok(Running { agent, addr })
+}
+
+/// Removes exited attempts beyond the newest of each container, now and then.
+async fn prune(agent: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let runtime = agent.runtime.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || runtime.prune_exited(1)).await {
+            tracing::warn!(error = %e, "pruning exited containers");
+        }
+    }
+}
+
+/// One watch of the node's pods, each handed to its worker.
+async fn follow_pods(agent: Arc<Agent>) {
+    let pods: Api<Pod> = Api::all(agent.client.clone());
+    let selector = format!("spec.nodeName={}", agent.config.node.name);
+    let mut events = watcher(pods, watcher::Config::default().fields(&selector)).boxed();
+    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    listed.insert(uid.clone());
+                }
+                route(&agent, &mut workers, pod);
+            }
+            Ok(watcher::Event::Apply(pod)) => route(&agent, &mut workers, pod),
+            Ok(watcher::Event::Delete(pod)) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                agent
+                    .pods
+                    .lock()
+                    .expect("pods lock")
+                    .remove(&pod_name(&pod));
+                if let Some(tx) = workers.remove(&uid) {
+                    tx.send_replace(None);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                // Pods deleted while the watch was down, and pods the runtime has that the
+                // API does not (deleted while the agent was away): stop and remove them.
+                let gone: Vec<String> = workers
+                    .keys()
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    if let Some(tx) = workers.remove(&uid) {
+                        tx.send_replace(None);
+                    }
+                }
+                remove_orphans(&agent, &mut workers).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the node's pods");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn route(agent: &Arc<Agent>, workers: &mut HashMap<String, watch::Sender<Option<Pod>>>, pod: Pod) {
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    agent
+        .pods
+        .lock()
+        .expect("pods lock")
+        .insert(pod_name(&pod), pod.clone());
+    if let Some(tx) = workers.get(&uid) {
+        if !tx.is_closed() {
+            tx.send_replace(Some(pod));
+            return;
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Its worker finished the deletion already.
+            return;
+        }
+    }
+    let (tx, rx) = watch::channel(Some(pod));
+    tokio::spawn(worker::run(agent.clone(), uid.clone(), rx));
+    workers.insert(uid, tx);
+}
+
+/// Sandboxes (and volumes) no pod of the API claims: pods deleted while the agent was away.
+async fn remove_orphans(
+    agent: &Arc<Agent>,
+    workers: &mut HashMap<String, watch::Sender<Option<Pod>>>,
+) {
+    let runtime = agent.runtime.clone();
+    let sandboxes = match tokio::task::spawn_blocking(move || runtime.sandboxes()).await {
+        Ok(Ok(list)) => list,
+        _ => return,
+    };
+    let mut uids: HashSet<String> = sandboxes.into_iter().map(|s| s.config.uid).collect();
+    uids.extend(agent.volumes.pods());
+    for uid in uids {
+        if workers.contains_key(&uid) {
+            continue;
+        }
+        tracing::info!(pod = %uid, "removing a pod the API no longer has");
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(worker::run(agent.clone(), uid.clone(), rx));
+        drop(tx);
+    }
+}

@@ -1,0 +1,20 @@
+//! Skiff's node agent, the kubelet of the one binary: registers the node and renews its Lease,
+//! runs the pods bound to it on the container runtime, reports their status, and serves their
+//! logs to the API server.
+//!
+//! Decisions are pure ([`plan`], [`status`], [`container`]); [`agent`] and [`worker`] are the
+//! shell that watches the API and drives the runtime, [`volumes`] and [`logs`] its files.
+
+pub mod agent;
+pub mod container;
+pub mod logs;
+pub mod node;
+pub mod plan;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+pub use agent::{start, Agent, AgentConfig, AgentError, Running};
+pub use logs::ServingTls;
+pub use node::NodeIdentity;
+pub use plan::Backoff;

@@ -1,0 +1,476 @@
+//! One pod's worker: follows the pod as the API says it is, makes its sandbox and volumes,
+//! starts and restarts its containers as [`plan`](crate::plan) decides, writes its status when
+//! it changes, and on deletion stops everything within the grace period, removes it, and
+//! completes the deletion in the API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{json, Value};
+use skiff_runtime::{ContainerState, ContainerStatus, Runtime, SandboxConfig};
+use tokio::sync::watch;
+
+use crate::agent::Agent;
+use crate::container::{self, Data, Sources};
+use crate::plan::{self, Plan};
+use crate::status::{self, Note, StatusInput};
+
+/// How often a worker looks at its containers when nothing else wakes it (exits are noticed
+/// within this).
+const POLL: Duration = Duration::from_secs(1);
+/// How often the files of configMap and secret volumes are brought up to date.
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+
+/// A container that could not be started for a reason of the node's (image, configuration):
+/// what the status says, and when to try again.
+struct Failure {
+    note: Note,
+    retry_at: Timestamp,
+    count: u32,
+}
+
+struct Worker {
+    agent: Arc<Agent>,
+    uid: String,
+    failures: BTreeMap<String, Failure>,
+    written: Option<Value>,
+    volumes_at: Option<Timestamp>,
+    volume_dirs: BTreeMap<String, std::path::PathBuf>,
+}
+
+pub fn pod_name(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// How long a deleted pod's containers get between SIGTERM and SIGKILL.
+fn grace(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30);
+    Duration::from_secs(seconds.max(0) as u64)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, skiff_runtime::Error> + Send + 'static,
+) -> Result<T, skiff_runtime::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("runtime calls do not panic")
+}
+
+/// Runs until the pod is gone from the node: `pod` carries the API's view, `None` once the pod
+/// was deleted from the API.
+pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option<Pod>>) {
+    let mut worker = Worker {
+        agent,
+        uid,
+        failures: BTreeMap::new(),
+        written: None,
+        volumes_at: None,
+        volume_dirs: BTreeMap::new(),
+    };
+    loop {
+        let current = pod.borrow_and_update().clone();
+        let wake = match current {
+            None => {
+                // Deleted without a grace period we saw: end it as a forced deletion does.
+                let grace = Duration::from_secs(2);
+                worker.tear_down(grace).await;
+                return;
+            }
+            Some(p) if p.metadata.deletion_timestamp.is_some() => {
+                worker.tear_down(grace(&p)).await;
+                worker.finish_deletion(&p).await;
+                return;
+            }
+            Some(p) => worker.sync(&p).await,
+        };
+        let sleep = wake
+            .and_then(|at| {
+                let now = Timestamp::now();
+                (at > now).then(|| at.duration_since(now).unsigned_abs())
+            })
+            .map_or(POLL, |d| d.min(POLL));
+        tokio::select! {
+            changed = pod.changed() => {
+                if changed.is_err() {
+                    // The agent stopped following the pod (it is shutting down).
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+impl Worker {
+    fn runtime(&self) -> Arc<dyn Runtime> {
+        self.agent.runtime.clone()
+    }
+
+    async fn observe(&self) -> Vec<ContainerStatus> {
+        let runtime = self.runtime();
+        let uid = self.uid.clone();
+        match blocking(move || runtime.containers(Some(&uid))).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                tracing::warn!(pod = %self.uid, error = %e, "listing the pod's containers");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The ConfigMaps and Secrets the pod refers to, read from the API now.
+    async fn sources(&self, pod: &Pod) -> Sources {
+        let (namespace, _) = pod_name(pod);
+        let (config_maps, secrets) = crate::volumes::references(pod);
+        let mut sources = Sources::default();
+        let cms: Api<ConfigMap> = Api::namespaced(self.agent.client.clone(), &namespace);
+        for name in config_maps {
+            let data = match cms.get_opt(&name).await {
+                Ok(found) => found.map(|cm| {
+                    let mut data: Data = cm
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect();
+                    data.extend(
+                        cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    );
+                    data
+                }),
+                Err(e) => {
+                    tracing::warn!(%namespace, configmap = %name, error = %e, "reading a ConfigMap");
+                    None
+                }
+            };
+            sources.config_maps.insert(name, data);
+        }
+        let api: Api<Secret> = Api::namespaced(self.agent.client.clone(), &namespace);
+        for name in secrets {
+            let data = match api.get_opt(&name).await {
+                Ok(found) => found.map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect()
+                }),
+                Err(e) => {
+                    tracing::warn!(%namespace, secret = %name, error = %e, "reading a Secret");
+                    None
+                }
+            };
+            sources.secrets.insert(name, data);
+        }
+        sources
+    }
+
+    /// Makes the sandbox, then the volumes (again every few seconds, so that configuration
+    /// updates reach running containers).
+    async fn prepare(&mut self, pod: &Pod, now: Timestamp) -> Result<(), Note> {
+        let (namespace, name) = pod_name(pod);
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone());
+        let sandbox = SandboxConfig {
+            uid: self.uid.clone(),
+            namespace,
+            name,
+            hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+            resolv_conf: String::new(),
+            hostname,
+        };
+        let runtime = self.runtime();
+        if let Err(e) = blocking(move || runtime.run_sandbox(&sandbox)).await {
+            return Err(Note {
+                reason: "FailedCreatePodSandBox".into(),
+                message: e.to_string(),
+            });
+        }
+        let due = self
+            .volumes_at
+            .is_none_or(|at| now.duration_since(at).unsigned_abs() >= VOLUME_REFRESH);
+        if due {
+            let sources = self.sources(pod).await;
+            let volumes = self.agent.volumes.clone();
+            let facts = self.agent.facts.clone();
+            let pod = pod.clone();
+            let prepared =
+                tokio::task::spawn_blocking(move || volumes.prepare(&pod, &sources, &facts))
+                    .await
+                    .expect("volume preparation does not panic");
+            match prepared {
+                Ok(dirs) => {
+                    self.volume_dirs = dirs;
+                    self.volumes_at = Some(now);
+                }
+                Err(e) => {
+                    return Err(Note {
+                        reason: "CreateContainerConfigError".into(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass: start what the plan says, then write the status if it changed. Returns when
+    /// the worker must look again at the latest.
+    async fn sync(&mut self, pod: &Pod) -> Option<Timestamp> {
+        let now = Timestamp::now();
+        let prepared = self.prepare(pod, now).await;
+        let mut observed = self.observe().await;
+        let plan = plan::plan(pod, &observed, now, &self.agent.config.backoff);
+        if let Err(note) = &prepared {
+            for (name, _) in &plan.start {
+                self.fail(name, note.clone(), now);
+            }
+        } else if !plan.start.is_empty() {
+            let sources = self.sources(pod).await;
+            for (name, attempt) in &plan.start {
+                if self.failures.get(name).is_some_and(|f| f.retry_at > now) {
+                    continue;
+                }
+                let Some(container) = find_container(pod, name) else {
+                    continue;
+                };
+                match self.start(pod, container, *attempt, &sources).await {
+                    Ok(()) => {
+                        self.failures.remove(name);
+                    }
+                    Err(note) => self.fail(name, note, now),
+                }
+            }
+            observed = self.observe().await;
+        }
+        let plan = plan::plan(pod, &observed, Timestamp::now(), &self.agent.config.backoff);
+        self.write_status(pod, &observed, &plan).await;
+        let retry = self.failures.values().map(|f| f.retry_at).min();
+        match (plan.next_wake(), retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Notes why a container could not start; the retry waits as a crash's restart does, and
+    /// a failed pull says `ImagePullBackOff` while it waits.
+    fn fail(&mut self, name: &str, note: Note, now: Timestamp) {
+        let count = self.failures.get(name).map_or(0, |f| f.count) + 1;
+        let delay = self
+            .agent
+            .config
+            .backoff
+            .delay(count, Duration::ZERO)
+            .max(Duration::from_secs(1));
+        tracing::info!(pod = %self.uid, container = name, reason = %note.reason, message = %note.message, "container not started");
+        self.failures.insert(
+            name.to_string(),
+            Failure {
+                note,
+                retry_at: now.checked_add(delay).unwrap_or(now),
+                count,
+            },
+        );
+    }
+
+    async fn start(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+        sources: &Sources,
+    ) -> Result<(), Note> {
+        let config_error = |message: String| Note {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        };
+        self.agent
+            .ensure_image(pod, container)
+            .await
+            .map_err(|message| Note {
+                reason: "ErrImagePull".into(),
+                message,
+            })?;
+        let facts = &self.agent.facts;
+        let env = container::environment(pod, container, sources, facts)
+            .map_err(|e| config_error(e.0))?;
+        let termination = self
+            .agent
+            .volumes
+            .termination_file(&self.uid, &container.name, attempt)
+            .map_err(|e| config_error(e.to_string()))?;
+        let mounts = container::mounts(container, &self.volume_dirs, &termination)
+            .map_err(|e| config_error(e.0))?;
+        let config = container::config(pod, container, attempt, env, mounts, facts);
+        let runtime = self.runtime();
+        let uid = self.uid.clone();
+        let started = blocking(move || runtime.start_container(&uid, &config)).await;
+        match started {
+            Ok(status) => {
+                if let Some(error) = &status.error {
+                    tracing::info!(pod = %self.uid, container = %container.name, %error, "container failed to start");
+                }
+                Ok(())
+            }
+            Err(e) => Err(Note {
+                reason: "CreateContainerError".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Termination messages of the exited attempts: the file the container wrote, or the end
+    /// of its log under `FallbackToLogsOnError` when it failed without writing one.
+    fn messages(&self, pod: &Pod, observed: &[ContainerStatus]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for c in observed
+            .iter()
+            .filter(|c| c.state == ContainerState::Exited)
+        {
+            let mut message = self
+                .agent
+                .volumes
+                .termination_message(&self.uid, &c.id.name, c.id.attempt)
+                .unwrap_or_default();
+            let fallback = find_container(pod, &c.id.name)
+                .and_then(|spec| spec.termination_message_policy.as_deref())
+                == Some("FallbackToLogsOnError");
+            if message.is_empty() && fallback && c.exit_code != Some(0) {
+                message = crate::logs::tail_text(&c.log_path, 80, 2048);
+            }
+            if !message.is_empty() {
+                out.insert(c.id.to_string(), message);
+            }
+        }
+        out
+    }
+
+    async fn write_status(&mut self, pod: &Pod, observed: &[ContainerStatus], plan: &Plan) {
+        let notes: BTreeMap<String, Note> = self
+            .failures
+            .iter()
+            .map(|(name, f)| {
+                let mut note = f.note.clone();
+                if note.reason == "ErrImagePull" && f.retry_at > Timestamp::now() && f.count > 1 {
+                    note.reason = "ImagePullBackOff".into();
+                    note.message = format!(
+                        "Back-off pulling image {:?}: {}",
+                        image_of(pod, name),
+                        f.note.message
+                    );
+                }
+                (name.clone(), note)
+            })
+            .collect();
+        let messages = self.messages(pod, observed);
+        let status = status::pod_status(&StatusInput {
+            pod,
+            observed,
+            plan,
+            notes: &notes,
+            messages: &messages,
+            readiness: &BTreeMap::new(),
+            host_ip: &self.agent.facts.host_ip,
+            pod_ip: self.agent.facts.pod_ip.as_deref(),
+            now: Timestamp::now(),
+        });
+        if self.written.as_ref() == Some(&status) {
+            return;
+        }
+        let (namespace, name) = pod_name(pod);
+        let pods: Api<Pod> = Api::namespaced(self.agent.client.clone(), &namespace);
+        let patch = json!({"status": status});
+        match pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => self.written = Some(status),
+            Err(e) => tracing::warn!(%namespace, pod = %name, error = %e, "writing the pod status"),
+        }
+    }
+
+    /// Stops every container (SIGTERM, SIGKILL after `grace`), then removes the sandbox, the
+    /// containers' logs and the volumes.
+    async fn tear_down(&self, grace: Duration) {
+        let observed = self.observe().await;
+        let stops: Vec<_> = observed
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| {
+                let runtime = self.runtime();
+                blocking(move || runtime.stop_container(&c.id, grace))
+            })
+            .collect();
+        for result in futures::future::join_all(stops).await {
+            if let Err(e) = result {
+                tracing::warn!(pod = %self.uid, error = %e, "stopping a container");
+            }
+        }
+        let runtime = self.runtime();
+        let uid = self.uid.clone();
+        if let Err(e) = blocking(move || runtime.remove_sandbox(&uid)).await {
+            tracing::warn!(pod = %self.uid, error = %e, "removing the pod sandbox");
+        }
+        if let Err(e) = self.agent.volumes.remove(&self.uid) {
+            tracing::warn!(pod = %self.uid, error = %e, "removing the pod's volumes");
+        }
+        tracing::info!(pod = %self.uid, "pod stopped and removed");
+    }
+
+    /// Deletes the pod for good (grace 0, this uid only): its containers are gone.
+    async fn finish_deletion(&self, pod: &Pod) {
+        let (namespace, name) = pod_name(pod);
+        let pods: Api<Pod> = Api::namespaced(self.agent.client.clone(), &namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(%namespace, pod = %name, error = %e, "completing the pod's deletion")
+            }
+        }
+    }
+}
+
+fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == name)
+}
+
+fn image_of(pod: &Pod, name: &str) -> String {
+    find_container(pod, name)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,192 @@
+//! `skiff up`: a whole cluster in one process: the API server with its controllers on the
+//! embedded store, and a node agent running the pods on this machine. Stopping it leaves the
+//! containers running; the next `skiff up` on the same data directory adopts them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use skiff_agent::{AgentConfig, Backoff, NodeIdentity, ServingTls};
+use skiff_api::service::ServiceRanges;
+use skiff_runtime::{LocalConfig, LocalRuntime, OciRuntime, Runtime};
+
+use crate::server::{self, parse_duration, ServerArgs};
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// What a node agent is told.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The node's name [default: the machine's hostname].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's address [default: the address the API server listens on, or 127.0.0.1].
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// The port of the agent's HTTPS endpoint (container logs for the API server).
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
+    /// Run containers with the runc binary at this path instead of the built-in libcontainer.
+    #[arg(long)]
+    runc: Option<PathBuf>,
+    /// The delay before restarting a container that crashed again; it doubles with each crash.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    restart_backoff: Duration,
+    /// The longest delay before restarting a crashing container.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    restart_backoff_max: Duration,
+    /// Registries (host:port) pulled from over plain HTTP, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// A label of the node, as key=value (repeatable).
+    #[arg(long = "node-label")]
+    labels: Vec<String>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff".into())
+}
+
+/// The node's runtime on `data_dir/runtime`, as `skiff image` finds it.
+fn runtime(
+    data_dir: &std::path::Path,
+    node: &str,
+    runc: Option<PathBuf>,
+) -> anyhow::Result<LocalRuntime> {
+    let monitor = vec![
+        std::env::current_exe()
+            .context("find the skiff binary")?
+            .into(),
+        "monitor".into(),
+    ];
+    let mut config = LocalConfig::new(data_dir.join("runtime"), node, monitor);
+    if let Some(runc) = runc {
+        config.oci = OciRuntime::Runc(runc);
+    }
+    Ok(LocalRuntime::open(config)?)
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let running = server::start(&args.server).await?;
+    let data_dir = args.server.data_dir.clone();
+    let node_name = args.node.node_name.clone().unwrap_or_else(hostname);
+    let node_ip = args.node.node_ip.clone().unwrap_or_else(|| {
+        let ip = args.server.listen.ip();
+        if ip.is_unspecified() {
+            "127.0.0.1".into()
+        } else {
+            ip.to_string()
+        }
+    });
+    let labels = args
+        .node
+        .labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--node-label {l:?} is not key=value"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // The node's credentials come straight from the cluster CA: the agent is in this process.
+    let pki = &running.pki;
+    let user = format!("system:node:{node_name}");
+    let (cert, key) = pki.issue(&user, &["system:nodes"], &[])?;
+    let kubeconfig = pki.kubeconfig(&running.url, &user, &cert, &key);
+    let agent_dir = data_dir.join("agent");
+    std::fs::create_dir_all(&agent_dir)
+        .with_context(|| format!("creating {}", agent_dir.display()))?;
+    let client = {
+        let parsed = Kubeconfig::from_yaml(&kubeconfig).context("the node kubeconfig")?;
+        let config =
+            kube::Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default()).await?;
+        kube::Client::try_from(config)?
+    };
+    let (serving_cert, serving_key) = pki.issue(
+        &user,
+        &["system:nodes"],
+        &[node_ip.clone(), node_name.clone()],
+    )?;
+
+    let local = runtime(&data_dir, &node_name, args.node.runc.clone())?;
+    let images = local.images().clone();
+    let ranges = ServiceRanges::parse(&args.server.service_cidr, "30000-32767")
+        .map_err(anyhow::Error::msg)?;
+    let config = AgentConfig {
+        node: NodeIdentity {
+            name: node_name.clone(),
+            ip: node_ip.clone(),
+            port: args.node.agent_port,
+            labels,
+            taints: Vec::new(),
+        },
+        data_dir: agent_dir,
+        listen: format!("{node_ip}:{}", args.node.agent_port)
+            .parse()
+            .with_context(|| format!("--node-ip {node_ip:?} is not an IP address"))?,
+        tls: ServingTls {
+            ca_cert: pki.ca_cert.clone(),
+            cert: serving_cert,
+            key: serving_key,
+            client: skiff_apiserver::logs::KUBELET_CLIENT.into(),
+        },
+        backoff: Backoff {
+            initial: args.node.restart_backoff,
+            max: args.node.restart_backoff_max,
+            ..Backoff::default()
+        },
+        lease_interval: Duration::from_secs(2),
+        lease_duration: Duration::from_secs(8),
+        status_every: Duration::from_secs(10),
+        api_service: Some((ranges.first_ip().to_string(), 443)),
+        insecure_registries: args.node.insecure_registries.clone(),
+    };
+    let runtime: Arc<dyn Runtime> = Arc::new(local);
+    let agent = skiff_agent::start(client, runtime, Some(images), config).await?;
+    tracing::info!(node = %node_name, agent = %agent.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
+    println!("node {node_name} ready (agent on {})", agent.addr);
+    server::announce("skiff up", &running);
+    server::wait(running).await
+}
+
+#[derive(Args)]
+pub struct ResetArgs {
+    /// The data directory of the cluster (or node) to remove.
+    #[arg(long, default_value = "/var/lib/skiff")]
+    data_dir: PathBuf,
+    /// The node's name [default: the machine's hostname].
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+/// `skiff reset`: removes the node's containers, sandboxes, volumes, mounts and cgroups, and
+/// the data directory.
+pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let node = args.node_name.unwrap_or_else(hostname);
+    let volumes = skiff_agent::volumes::Volumes::new(args.data_dir.join("agent/pods"));
+    for uid in volumes.pods() {
+        volumes.remove(&uid)?;
+    }
+    runtime(&args.data_dir, &node, None)?.reset()?;
+    match std::fs::remove_dir_all(&args.data_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", args.data_dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

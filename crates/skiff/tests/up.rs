@@ -1,0 +1,404 @@
+//! End to end as root: `skiff up` (API server and node agent in one process) running the
+//! article's Deployment and other pods in real containers, driven by the machine's kubectl.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use skiff_testkit::images::{self, ArchiveFormat};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A `skiff up` node with the project's images imported; its containers, mounts, cgroups and
+/// data are removed (`skiff reset`) when dropped, whatever the test did.
+struct Cluster {
+    server: Option<SkiffServer>,
+    node: String,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn start(node: &str) -> Cluster {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test runs containers and needs root"
+        );
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let archives = dir.path().join("images");
+        std::fs::create_dir_all(&archives).unwrap();
+        for spec in [
+            images::ImageSpec::busybox(),
+            images::ImageSpec::my_api("v2.1"),
+        ] {
+            let archive = images::build(&spec, ArchiveFormat::Oci, &archives);
+            let out = Command::new(SKIFF)
+                .args(["image", "import", "--data-dir"])
+                .arg(dir.path())
+                .arg(&archive)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = dir.path().to_path_buf();
+        let node = format!("{node}-{}", std::process::id());
+        let server = SkiffServer::up_in(
+            Path::new(SKIFF),
+            dir,
+            &[
+                "--node-name",
+                &node,
+                "--agent-port",
+                "0",
+                "--restart-backoff",
+                "1s",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Cluster {
+            server: Some(server),
+            node,
+            dir: path,
+        }
+    }
+
+    fn server(&self) -> &SkiffServer {
+        self.server.as_ref().expect("running")
+    }
+
+    /// SIGKILL of `skiff up`, then a new one on the same data directory.
+    fn kill_and_restart(&mut self) {
+        let dir = self.server.take().expect("running").stop();
+        let server = SkiffServer::up_in(
+            Path::new(SKIFF),
+            dir,
+            &[
+                "--node-name",
+                &self.node,
+                "--agent-port",
+                "0",
+                "--restart-backoff",
+                "1s",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.server = Some(server);
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        kubectl(self.server(), args).out()
+    }
+
+    fn get(&self, what: &str, path: &str) -> String {
+        kubectl(
+            self.server(),
+            &["get", what, "-o", &format!("jsonpath={path}")],
+        )
+        .stdout
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let dir = server.stop();
+            let _ = Command::new(SKIFF)
+                .args(["reset", "--node-name", &self.node, "--data-dir"])
+                .arg(dir.path())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A pod of busybox running `script` with `sh -c`, never pulled (no registry is reachable).
+fn busybox_pod(name: &str, restart: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, {script:?}]\n"
+    )
+}
+
+#[test]
+fn the_articles_deployment_runs_and_survives_a_killed_skiff_up() {
+    let mut cluster = Cluster::start("article");
+    apply(
+        cluster.server(),
+        &std::fs::read_to_string(example("api-server.yaml")).unwrap(),
+    );
+    let ready = |c: &Cluster| {
+        c.get(
+            "pods",
+            "{range .items[*]}{.metadata.name} {.status.phase} {.status.containerStatuses[0].ready}{\"\\n\"}{end}",
+        )
+    };
+    eventually("3 Ready api-server pods", || {
+        let pods = ready(&cluster);
+        (pods.lines().filter(|l| l.ends_with("Running true")).count() == 3)
+            .then_some(())
+            .map_or(Some(pods), |_| None)
+    });
+    let ids = |c: &Cluster| {
+        c.get(
+            "pods",
+            "{range .items[*]}{.metadata.name} {.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+        )
+    };
+    let before = ids(&cluster);
+    // The containers are real: the API server answers inside one.
+    let pod = before
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let cgroup = format!("/sys/fs/cgroup/memory/skiff/{}", cluster.node);
+    let limits: Vec<String> = std::fs::read_dir(&cgroup)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pod"))
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("server-0/memory.limit_in_bytes"))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        limits,
+        vec!["536870912\n"; 3],
+        "the 512Mi limit of each container"
+    );
+
+    cluster.kill_and_restart();
+    // The same containers, adopted, none restarted.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(ids(&cluster), before);
+    assert!(ready(&cluster).lines().all(|l| l.ends_with("Running true")));
+
+    cluster.kubectl(&["delete", "pod", &pod]);
+    let sandbox = cluster.dir.join("runtime/pods");
+    eventually(
+        "the deleted pod's replacement and nothing left of it",
+        || {
+            let pods = ready(&cluster);
+            let cgroups = std::fs::read_dir(&cgroup)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("pod"))
+                        .count()
+                })
+                .unwrap_or(0);
+            let sandboxes = std::fs::read_dir(&sandbox).map(|d| d.count()).unwrap_or(0);
+            let ok = !pods.contains(&pod)
+                && pods.lines().filter(|l| l.ends_with("Running true")).count() == 3
+                && cgroups == 3
+                && sandboxes == 3;
+            (!ok).then(|| format!("{pods} cgroups={cgroups} sandboxes={sandboxes}"))
+        },
+    );
+}
+
+#[test]
+fn crashes_restart_with_backoff_and_logs_show_each_attempt() {
+    let cluster = Cluster::start("crash");
+    apply(
+        cluster.server(),
+        &busybox_pod(
+            "crash",
+            "Always",
+            "echo attempt at $(date +%s); echo goodbye > /dev/termination-log; exit 3",
+        ),
+    );
+    apply(
+        cluster.server(),
+        &busybox_pod("once", "Never", "echo hello from once; echo to stderr >&2"),
+    );
+    eventually("a crash loop", || {
+        let s = cluster.get("pod/crash", "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}");
+        let restarts: u32 = s
+            .split(' ')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (!(s.starts_with("CrashLoopBackOff") && restarts >= 2)).then_some(s)
+    });
+    let last = cluster.get("pod/crash", "{.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].lastState.terminated.exitCode} {.status.containerStatuses[0].lastState.terminated.message}");
+    assert_eq!(last.trim(), "Error 3 goodbye");
+    let message = cluster.get(
+        "pod/crash",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        message.starts_with("back-off ")
+            && message.contains("restarting failed container=main pod=crash_default("),
+        "{message}"
+    );
+    let previous = cluster.kubectl(&["logs", "crash", "--previous"]);
+    assert!(previous.starts_with("attempt at "), "{previous}");
+    // kubectl get shows the crash loop as kubectl users know it.
+    let table = cluster.kubectl(&["get", "pod", "crash"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+
+    eventually("the pod that runs once completes", || {
+        let s = cluster.get(
+            "pod/once",
+            "{.status.phase} {.status.containerStatuses[0].state.terminated.reason}",
+        );
+        (s != "Succeeded Completed").then_some(s)
+    });
+    assert_eq!(
+        cluster.kubectl(&["logs", "once"]),
+        "hello from once\nto stderr\n"
+    );
+    let stamped = cluster.kubectl(&["logs", "once", "--timestamps", "--tail=1"]);
+    assert!(
+        stamped.ends_with(" to stderr\n") && stamped.starts_with("20"),
+        "{stamped}"
+    );
+    let err = kubectl(cluster.server(), &["logs", "once", "--previous"]).err();
+    assert!(
+        err.contains("previous terminated container \"main\" in pod \"once\" not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn configuration_arrives_as_environment_and_files_and_updates_propagate() {
+    let cluster = Cluster::start("config");
+    apply(
+        cluster.server(),
+        &std::fs::read_to_string(example("config.yaml")).unwrap(),
+    );
+    apply(
+        cluster.server(),
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: configured
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: config
+    configMap: {name: app-config}
+  - name: creds
+    secret: {secretName: db-creds}
+  - name: shared
+    emptyDir: {}
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'echo "env $LOG_LEVEL $DB_PASSWORD $POD_NAME"; while true; do cat /etc/app/log_level > /shared/seen; sleep 0.2; done']
+    env:
+    - name: LOG_LEVEL
+      valueFrom: {configMapKeyRef: {name: app-config, key: log_level}}
+    - name: DB_PASSWORD
+      valueFrom: {secretKeyRef: {name: db-creds, key: password}}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    volumeMounts:
+    - {name: config, mountPath: /etc/app}
+    - {name: creds, mountPath: /etc/creds, readOnly: true}
+    - {name: shared, mountPath: /shared}
+  - name: reader
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'while true; do cat /shared/seen 2>/dev/null; echo; sleep 0.5; done']
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+"#,
+    );
+    eventually("the pod runs", || {
+        let s = cluster.get("pod/configured", "{.status.phase}");
+        (s != "Running").then_some(s)
+    });
+    eventually(
+        "the environment from the ConfigMap, the Secret and the downward API",
+        || {
+            let logs = kubectl(cluster.server(), &["logs", "configured", "-c", "main"]).stdout;
+            (logs != "env debug s3cur3-p4ss configured\n").then_some(logs)
+        },
+    );
+    // The second container sees what the first writes into their emptyDir.
+    eventually("the shared emptyDir", || {
+        let logs = kubectl(
+            cluster.server(),
+            &["logs", "configured", "-c", "reader", "--tail=1"],
+        )
+        .stdout;
+        (logs.trim() != "debug").then_some(logs)
+    });
+    cluster.kubectl(&[
+        "patch",
+        "configmap",
+        "app-config",
+        "-p",
+        r#"{"data":{"log_level":"info"}}"#,
+    ]);
+    eventually(
+        "the ConfigMap's update in the running container's file",
+        || {
+            let logs = kubectl(
+                cluster.server(),
+                &["logs", "configured", "-c", "reader", "--tail=1"],
+            )
+            .stdout;
+            (logs.trim() != "info").then_some(logs)
+        },
+    );
+    let missing = busybox_pod("missing", "Always", "sleep 100").replace(
+        "    command:",
+        "    env:\n    - name: X\n      valueFrom: {configMapKeyRef: {name: nope, key: k}}\n    command:",
+    );
+    apply(cluster.server(), &missing);
+    eventually("a configuration error in kubelet's words", || {
+        let s = cluster.get("pod/missing", "{.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}");
+        (s != "CreateContainerConfigError: configmap \"nope\" not found").then_some(s)
+    });
+}
+
+#[test]
+fn sigterm_gets_its_grace_period_and_deletion_removes_everything() {
+    let cluster = Cluster::start("grace");
+    apply(
+        cluster.server(),
+        &busybox_pod("graceful", "Always", "trap 'echo got TERM; sleep 1; echo done > /dev/termination-log; exit 0' TERM; echo started; while true; do sleep 0.1; done"),
+    );
+    eventually("the pod runs", || {
+        let s = cluster.get(
+            "pod/graceful",
+            "{.status.containerStatuses[0].state.running.startedAt}",
+        );
+        s.is_empty().then_some(s)
+    });
+    eventually("the trap is set", || {
+        let logs = kubectl(cluster.server(), &["logs", "graceful"]).stdout;
+        (logs != "started\n").then_some(logs)
+    });
+    let uid = cluster.get("pod/graceful", "{.metadata.uid}");
+    let start = std::time::Instant::now();
+    cluster.kubectl(&["delete", "pod", "graceful"]);
+    let took = start.elapsed();
+    // The handler's second of work was waited for, and not the 5 s grace.
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "deleted after {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "deleted after {took:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&uid), "a mount of the pod is left");
+    assert!(!cluster.dir.join("runtime/pods").join(&uid).exists());
+    assert!(!Path::new(&format!(
+        "/sys/fs/cgroup/memory/skiff/{}/pod{uid}",
+        cluster.node
+    ))
+    .exists());
+}
