@@ -25,7 +25,12 @@ impl RestartPolicy {
         }
     }
 
-    fn restarts(self, exited: &ContainerStatus) -> bool {
+    /// Whether an exited container runs again: init containers restart until they succeed
+    /// unless the pod never restarts.
+    pub fn restarts(self, exited: &ContainerStatus, init: bool) -> bool {
+        if init {
+            return self != RestartPolicy::Never && !succeeded(exited);
+        }
         match self {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => !succeeded(exited),
@@ -194,7 +199,9 @@ pub fn plan(pod: &Pod, observed: &[ContainerStatus], now: Timestamp, backoff: &B
         match attempts.latest(&container.name) {
             None => plan.start.push((container.name.clone(), 0)),
             Some(status) if running(status) => {}
-            Some(status) if policy.restarts(status) => restart(&mut plan, status, now, backoff),
+            Some(status) if policy.restarts(status, false) => {
+                restart(&mut plan, status, now, backoff)
+            }
             Some(_) => {}
         }
     }

@@ -148,15 +148,7 @@ fn container_status(
             (state, attempts.previous(name))
         }
         Some(exited) => {
-            let restarts = if init {
-                policy != RestartPolicy::Never && !succeeded(exited)
-            } else {
-                match policy {
-                    RestartPolicy::Always => true,
-                    RestartPolicy::OnFailure => !succeeded(exited),
-                    RestartPolicy::Never => false,
-                }
-            };
+            let restarts = policy.restarts(exited, init);
             status["containerID"] = json!(container_id(exited));
             if restarts {
                 counts.stopped += 1;
