@@ -17,6 +17,7 @@ use skiff_runtime::{ImageStore, Runtime};
 use tokio::sync::watch;
 
 use crate::container::NodeFacts;
+use crate::events::Recorder;
 use crate::logs::ServingTls;
 use crate::node::{self, Machine, NodeIdentity};
 use crate::plan::Backoff;
@@ -62,6 +63,7 @@ pub struct Agent {
     pub images: Option<ImageStore>,
     pub volumes: Volumes,
     pub facts: NodeFacts,
+    pub events: Recorder,
     /// The uid of each pod of the node by namespace and name, for the log endpoint.
     pods: Mutex<HashMap<(String, String), Pod>>,
 }
@@ -101,7 +103,15 @@ impl Agent {
                     "container image {image:?} is not present with pull policy of Never"
                 ))
             }
-            "IfNotPresent" if present => return Ok(()),
+            "IfNotPresent" if present => {
+                self.events.normal(
+                    pod,
+                    Some(&container.name),
+                    "Pulled",
+                    format!("Container image {image:?} already present on machine"),
+                );
+                return Ok(());
+            }
             _ => {}
         }
         let auth = self.pull_credentials(pod, &image).await;
@@ -110,11 +120,32 @@ impl Agent {
             insecure_registries: self.config.insecure_registries.clone(),
         };
         tracing::info!(%image, "pulling image");
-        images
-            .pull(&image, &options, &|_| {})
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("failed to pull image {image:?}: {e}"))
+        let name = Some(container.name.as_str());
+        self.events
+            .normal(pod, name, "Pulling", format!("Pulling image {image:?}"));
+        let began = std::time::Instant::now();
+        match images.pull(&image, &options, &|_| {}).await {
+            Ok(_) => {
+                let took = began.elapsed().as_secs_f64();
+                self.events.normal(
+                    pod,
+                    name,
+                    "Pulled",
+                    format!("Successfully pulled image {image:?} in {took:.3}s"),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!("failed to pull image {image:?}: {e}");
+                self.events.warning(
+                    pod,
+                    name,
+                    "Failed",
+                    format!("Failed to pull image {image:?}: {e}"),
+                );
+                Err(message)
+            }
+        }
     }
 
     /// Credentials for the image's registry from the pod's `imagePullSecrets`.
@@ -209,6 +240,7 @@ pub async fn start(
         runtime,
         images,
         facts,
+        events: Recorder::new(client.clone(), &config.node.name),
         pods: Mutex::new(HashMap::new()),
         config,
     });

@@ -2,14 +2,18 @@
 //! runs the pods bound to it on the container runtime, reports their status, and serves their
 //! logs to the API server.
 //!
-//! Decisions are pure ([`plan`], [`status`], [`container`]); [`agent`] and [`worker`] are the
-//! shell that watches the API and drives the runtime, [`volumes`] and [`logs`] its files.
+//! Decisions are pure ([`plan`], [`status`], [`container`], [`probe`]); [`agent`] and [`worker`]
+//! are the shell that watches the API and drives the runtime, [`prober`] runs probes and hooks,
+//! [`events`] records what happened, [`volumes`] and [`logs`] are its files.
 
 pub mod agent;
 pub mod container;
+pub mod events;
 pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod probe;
+pub mod prober;
 pub mod status;
 pub mod volumes;
 pub mod worker;

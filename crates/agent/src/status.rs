@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use skiff_runtime::ContainerStatus;
 
 use crate::plan::{running, succeeded, Attempts, Plan, RestartPolicy};
+use crate::probe::Health;
 
 /// Why a container that has no running attempt waits, when it is not for its back-off: the
 /// worker's note (`ErrImagePull`, `ImagePullBackOff`, `CreateContainerConfigError`, ...).
@@ -27,9 +28,9 @@ pub struct StatusInput<'a> {
     pub notes: &'a BTreeMap<String, Note>,
     /// Termination messages of exited attempts, by container ID.
     pub messages: &'a BTreeMap<String, String>,
-    /// Readiness probe results by container name; a container without a probe is ready when
-    /// it runs.
-    pub readiness: &'a BTreeMap<String, bool>,
+    /// What the probes say of running containers, by name; a container without probes is
+    /// started and ready when it runs.
+    pub health: &'a BTreeMap<String, Health>,
     pub host_ip: &'a str,
     pub pod_ip: Option<&'a str>,
     pub now: Timestamp,
@@ -89,7 +90,8 @@ fn waiting(reason: &str, message: Option<String>) -> Value {
     }
 }
 
-fn pod_ref(pod: &Pod) -> String {
+/// How the kubelet names a pod in messages: `name_namespace(uid)`.
+pub fn pod_ref(pod: &Pod) -> String {
     let m = &pod.metadata;
     format!(
         "{}_{}({})",
@@ -141,8 +143,12 @@ fn container_status(
         }
         Some(current) if running(current) => {
             counts.running += 1;
-            ready = input.readiness.get(name).copied().unwrap_or(true);
-            status["started"] = json!(true);
+            let health = input.health.get(name).copied().unwrap_or(Health {
+                started: true,
+                ready: true,
+            });
+            ready = health.ready;
+            status["started"] = json!(health.started);
             status["containerID"] = json!(container_id(current));
             let state = json!({"running": {"startedAt": api_time(current.started_at.as_deref())}});
             (state, attempts.previous(name))
@@ -408,6 +414,16 @@ mod tests {
 
     /// The status at `now` (seconds after T0), with the worker's notes.
     fn status_of(pod: &Pod, runs: &[Run], now: i64, notes: &[(&str, &str, &str)]) -> Value {
+        status_with(pod, runs, now, notes, &BTreeMap::new())
+    }
+
+    fn status_with(
+        pod: &Pod,
+        runs: &[Run],
+        now: i64,
+        notes: &[(&str, &str, &str)],
+        health: &BTreeMap<String, Health>,
+    ) -> Value {
         let observed = observed(runs);
         let plan = plan(pod, &observed, at(now), &Backoff::default());
         let notes: BTreeMap<String, Note> = notes
@@ -429,7 +445,7 @@ mod tests {
             plan: &plan,
             notes: &notes,
             messages: &messages,
-            readiness: &BTreeMap::new(),
+            health,
             host_ip: "10.0.0.1",
             pod_ip: None,
             now: at(now),
@@ -602,6 +618,37 @@ mod tests {
             "bye"
         );
         assert_eq!(condition_of(&done, "Ready")["reason"], "PodCompleted");
+    }
+
+    #[test]
+    fn probes_decide_started_and_ready() {
+        let p = pod("Always", &[], &["app"]);
+        let unstarted = BTreeMap::from([(
+            "app".to_string(),
+            Health {
+                started: false,
+                ready: false,
+            },
+        )]);
+        let status = status_with(&p, &[run("app", 0, None)], 1, &[], &unstarted);
+        assert_eq!(status["phase"], "Running");
+        assert_eq!(status["containerStatuses"][0]["started"], false);
+        assert_eq!(status["containerStatuses"][0]["ready"], false);
+        assert_eq!(condition_of(&status, "Ready")["status"], "False");
+        assert_eq!(condition_of(&status, "ContainersReady")["status"], "False");
+        let unready = BTreeMap::from([(
+            "app".to_string(),
+            Health {
+                started: true,
+                ready: false,
+            },
+        )]);
+        let status = status_with(&p, &[run("app", 0, None)], 1, &[], &unready);
+        assert_eq!(status["containerStatuses"][0]["started"], true);
+        assert_eq!(
+            condition_of(&status, "Ready")["message"],
+            "containers with unready status: [app]"
+        );
     }
 
     #[test]

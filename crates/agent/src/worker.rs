@@ -3,9 +3,10 @@
 //! it changes, and on deletion stops everything within the grace period, removes it, and
 //! completes the deletion in the API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
@@ -17,7 +18,9 @@ use tokio::sync::watch;
 use crate::agent::Agent;
 use crate::container::{self, Data, Sources};
 use crate::plan::{self, Plan};
-use crate::status::{self, Note, StatusInput};
+use crate::probe::{Outcome, PodProbes, Verdict};
+use crate::prober::{self, Action, Target};
+use crate::status::{self, pod_ref, Note, StatusInput};
 
 /// How often a worker looks at its containers when nothing else wakes it (exits are noticed
 /// within this).
@@ -39,7 +42,12 @@ struct Worker {
     failures: BTreeMap<String, Failure>,
     written: Option<Value>,
     volumes_at: Option<Timestamp>,
-    volume_dirs: BTreeMap<String, std::path::PathBuf>,
+    volume_dirs: BTreeMap<String, PathBuf>,
+    /// The pod's network namespace, where probes and hooks connect from.
+    netns: Option<PathBuf>,
+    probes: PodProbes,
+    /// The back-off waits a BackOff event was recorded for, by container and end.
+    backoff_told: BTreeSet<(String, Timestamp)>,
 }
 
 pub fn pod_name(pod: &Pod) -> (String, String) {
@@ -81,6 +89,9 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
         written: None,
         volumes_at: None,
         volume_dirs: BTreeMap::new(),
+        netns: None,
+        probes: PodProbes::default(),
+        backoff_told: BTreeSet::new(),
     };
     loop {
         let current = pod.borrow_and_update().clone();
@@ -88,11 +99,11 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
             None => {
                 // Deleted without a grace period we saw: end it as a forced deletion does.
                 let grace = Duration::from_secs(2);
-                worker.tear_down(grace).await;
+                worker.tear_down(None, grace).await;
                 return;
             }
             Some(p) if p.metadata.deletion_timestamp.is_some() => {
-                worker.tear_down(grace(&p)).await;
+                worker.tear_down(Some(&p), grace(&p)).await;
                 worker.finish_deletion(&p).await;
                 return;
             }
@@ -201,11 +212,14 @@ impl Worker {
             hostname,
         };
         let runtime = self.runtime();
-        if let Err(e) = blocking(move || runtime.run_sandbox(&sandbox)).await {
-            return Err(Note {
-                reason: "FailedCreatePodSandBox".into(),
-                message: e.to_string(),
-            });
+        match blocking(move || runtime.run_sandbox(&sandbox)).await {
+            Ok(made) => self.netns = Some(made.netns),
+            Err(e) => {
+                return Err(Note {
+                    reason: "FailedCreatePodSandBox".into(),
+                    message: e.to_string(),
+                })
+            }
         }
         let due = self
             .volumes_at
@@ -244,7 +258,7 @@ impl Worker {
         let plan = plan::plan(pod, &observed, now, &self.agent.config.backoff);
         if let Err(note) = &prepared {
             for (name, _) in &plan.start {
-                self.fail(name, note.clone(), now);
+                self.fail(pod, name, note.clone(), now);
             }
         } else if !plan.start.is_empty() {
             let sources = self.sources(pod).await;
@@ -259,23 +273,178 @@ impl Worker {
                     Ok(()) => {
                         self.failures.remove(name);
                     }
-                    Err(note) => self.fail(name, note, now),
+                    Err(note) => self.fail(pod, name, note, now),
                 }
             }
             observed = self.observe().await;
         }
+        if self.probe(pod, &observed).await {
+            observed = self.observe().await;
+        }
         let plan = plan::plan(pod, &observed, Timestamp::now(), &self.agent.config.backoff);
+        self.tell_backoff(pod, &plan);
         self.write_status(pod, &observed, &plan).await;
-        let retry = self.failures.values().map(|f| f.retry_at).min();
-        match (plan.next_wake(), retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            plan.next_wake(),
+            self.failures.values().map(|f| f.retry_at).min(),
+            self.probes.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Records a BackOff event once per wait of a container before its restart.
+    fn tell_backoff(&mut self, pod: &Pod, plan: &Plan) {
+        for (name, wait) in &plan.backoff {
+            if self.backoff_told.insert((name.clone(), wait.until)) {
+                self.agent.events.warning(
+                    pod,
+                    Some(name),
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}",
+                        pod_ref(pod)
+                    ),
+                );
+            }
+        }
+        self.backoff_told
+            .retain(|(name, until)| plan.backoff.get(name).is_some_and(|w| w.until == *until));
+    }
+
+    /// Runs the probes that are due on the running main containers, records what they found,
+    /// and kills containers whose liveness or startup probe gave up. True when one was killed.
+    async fn probe(&mut self, pod: &Pod, observed: &[ContainerStatus]) -> bool {
+        let Some(spec) = pod.spec.as_ref() else {
+            return false;
+        };
+        let attempts = plan::Attempts::new(observed);
+        let now = Timestamp::now();
+        let mut due = Vec::new();
+        for container in &spec.containers {
+            let Some(current) = attempts
+                .latest(&container.name)
+                .filter(|s| plan::running(s))
+            else {
+                continue;
+            };
+            let started_at = current
+                .started_at
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(now);
+            let probes = self
+                .probes
+                .attempt(container, current.id.attempt, started_at);
+            for (kind, timeout) in probes.due(now) {
+                let Some(action) = kind.of(container).and_then(Action::of_probe) else {
+                    continue;
+                };
+                due.push((container, current, kind, action, timeout));
+            }
+        }
+        self.probes.retain(|name, attempt| {
+            attempts
+                .latest(name)
+                .is_some_and(|s| plan::running(s) && s.id.attempt == attempt)
+        });
+        if due.is_empty() {
+            return false;
+        }
+        let runs = due.iter().map(|(container, current, _, action, timeout)| {
+            let target = self.target(container, current);
+            async move { prober::run(action, &target, *timeout).await }
+        });
+        let outcomes = futures::future::join_all(runs).await;
+        let mut killed = false;
+        for ((container, current, kind, _, _), outcome) in due.into_iter().zip(outcomes) {
+            let name = container.name.as_str();
+            if let Outcome::Failure(message) = &outcome {
+                self.agent.events.warning(
+                    pod,
+                    Some(name),
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.title()),
+                );
+            }
+            let verdict = self
+                .probes
+                .attempt(container, current.id.attempt, now)
+                .record(kind, &outcome, Timestamp::now());
+            if verdict == Verdict::Kill {
+                let which = kind.title().to_lowercase();
+                tracing::info!(pod = %self.uid, container = name, probe = %which, "probe failed its threshold: killing the container");
+                self.agent.events.normal(
+                    pod,
+                    Some(name),
+                    "Killing",
+                    format!("Container {name} failed {which} probe, will be restarted"),
+                );
+                let probe_grace = kind
+                    .of(container)
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .map(|s| Duration::from_secs(s.max(0) as u64));
+                self.kill(pod, container, current, probe_grace.unwrap_or(grace(pod)))
+                    .await;
+                killed = true;
+            }
+        }
+        killed
+    }
+
+    fn target(&self, container: &Container, current: &ContainerStatus) -> Target {
+        Target {
+            runtime: self.runtime(),
+            id: current.id.clone(),
+            netns: self.netns.clone(),
+            pod_ip: self.agent.facts.pod_ip.clone(),
+            container: container.clone(),
+        }
+    }
+
+    /// Stops a running container: its preStop hook first, then SIGTERM and SIGKILL once what
+    /// is left of `grace` has passed.
+    async fn kill(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        current: &ContainerStatus,
+        grace: Duration,
+    ) {
+        let began = Instant::now();
+        let hook = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(Action::of_hook);
+        if let Some(action) = hook {
+            let target = self.target(container, current);
+            if let Outcome::Failure(message) = prober::run(&action, &target, grace).await {
+                self.agent.events.warning(
+                    pod,
+                    Some(&container.name),
+                    "FailedPreStopHook",
+                    format!(
+                        "{} for Container {:?} in Pod {:?} failed - error: {message}",
+                        action.describe(),
+                        container.name,
+                        pod_ref(pod)
+                    ),
+                );
+            }
+        }
+        let left = grace.saturating_sub(began.elapsed());
+        let runtime = self.runtime();
+        let id = current.id.clone();
+        if let Err(e) = blocking(move || runtime.stop_container(&id, left)).await {
+            tracing::warn!(pod = %self.uid, container = %container.name, error = %e, "stopping a container");
         }
     }
 
     /// Notes why a container could not start; the retry waits as a crash's restart does, and
     /// a failed pull says `ImagePullBackOff` while it waits.
-    fn fail(&mut self, name: &str, note: Note, now: Timestamp) {
+    fn fail(&mut self, pod: &Pod, name: &str, note: Note, now: Timestamp) {
         let count = self.failures.get(name).map_or(0, |f| f.count) + 1;
         let delay = self
             .agent
@@ -284,6 +453,12 @@ impl Worker {
             .delay(count, Duration::ZERO)
             .max(Duration::from_secs(1));
         tracing::info!(pod = %self.uid, container = name, reason = %note.reason, message = %note.message, "container not started");
+        self.agent.events.warning(
+            pod,
+            Some(name),
+            "Failed",
+            format!("Error: {}", note.message),
+        );
         self.failures.insert(
             name.to_string(),
             Failure {
@@ -325,18 +500,66 @@ impl Worker {
         let config = container::config(pod, container, attempt, env, mounts, facts);
         let runtime = self.runtime();
         let uid = self.uid.clone();
-        let started = blocking(move || runtime.start_container(&uid, &config)).await;
-        match started {
-            Ok(status) => {
-                if let Some(error) = &status.error {
-                    tracing::info!(pod = %self.uid, container = %container.name, %error, "container failed to start");
-                }
-                Ok(())
-            }
-            Err(e) => Err(Note {
+        let started = blocking(move || runtime.start_container(&uid, &config))
+            .await
+            .map_err(|e| Note {
                 reason: "CreateContainerError".into(),
                 message: e.to_string(),
-            }),
+            })?;
+        let name = container.name.as_str();
+        let events = &self.agent.events;
+        events.normal(
+            pod,
+            Some(name),
+            "Created",
+            format!("Created container: {name}"),
+        );
+        if let Some(error) = &started.error {
+            tracing::info!(pod = %self.uid, container = name, %error, "container failed to start");
+            events.warning(pod, Some(name), "Failed", format!("Error: {error}"));
+            return Ok(());
+        }
+        events.normal(
+            pod,
+            Some(name),
+            "Started",
+            format!("Started container {name}"),
+        );
+        self.post_start(pod, container, &started).await;
+        Ok(())
+    }
+
+    /// Runs the container's postStart hook; when it fails the container is killed (and
+    /// restarts as the restart policy says), as the kubelet does.
+    async fn post_start(&self, pod: &Pod, container: &Container, started: &ContainerStatus) {
+        let Some(action) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+            .and_then(Action::of_hook)
+        else {
+            return;
+        };
+        let target = self.target(container, started);
+        if let Outcome::Failure(message) = prober::run(&action, &target, grace(pod)).await {
+            let name = container.name.as_str();
+            self.agent.events.warning(
+                pod,
+                Some(name),
+                "FailedPostStartHook",
+                format!(
+                    "{} for Container {name:?} in Pod {:?} failed - error: {message}",
+                    action.describe(),
+                    pod_ref(pod)
+                ),
+            );
+            self.agent.events.normal(
+                pod,
+                Some(name),
+                "Killing",
+                format!("FailedPostStartHook: stopping container {name}"),
+            );
+            self.kill(pod, container, started, grace(pod)).await;
         }
     }
 
@@ -390,7 +613,7 @@ impl Worker {
             plan,
             notes: &notes,
             messages: &messages,
-            readiness: &BTreeMap::new(),
+            health: &self.probes.health(),
             host_ip: &self.agent.facts.host_ip,
             pod_ip: self.agent.facts.pod_ip.as_deref(),
             now: Timestamp::now(),
@@ -410,23 +633,35 @@ impl Worker {
         }
     }
 
-    /// Stops every container (SIGTERM, SIGKILL after `grace`), then removes the sandbox, the
-    /// containers' logs and the volumes.
-    async fn tear_down(&self, grace: Duration) {
+    /// Stops every container (preStop hooks, SIGTERM, SIGKILL after `grace`), then removes
+    /// the sandbox, the containers' logs and the volumes. Without the pod (it is gone from the
+    /// API) there are no hooks to run.
+    async fn tear_down(&self, pod: Option<&Pod>, grace: Duration) {
         let observed = self.observe().await;
-        let stops: Vec<_> = observed
-            .into_iter()
-            .filter(|c| c.state == ContainerState::Running)
-            .map(|c| {
-                let runtime = self.runtime();
-                blocking(move || runtime.stop_container(&c.id, grace))
-            })
-            .collect();
-        for result in futures::future::join_all(stops).await {
-            if let Err(e) = result {
-                tracing::warn!(pod = %self.uid, error = %e, "stopping a container");
+        let running = observed
+            .iter()
+            .filter(|c| c.state == ContainerState::Running);
+        let stops = running.map(|c| async move {
+            match pod.and_then(|p| find_container(p, &c.id.name).map(|spec| (p, spec))) {
+                Some((pod, spec)) => {
+                    self.agent.events.normal(
+                        pod,
+                        Some(&spec.name),
+                        "Killing",
+                        format!("Stopping container {}", spec.name),
+                    );
+                    self.kill(pod, spec, c, grace).await
+                }
+                None => {
+                    let runtime = self.runtime();
+                    let id = c.id.clone();
+                    if let Err(e) = blocking(move || runtime.stop_container(&id, grace)).await {
+                        tracing::warn!(pod = %self.uid, error = %e, "stopping a container");
+                    }
+                }
             }
-        }
+        });
+        futures::future::join_all(stops).await;
         let runtime = self.runtime();
         let uid = self.uid.clone();
         if let Err(e) = blocking(move || runtime.remove_sandbox(&uid)).await {

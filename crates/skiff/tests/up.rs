@@ -402,3 +402,181 @@ fn sigterm_gets_its_grace_period_and_deletion_removes_everything() {
     ))
     .exists());
 }
+
+#[test]
+fn probes_restart_and_unready_hooks_run_memory_limits_kill_and_events_tell() {
+    let cluster = Cluster::start("probes");
+    let hooks = cluster.dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    apply(
+        cluster.server(),
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: live
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 600"]
+    livenessProbe:
+      exec: {command: [test, -f, /tmp/healthy]}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: flaky
+spec:
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "touch /tmp/ready; sleep 4; rm /tmp/ready; sleep 600"]
+    readinessProbe:
+      exec: {command: [test, -f, /tmp/ready]}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  containers:
+  - name: api
+    image: my-api:v2.1
+    imagePullPolicy: IfNotPresent
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /, port: http}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+    startupProbe:
+      httpGet: {path: /, port: 8080}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hooked
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes:
+  - name: hooks
+    hostPath: {path: HOOKS}
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "while [ ! -f /tmp/hook ]; do sleep 0.1; done; cat /tmp/hook; sleep 600"]
+    volumeMounts: [{name: hooks, mountPath: /hooks}]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo from postStart > /tmp/hook"]}
+      preStop:
+        exec: {command: [sh, -c, "echo from preStop > /hooks/stopped"]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hungry
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [tail, /dev/zero]
+    resources:
+      limits: {memory: 16Mi}
+"#
+        .replace("HOOKS", hooks.to_str().unwrap())
+        .as_str(),
+    );
+
+    // A failing liveness probe restarts the container and says why.
+    eventually("the liveness probe restarts the container", || {
+        let s = cluster.get("pod/live", "{.status.containerStatuses[0].restartCount}");
+        (s.parse::<u32>().unwrap_or(0) < 1).then_some(s)
+    });
+    let events = cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=live",
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+    ]);
+    assert!(
+        events.contains(
+            "Liveness probe failed: command [\"test\", \"-f\", \"/tmp/healthy\"] exited with 1"
+        ),
+        "{events}"
+    );
+    assert!(
+        events.contains("Container main failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    for reason in ["Pulled", "Created", "Started", "Killing", "Unhealthy"] {
+        assert!(events.contains(reason), "no {reason} event: {events}");
+    }
+
+    // Readiness follows the probe both ways, without restarts.
+    eventually("the flaky pod becomes ready", || {
+        let s = cluster.get(
+            "pod/flaky",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        );
+        (s != "True").then_some(s)
+    });
+    eventually("the flaky pod becomes unready", || {
+        let s = cluster.get("pod/flaky", "{.status.conditions[?(@.type==\"Ready\")].status}/{.status.containerStatuses[0].ready}");
+        (s != "False/false").then_some(s)
+    });
+    assert_eq!(
+        cluster.get(
+            "pod/flaky",
+            "{.status.containerStatuses[0].restartCount}/{.status.phase}"
+        ),
+        "0/Running"
+    );
+
+    // HTTP and TCP probes reach the server inside the pod's network namespace.
+    eventually("the web pod is started and ready", || {
+        let s = cluster.get(
+            "pod/web",
+            "{.status.containerStatuses[0].started}/{.status.containerStatuses[0].ready}",
+        );
+        (s != "true/true").then_some(s)
+    });
+
+    // postStart ran before the container went on; preStop runs on deletion.
+    eventually("the postStart hook's file is read", || {
+        let logs = kubectl(cluster.server(), &["logs", "hooked"]).stdout;
+        (logs != "from postStart\n").then_some(logs)
+    });
+    cluster.kubectl(&["delete", "pod", "hooked"]);
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("stopped")).unwrap(),
+        "from preStop\n"
+    );
+
+    // Exceeding the memory limit is OOMKilled.
+    eventually("the hungry container is OOM-killed", || {
+        let s = cluster.get(
+            "pod/hungry",
+            "{.status.phase}/{.status.containerStatuses[0].state.terminated.reason}/{.status.containerStatuses[0].state.terminated.exitCode}",
+        );
+        (s != "Failed/OOMKilled/137").then_some(s)
+    });
+    assert_eq!(
+        cluster.get("pod/web", "{.status.containerStatuses[0].restartCount}"),
+        "0",
+        "healthy probes restarted nothing"
+    );
+}
