@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub api_service: Option<(String, u16)>,
     /// Registries pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Nothing leaves the machine: images are pulled only from registries on loopback.
+    pub isolated: bool,
 }
 
 /// What the workers share.
@@ -114,6 +116,14 @@ impl Agent {
             }
             _ => {}
         }
+        if self.config.isolated {
+            let registry = registry_of(&image);
+            if !on_loopback(&registry) {
+                return Err(format!(
+                    "not pulling image {image:?} from {registry}: the node is isolated and reaches only registries on loopback"
+                ));
+            }
+        }
         let auth = self.pull_credentials(pod, &image).await;
         let options = PullOptions {
             auth,
@@ -151,10 +161,7 @@ impl Agent {
     /// Credentials for the image's registry from the pod's `imagePullSecrets`.
     async fn pull_credentials(&self, pod: &Pod, image: &str) -> RegistryAuth {
         let (namespace, _) = pod_name(pod);
-        let registry = skiff_runtime::image::normalize(image)
-            .ok()
-            .and_then(|n| n.split('/').next().map(str::to_string))
-            .unwrap_or_default();
+        let registry = registry_of(image);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         for reference in pod
             .spec
@@ -179,6 +186,27 @@ impl Agent {
         }
         RegistryAuth::Anonymous
     }
+}
+
+/// The registry (host[:port]) an image reference names.
+fn registry_of(image: &str) -> String {
+    skiff_runtime::image::normalize(image)
+        .ok()
+        .and_then(|n| n.split('/').next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Whether a registry's host is this machine's loopback.
+fn on_loopback(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The variables every container gets for the API server's Service.
@@ -364,5 +392,27 @@ async fn remove_orphans(
         let (tx, rx) = watch::channel(None);
         tokio::spawn(worker::run(agent.clone(), uid.clone(), rx));
         drop(tx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_registries_count_as_local() {
+        assert_eq!(registry_of("busybox"), "docker.io");
+        assert_eq!(registry_of("127.0.0.1:5000/app:v1"), "127.0.0.1:5000");
+        for local in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "localhost",
+            "[::1]:5000",
+        ] {
+            assert!(on_loopback(local), "{local}");
+        }
+        for remote in ["docker.io", "10.0.0.1:5000", "registry.example:5000"] {
+            assert!(!on_loopback(remote), "{remote}");
+        }
     }
 }

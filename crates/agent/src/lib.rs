@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod container;
 pub mod events;
+pub mod join;
 pub mod logs;
 pub mod node;
 pub mod plan;

@@ -139,6 +139,22 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
             col("Object", "string", "What it happened to."),
             col("Message", "string", "What happened."),
         ],
+        ("certificates.k8s.io", "CertificateSigningRequest") => &[
+            NAME,
+            AGE,
+            col("SignerName", "string", "Who is asked to sign."),
+            col("Requestor", "string", "Who asked."),
+            col(
+                "RequestedDuration",
+                "string",
+                "How long the certificate is asked to last.",
+            ),
+            col(
+                "Condition",
+                "string",
+                "Pending, Approved, Denied or Failed, and Issued.",
+            ),
+        ],
         ("batch", "Job") => &[
             NAME,
             col("Status", "string", "Running, Complete or Failed."),
@@ -536,6 +552,37 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
                 json!(text(obj, "/reason")),
                 json!(object),
                 json!(text(obj, "/message")),
+            ]
+        }
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            let mut condition: Vec<&str> = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c["status"] != "False")
+                .filter_map(|c| c["type"].as_str())
+                .collect();
+            if condition.is_empty() {
+                condition.push("Pending");
+            }
+            if obj.pointer("/status/certificate").is_some() {
+                condition.push("Issued");
+            }
+            let duration = match obj
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64)
+            {
+                Some(seconds) => human_duration(seconds),
+                None => "<none>".into(),
+            };
+            vec![
+                json!(text(obj, "/metadata/name")),
+                json!(age(obj, "/metadata/creationTimestamp", now)),
+                json!(text(obj, "/spec/signerName")),
+                json!(text(obj, "/spec/username")),
+                json!(duration),
+                json!(condition.join(",")),
             ]
         }
         ("batch", "Job") => {

@@ -5,8 +5,10 @@
 //! operations ([`registry`]) and watches ([`watch`]); every error is a `Status` ([`status`]).
 
 pub mod admission;
+pub mod bootstrap;
 pub mod cache;
 pub mod controllers;
+pub mod csr;
 pub mod discovery;
 pub mod format;
 pub mod logs;

@@ -214,6 +214,31 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A certificate for a PKCS#10 request (PEM) whose signature was checked: its subject and
+    /// names as requested, for a client or a server.
+    pub fn sign_request(&self, request: &str, server: bool) -> Result<String, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key).map_err(generate("CA key from ca.key"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_cert, ca_key).map_err(generate("CA from ca.crt"))?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(request)
+            .map_err(generate("certificate from the request"))?;
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        csr.params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        validity(&mut csr.params);
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(generate("certificate from the request"))?;
+        Ok(cert.pem())
+    }
+
     /// A kubeconfig for `user` with its client certificate against `server` (an `https://`
     /// URL).
     pub fn kubeconfig(&self, server: &str, user: &str, cert: &str, key: &str) -> String {

@@ -1,5 +1,5 @@
 //! Protobuf request bodies, as kubectl 1.32+ sends them for `create secret|configmap|namespace|
-//! service|deployment`, `auth can-i` and drain's delete: the `k8s\0` envelope around a
+//! service|deployment`, `auth can-i`, `certificate approve|deny` and drain's delete: the `k8s\0` envelope around a
 //! `runtime.Unknown`, decoded with `k8s-pb` and turned into the JSON the rest of the server
 //! handles. Answers stay JSON.
 //!
@@ -284,6 +284,51 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Value, ApiError> {
                 obj["spec"]["replicas"] = json!(0);
             }
             obj
+        }
+        "CertificateSigningRequest" => {
+            let c =
+                k8s_pb::api::certificates::v1::CertificateSigningRequest::decode(raw.as_slice())
+                    .map_err(|e| bad(kind, e))?;
+            let spec = c.spec.as_ref().map_or(Value::Null, |spec| {
+                object(&[
+                    ("request", json!(spec.request.as_ref().map(b64))),
+                    ("signerName", json!(spec.signer_name)),
+                    ("usages", json!(spec.usages)),
+                    ("expirationSeconds", json!(spec.expiration_seconds)),
+                ])
+            });
+            let time = |t: Option<&meta::Time>| {
+                t.and_then(|t| t.seconds)
+                    .and_then(|s| jiff::Timestamp::from_second(s).ok())
+                    .map(skiff_api::object::timestamp)
+            };
+            let conditions: Vec<Value> = c
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .map(|c| {
+                    object(&[
+                        ("type", json!(c.r#type)),
+                        ("status", json!(c.status)),
+                        ("reason", json!(c.reason)),
+                        ("message", json!(c.message)),
+                        ("lastUpdateTime", json!(time(c.last_update_time.as_ref()))),
+                        (
+                            "lastTransitionTime",
+                            json!(time(c.last_transition_time.as_ref())),
+                        ),
+                    ])
+                })
+                .collect();
+            typed(
+                "certificates.k8s.io/v1",
+                kind,
+                &[
+                    ("metadata", metadata(c.metadata.as_ref())),
+                    ("spec", spec),
+                    ("status", object(&[("conditions", json!(conditions))])),
+                ],
+            )
         }
         "SelfSubjectAccessReview" => {
             let r = authorization::v1::SelfSubjectAccessReview::decode(raw.as_slice())

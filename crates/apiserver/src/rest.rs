@@ -2,6 +2,7 @@
 //! registry or the watch, and answers JSON.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,6 +24,7 @@ use crate::registry::{DeleteOptions, Registry, Target};
 use crate::server::Api;
 use crate::status::ApiError;
 use crate::subresources::{self, ScaleChange};
+use crate::tls::Identity;
 use crate::watch::{self, WatchRequest};
 use crate::{cache, discovery, protobuf};
 
@@ -33,7 +35,7 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 const MAX_WATCH: Duration = Duration::from_secs(30 * 60);
 
 /// `/api/...` and `/apis/...`.
-pub async fn handle(State(api): State<std::sync::Arc<Api>>, req: Request) -> Response {
+pub async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     match route(&api, req).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
@@ -48,7 +50,7 @@ fn not_found_path() -> ApiError {
     )
 }
 
-async fn route(api: &Api, req: Request) -> Result<Response, ApiError> {
+async fn route(api: &Arc<Api>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, rest) = match segments.as_slice() {
@@ -241,7 +243,11 @@ async fn read_body(headers: &HeaderMap, body: Body, kind: &str) -> Result<Value,
     }
 }
 
-async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<Response, ApiError> {
+async fn serve_resource(
+    api: &Arc<Api>,
+    path: ResourcePath,
+    req: Request,
+) -> Result<Response, ApiError> {
     let kind = path.kind;
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query())?;
@@ -281,6 +287,9 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
             Method::POST => {
                 let mut obj = read_body(&parts.headers, body, kind.kind).await?;
                 let mut warnings = FieldValidation::of(&query)?.check(kind, &mut obj)?;
+                if crate::csr::is_csr(kind) {
+                    crate::csr::admit(&mut obj, parts.extensions.get::<Identity>())?;
+                }
                 let created = registry
                     .create(kind, namespace, obj, query.dry_run()?)
                     .await?;
@@ -338,7 +347,7 @@ async fn serve_resource(api: &Api, path: ResourcePath, req: Request) -> Result<R
 
 /// `scale`, `binding`, `eviction`, `log`.
 async fn serve_subresource(
-    api: &Api,
+    api: &Arc<Api>,
     target: &Target<'_>,
     sub: &str,
     parts: axum::http::request::Parts,
@@ -372,6 +381,21 @@ async fn serve_subresource(
             Ok(json_response(StatusCode::CREATED, &created()))
         }
         ("log", &Method::GET) => crate::logs::proxy(api, target, parts.uri.query()).await,
+        ("approval", &Method::PUT) => {
+            let body = read_body(&parts.headers, body, target.kind.kind).await?;
+            let conditions = body
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            registry
+                .modify(target, |obj| {
+                    obj["status"]["conditions"] = conditions.clone();
+                    Ok(())
+                })
+                .await?;
+            api.settle_csr(target.kind, target.name);
+            Ok(json_response(StatusCode::OK, &registry.get(target).await?))
+        }
         ("eviction", &Method::POST) => {
             let eviction = read_body(&parts.headers, body, "Eviction").await?;
             let status = subresources::evict(registry, target, &eviction).await?;

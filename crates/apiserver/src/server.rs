@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -65,7 +65,8 @@ pub enum ServerError {
 pub struct Api {
     pub registry: Registry,
     pub cache: WatchCache,
-    ca_cert: String,
+    /// The cluster CA: its certificate for every namespace, its key for certificate requests.
+    pub pki: Arc<Pki>,
     /// The port the API listens on (the `kubernetes` Service's target).
     port: u16,
     /// TLS toward node agents (logs), with the API server's client certificate.
@@ -82,12 +83,27 @@ fn kind(group: &str, plural: &str) -> &'static Kind {
 impl Api {
     /// Runs after every create: a new namespace gets the cluster CA ConfigMap and its
     /// `default` ServiceAccount.
-    pub async fn after_create(&self, created_kind: &Kind, obj: &Value) {
+    pub async fn after_create(self: &Arc<Self>, created_kind: &'static Kind, obj: &Value) {
+        if crate::csr::is_csr(created_kind) {
+            self.settle_csr(created_kind, object::name(obj));
+        }
         if created_kind.group.is_empty() && created_kind.kind == "Namespace" {
             if let Err(e) = self.furnish(object::name(obj)).await {
                 tracing::warn!(namespace = object::name(obj), error = %e.message, "furnishing a namespace");
             }
         }
+    }
+
+    /// Approves and signs a certificate request in the background, as Kubernetes' approver and
+    /// signer controllers do.
+    pub fn settle_csr(self: &Arc<Self>, kind: &'static Kind, name: &str) {
+        let api = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = crate::csr::settle(&api, kind, &name).await {
+                tracing::warn!(csr = %name, error = %e.message, "settling a certificate request");
+            }
+        });
     }
 
     /// What every namespace has: the cluster CA ConfigMap and the `default` ServiceAccount.
@@ -118,7 +134,7 @@ impl Api {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "kube-root-ca.crt"},
-            "data": {"ca.crt": self.ca_cert},
+            "data": {"ca.crt": self.pki.ca_cert},
         });
         self.registry
             .ensure(kind("", "configmaps"), Some(namespace), cm)
@@ -214,17 +230,36 @@ async fn empty_namespace(registry: Registry, namespace: String) {
     }
 }
 
-/// Requests without a verified identity get 401, except the public version and health
-/// endpoints (Kubernetes' `system:public-info-viewer`).
-async fn authenticate(req: Request, next: Next) -> Response {
+/// Requests are made by the subject of their client certificate, or by the bootstrap token
+/// they carry; others get 401, except the public version, health and CA endpoints (Kubernetes'
+/// `system:public-info-viewer`, k3s' `/cacerts`). A bootstrap token may only ask for node
+/// certificates.
+async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
     let public = matches!(
         req.uri().path(),
-        "/version" | "/healthz" | "/livez" | "/readyz"
+        "/version" | "/healthz" | "/livez" | "/readyz" | "/cacerts"
     );
     if public || req.extensions().get::<Identity>().is_some() {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let Some(token) = bearer else {
+        return ApiError::unauthorized().into_response();
+    };
+    match crate::bootstrap::authenticate(&api.registry, &token).await {
+        Some(who) => match crate::bootstrap::authorize(&who, req.method(), req.uri().path()) {
+            Ok(()) => {
+                req.extensions_mut().insert(who);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        },
+        None => ApiError::unauthorized().into_response(),
     }
 }
 
@@ -289,6 +324,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/livez", get(|| async { ok() }))
         .route("/readyz", get(|| async { ok() }))
         .route(
+            "/cacerts",
+            get(|State(api): State<Arc<Api>>| async move {
+                (StatusCode::OK, api.pki.ca_cert.clone()).into_response()
+            }),
+        )
+        .route(
             "/api",
             get(|headers: HeaderMap| async move { group_discovery(&headers, true) }),
         )
@@ -312,7 +353,10 @@ pub fn router(api: Arc<Api>) -> Router {
             )
             .into_response()
         })
-        .layer(axum::middleware::from_fn(authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            authenticate,
+        ))
         .with_state(api)
 }
 
@@ -349,7 +393,7 @@ fn sans(config: &Config) -> Vec<String> {
 /// Prepares certificates and the system namespaces, binds, writes the admin kubeconfig and
 /// starts serving. Ready when this returns.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, ServerError> {
-    let pki = Pki::load_or_create(&config.data_dir, &sans(&config))?;
+    let pki = Arc::new(Pki::load_or_create(&config.data_dir, &sans(&config))?);
     let tls = tls::server_config(&pki)?;
     let listen_error = |source| ServerError::Listen {
         addr: config.listen,
@@ -369,7 +413,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
             ranges: config.service_ranges,
         },
         cache: WatchCache::new(store, config.watch_history),
-        ca_cert: pki.ca_cert.clone(),
+        pki: pki.clone(),
         port: addr.port(),
         kubelet_client,
     });
@@ -404,7 +448,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         addr,
         url,
         kubeconfig,
-        pki: Arc::new(pki),
+        pki,
         serving,
     })
 }

@@ -1,11 +1,13 @@
 //! The `skiff` binary: parses the command line and hands each subcommand to its own module.
 
+mod agent;
 mod hollow;
 mod image;
 mod monitor;
 mod runtime;
 mod server;
 mod store;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,11 @@ struct Cli {
 enum Command {
     /// Run a whole cluster on this machine: the API server and a node agent in one process.
     Up(up::UpArgs),
+    /// Join a cluster as a node and run the pods it is given.
+    Agent(agent::AgentArgs),
+    /// Make join tokens for agents.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Remove a node's containers, mounts, cgroups and its data directory.
     Reset(up::ResetArgs),
     /// Run the API server.
@@ -71,6 +78,8 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     match Cli::parse().command {
         Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Agent(args) => runtime.block_on(agent::run(args)),
+        Command::Token(cmd) => runtime.block_on(token::run(cmd)),
         Command::Reset(args) => up::reset(args),
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),

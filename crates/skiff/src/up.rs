@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use skiff_agent::join::{self, Credentials};
 use skiff_agent::{AgentConfig, Backoff, NodeIdentity, ServingTls};
 use skiff_api::service::ServiceRanges;
 use skiff_runtime::{LocalConfig, LocalRuntime, OciRuntime, Runtime};
@@ -29,9 +29,10 @@ pub struct NodeArgs {
     /// The node's name [default: the machine's hostname].
     #[arg(long)]
     node_name: Option<String>,
-    /// The node's address [default: the address the API server listens on, or 127.0.0.1].
+    /// The node's address [default: for `skiff up` the address the API server listens on (or
+    /// 127.0.0.1), for `skiff agent` this machine's source address toward the server].
     #[arg(long)]
-    node_ip: Option<String>,
+    pub node_ip: Option<String>,
     /// The port of the agent's HTTPS endpoint (container logs for the API server).
     #[arg(long, default_value_t = 10250)]
     agent_port: u16,
@@ -47,9 +48,20 @@ pub struct NodeArgs {
     /// Registries (host:port) pulled from over plain HTTP, comma-separated.
     #[arg(long, value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// Nothing leaves the machine: images are pulled only from registries on loopback (tests
+    /// and air-gapped machines).
+    #[arg(long)]
+    isolated: bool,
     /// A label of the node, as key=value (repeatable).
     #[arg(long = "node-label")]
     labels: Vec<String>,
+}
+
+impl NodeArgs {
+    /// The node's name: `--node-name`, or the machine's hostname.
+    pub fn name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(hostname)
+    }
 }
 
 fn hostname() -> String {
@@ -83,7 +95,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let running = server::start(&args.server).await?;
     let data_dir = args.server.data_dir.clone();
-    let node_name = args.node.node_name.clone().unwrap_or_else(hostname);
+    let node_name = args.node.name();
     let node_ip = args.node.node_ip.clone().unwrap_or_else(|| {
         let ip = args.server.listen.ip();
         if ip.is_unspecified() {
@@ -92,8 +104,56 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ip.to_string()
         }
     });
+
+    // The node's credentials come straight from the cluster CA: the agent is in this process.
+    let pki = &running.pki;
+    let user = format!("system:node:{node_name}");
+    let (client_cert, client_key) = pki.issue(&user, &["system:nodes"], &[])?;
+    let (serving_cert, serving_key) = pki.issue(
+        &user,
+        &["system:nodes"],
+        &[node_ip.clone(), node_name.clone()],
+    )?;
+    let credentials = Credentials {
+        ca: pki.ca_cert.clone(),
+        client_cert,
+        client_key,
+        serving_cert,
+        serving_key,
+    };
+    let ranges = ServiceRanges::parse(&args.server.service_cidr, "30000-32767")
+        .map_err(anyhow::Error::msg)?;
+    let api_service = Some((ranges.first_ip().to_string(), 443));
+    let node = Node {
+        name: node_name,
+        ip: node_ip,
+        data_dir,
+        credentials,
+        api_service,
+    };
+    start_node(&args.node, &running.url, node, started).await?;
+    server::announce("skiff up", &running);
+    server::wait(running).await
+}
+
+/// A node about to start: who it is and what it holds.
+pub struct Node {
+    pub name: String,
+    pub ip: String,
+    pub data_dir: PathBuf,
+    pub credentials: Credentials,
+    /// The `kubernetes` Service's address and port, given to containers.
+    pub api_service: Option<(String, u16)>,
+}
+
+/// Starts the node agent on this machine's runtime; ready (the Node registered) on return.
+pub async fn start_node(
+    args: &NodeArgs,
+    server: &str,
+    node: Node,
+    started: std::time::Instant,
+) -> anyhow::Result<skiff_agent::Running> {
     let labels = args
-        .node
         .labels
         .iter()
         .map(|l| {
@@ -102,66 +162,56 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--node-label {l:?} is not key=value"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-
-    // The node's credentials come straight from the cluster CA: the agent is in this process.
-    let pki = &running.pki;
-    let user = format!("system:node:{node_name}");
-    let (cert, key) = pki.issue(&user, &["system:nodes"], &[])?;
-    let kubeconfig = pki.kubeconfig(&running.url, &user, &cert, &key);
-    let agent_dir = data_dir.join("agent");
+    let c = &node.credentials;
+    let client = join::client(
+        server,
+        &c.ca,
+        join::Auth::Certificate {
+            cert: &c.client_cert,
+            key: &c.client_key,
+        },
+    )
+    .await?;
+    let agent_dir = node.data_dir.join("agent");
     std::fs::create_dir_all(&agent_dir)
         .with_context(|| format!("creating {}", agent_dir.display()))?;
-    let client = {
-        let parsed = Kubeconfig::from_yaml(&kubeconfig).context("the node kubeconfig")?;
-        let config =
-            kube::Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default()).await?;
-        kube::Client::try_from(config)?
-    };
-    let (serving_cert, serving_key) = pki.issue(
-        &user,
-        &["system:nodes"],
-        &[node_ip.clone(), node_name.clone()],
-    )?;
-
-    let local = runtime(&data_dir, &node_name, args.node.runc.clone())?;
+    let local = runtime(&node.data_dir, &node.name, args.runc.clone())?;
     let images = local.images().clone();
-    let ranges = ServiceRanges::parse(&args.server.service_cidr, "30000-32767")
-        .map_err(anyhow::Error::msg)?;
     let config = AgentConfig {
         node: NodeIdentity {
-            name: node_name.clone(),
-            ip: node_ip.clone(),
-            port: args.node.agent_port,
+            name: node.name.clone(),
+            ip: node.ip.clone(),
+            port: args.agent_port,
             labels,
             taints: Vec::new(),
         },
         data_dir: agent_dir,
-        listen: format!("{node_ip}:{}", args.node.agent_port)
+        listen: format!("{}:{}", node.ip, args.agent_port)
             .parse()
-            .with_context(|| format!("--node-ip {node_ip:?} is not an IP address"))?,
+            .with_context(|| format!("--node-ip {:?} is not an IP address", node.ip))?,
         tls: ServingTls {
-            ca_cert: pki.ca_cert.clone(),
-            cert: serving_cert,
-            key: serving_key,
+            ca_cert: c.ca.clone(),
+            cert: c.serving_cert.clone(),
+            key: c.serving_key.clone(),
             client: skiff_apiserver::logs::KUBELET_CLIENT.into(),
         },
         backoff: Backoff {
-            initial: args.node.restart_backoff,
-            max: args.node.restart_backoff_max,
+            initial: args.restart_backoff,
+            max: args.restart_backoff_max,
             ..Backoff::default()
         },
         lease_interval: Duration::from_secs(2),
         lease_duration: Duration::from_secs(8),
         status_every: Duration::from_secs(10),
-        api_service: Some((ranges.first_ip().to_string(), 443)),
-        insecure_registries: args.node.insecure_registries.clone(),
+        api_service: node.api_service,
+        insecure_registries: args.insecure_registries.clone(),
+        isolated: args.isolated,
     };
     let runtime: Arc<dyn Runtime> = Arc::new(local);
     let agent = skiff_agent::start(client, runtime, Some(images), config).await?;
-    tracing::info!(node = %node_name, agent = %agent.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
-    println!("node {node_name} ready (agent on {})", agent.addr);
-    server::announce("skiff up", &running);
-    server::wait(running).await
+    tracing::info!(node = %node.name, agent = %agent.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
+    println!("node {} ready (agent on {})", node.name, agent.addr);
+    Ok(agent)
 }
 
 #[derive(Args)]

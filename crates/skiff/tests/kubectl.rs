@@ -870,3 +870,61 @@ fn create_commands_and_auth_can_i_send_protobuf() {
     let list = kubectl(&server, &["auth", "can-i", "--list"]).out();
     assert!(list.contains("*.*"), "{list}");
 }
+
+#[test]
+fn user_certificate_requests_wait_for_approval_then_are_signed() {
+    use base64::Engine;
+    let server = server();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "jane");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "developers");
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let request = base64::engine::general_purpose::STANDARD.encode(pem);
+    apply(
+        &server,
+        &format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: jane\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n"
+        ),
+    );
+    let csr = json(&kubectl(&server, &["get", "csr", "jane", "-o", "json"]).out());
+    assert_eq!(csr["spec"]["username"], "admin", "the requester is stamped");
+    assert!(
+        csr["status"].get("certificate").is_none(),
+        "not approved yet: {csr}"
+    );
+
+    kubectl(&server, &["certificate", "approve", "jane"]).out();
+    let mut issued = String::new();
+    for _ in 0..50 {
+        issued = kubectl(
+            &server,
+            &["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"],
+        )
+        .out();
+        if !issued.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(issued.trim())
+        .expect("a base64 certificate");
+    let pem = String::from_utf8(pem).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let condition = kubectl(&server, &["get", "csr", "jane"]).out();
+    assert!(condition.contains("Approved,Issued"), "{condition}");
+
+    // A request that is not a PKCS#10 request is refused with the field named.
+    let refused = kubectl_stdin(
+        &server,
+        &["create", "-f", "-"],
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: junk\nspec:\n  request: bm90IGEgcmVxdWVzdA==\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n",
+    )
+    .err();
+    assert!(refused.contains("spec.request"), "{refused}");
+}

@@ -57,6 +57,7 @@ impl Cluster {
                 "0",
                 "--restart-backoff",
                 "1s",
+                "--isolated",
             ],
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -84,6 +85,7 @@ impl Cluster {
                 "0",
                 "--restart-backoff",
                 "1s",
+                "--isolated",
             ],
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -494,6 +496,15 @@ spec:
     command: [tail, /dev/zero]
     resources:
       limits: {memory: 16Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: remote
+spec:
+  containers:
+  - name: main
+    image: registry.example/app:v1
 "#
         .replace("HOOKS", hooks.to_str().unwrap())
         .as_str(),
@@ -574,9 +585,175 @@ spec:
         );
         (s != "Failed/OOMKilled/137").then_some(s)
     });
+    // An isolated node pulls from nowhere but loopback, and says so.
+    eventually("the remote image is refused", || {
+        let s = cluster.get(
+            "pod/remote",
+            "{.status.containerStatuses[0].state.waiting.message}",
+        );
+        (!s.contains("the node is isolated and reaches only registries on loopback")).then_some(s)
+    });
     assert_eq!(
         cluster.get("pod/web", "{.status.containerStatuses[0].restartCount}"),
         "0",
         "healthy probes restarted nothing"
     );
+}
+
+#[test]
+fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
+    let cluster = Cluster::start("first");
+    let token = Command::new(SKIFF)
+        .args(["token", "create", "--data-dir"])
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let (hash, bootstrap) = token.split_once("::").expect("K10<hash>::<token>");
+    assert!(hash.starts_with("K10") && hash.len() == 67, "{token}");
+
+    // A token for another CA is refused before anything is sent with it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let wrong = format!("K10{}::{bootstrap}", "0".repeat(64));
+    let refused = Command::new(SKIFF)
+        .args([
+            "agent",
+            "--server",
+            &cluster.server().url(),
+            "--token",
+            &wrong,
+        ])
+        .args(["--node-name", "nobody", "--data-dir"])
+        .arg(other_dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("does not match the join token's hash"),
+        "{stderr}"
+    );
+
+    // The bootstrap token alone reads nothing but certificate requests.
+    let ca = std::fs::read_to_string(cluster.dir.join("pki/ca.crt")).unwrap();
+    let ca_file = other_dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca).unwrap();
+    let denied = Command::new("kubectl")
+        .args(["--server", &cluster.server().url(), "--token", bootstrap])
+        .arg(format!("--certificate-authority={}", ca_file.display()))
+        .args(["-n", "kube-system", "get", "secrets"])
+        .env("KUBECONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("Forbidden") || stderr.contains("forbidden"),
+        "{stderr}"
+    );
+
+    let second = format!("second-{}", std::process::id());
+    let data = tempfile::tempdir().unwrap();
+    let reset = |dir: &Path| {
+        let _ = Command::new(SKIFF)
+            .args(["reset", "--node-name", &second, "--data-dir"])
+            .arg(dir)
+            .status();
+    };
+    struct Reset<'a, F: Fn(&Path)>(&'a Path, F);
+    impl<F: Fn(&Path)> Drop for Reset<'_, F> {
+        fn drop(&mut self) {
+            (self.1)(self.0)
+        }
+    }
+    let _reset = Reset(data.path(), reset);
+    // The second node has its own image store: the same archives, never a pull.
+    for archive in std::fs::read_dir(cluster.dir.join("images")).unwrap() {
+        let out = Command::new(SKIFF)
+            .args(["image", "import", "--data-dir"])
+            .arg(data.path())
+            .arg(archive.unwrap().path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    {
+        let agent = skiff_testkit::SkiffAgent::start(
+            Path::new(SKIFF),
+            &cluster.server().url(),
+            data.path(),
+            &second,
+            &["--token", &token, "--isolated"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        eventually("the second node is Ready", || {
+            let s = cluster.get(
+                &format!("node/{second}"),
+                "{.status.conditions[?(@.type==\"Ready\")].status}",
+            );
+            (s != "True").then_some(s)
+        });
+        let csrs = cluster.kubectl(&["get", "csr", "-o", "custom-columns=SIGNER:.spec.signerName,REQUESTOR:.spec.username,CONDITION:.status.conditions[0].type"]);
+        let rows: Vec<Vec<&str>> = csrs
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let node_user = format!("system:node:{second}");
+        assert_eq!(rows.len(), 2, "{csrs}");
+        assert!(
+            rows.iter()
+                .any(|r| r[0] == "kubernetes.io/kube-apiserver-client-kubelet"
+                    && r[1].starts_with("system:bootstrap:")
+                    && r[2] == "Approved"),
+            "{csrs}"
+        );
+        assert!(
+            rows.iter().any(|r| r[0] == "kubernetes.io/kubelet-serving"
+                && r[1] == node_user
+                && r[2] == "Approved"),
+            "{csrs}"
+        );
+
+        apply(
+            cluster.server(),
+            &busybox_pod(
+                "elsewhere",
+                "Always",
+                "echo hello from the second node; sleep 600",
+            )
+            .replace("spec:\n", &format!("spec:\n  nodeName: {second}\n")),
+        );
+        eventually("the pod's log comes through the second agent", || {
+            let logs = kubectl(cluster.server(), &["logs", "elsewhere"]).stdout;
+            (logs != "hello from the second node\n").then_some(logs)
+        });
+        drop(agent);
+    }
+    // Restarted without the token: the kept certificates suffice, and the pod is adopted.
+    let _agent = skiff_testkit::SkiffAgent::start(
+        Path::new(SKIFF),
+        &cluster.server().url(),
+        data.path(),
+        &second,
+        &["--isolated"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the pod still runs, not restarted", || {
+        let s = cluster.get(
+            "pod/elsewhere",
+            "{.status.phase}/{.status.containerStatuses[0].restartCount}",
+        );
+        (s != "Running/0").then_some(s)
+    });
+    let logs = kubectl(cluster.server(), &["logs", "elsewhere"]).stdout;
+    assert_eq!(logs, "hello from the second node\n");
 }

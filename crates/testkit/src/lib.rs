@@ -10,7 +10,7 @@ mod skiff;
 pub use etcd::EtcdServer;
 pub use hollow::{HollowConfig, HollowNodes};
 pub use registry::Registry;
-pub use skiff::SkiffServer;
+pub use skiff::{SkiffAgent, SkiffServer};
 
 use std::net::TcpListener;
 

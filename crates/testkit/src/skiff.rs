@@ -1,4 +1,5 @@
-//! A throw-away `skiff server` on loopback, with its own data directory and admin kubeconfig.
+//! A throw-away `skiff server` on loopback, with its own data directory and admin kubeconfig,
+//! and `skiff agent`s joining it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -140,6 +141,76 @@ impl SkiffServer {
 }
 
 impl Drop for SkiffServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `skiff agent` process joined to a server; killed (by its PID) and reaped when dropped,
+/// leaving its containers (the owner runs `skiff reset` on its data directory).
+pub struct SkiffAgent {
+    child: Child,
+    pub node: String,
+    log: PathBuf,
+}
+
+impl SkiffAgent {
+    /// Starts `skiff agent --server SERVER --data-dir DIR --node-name NODE --node-ip 127.0.0.1
+    /// --agent-port 0` plus `extra` (e.g. `--token T`), and waits until its node is ready.
+    pub fn start(
+        bin: &Path,
+        server: &str,
+        dir: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<SkiffAgent, String> {
+        let log = dir.join(format!("agent-{node}.log"));
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("agent log: {e}"))?;
+        let mut child = Command::new(bin)
+            .args(["agent", "--server", server, "--node-name", node])
+            .args(["--node-ip", "127.0.0.1", "--agent-port", "0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        let ready = format!("node {node} ready");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with(&ready) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let agent = SkiffAgent {
+            child,
+            node: node.to_string(),
+            log,
+        };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            return Err(format!(
+                "skiff agent {node} did not become ready; its log:\n{}",
+                agent.log()
+            ));
+        }
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SkiffAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
