@@ -4,6 +4,7 @@ mod apiserver;
 mod binary;
 mod controllers;
 mod density;
+mod podstartup;
 mod report;
 mod runtime;
 mod store;
@@ -67,6 +68,17 @@ enum Command {
         #[arg(long, default_value_t = 150_000)]
         pods: usize,
     },
+    /// Pod start-up on a real node: creation to Ready, and the agent's memory idle and busy.
+    PodStartup {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Pods created per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -100,6 +112,13 @@ fn main() -> anyhow::Result<()> {
         Command::Density { out, nodes, pods } => {
             let report = runtime.block_on(density::run(density::Sizes { nodes, pods }))?;
             report.write(&out)?;
+        }
+        Command::PodStartup { out, pods, rate } => {
+            let sizes = podstartup::Sizes {
+                pods,
+                per_second: rate,
+            };
+            runtime.block_on(podstartup::run(sizes))?.write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {
             runtime.block_on(store::memory_child(&path, count))?;

@@ -536,6 +536,11 @@ spec:
     for reason in ["Pulled", "Created", "Started", "Killing", "Unhealthy"] {
         assert!(events.contains(reason), "no {reason} event: {events}");
     }
+    let described = cluster.kubectl(&["describe", "pod", "live"]);
+    assert!(
+        described.contains("kubelet") && described.contains("Liveness probe failed"),
+        "{described}"
+    );
 
     // Readiness follows the probe both ways, without restarts.
     eventually("the flaky pod becomes ready", || {
