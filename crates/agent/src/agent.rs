@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use kube::api::Api;
 use kube::runtime::watcher;
 use skiff_runtime::image::{PullOptions, RegistryAuth};
-use skiff_runtime::{ImageStore, Runtime};
-use tokio::sync::watch;
+use skiff_runtime::{ContainerStatus, ImageStore, Runtime};
+use tokio::sync::{watch, Notify};
 
 use crate::container::NodeFacts;
 use crate::events::Recorder;
@@ -68,6 +68,8 @@ pub struct Agent {
     pub events: Recorder,
     /// The uid of each pod of the node by namespace and name, for the log endpoint.
     pods: Mutex<HashMap<(String, String), Pod>>,
+    /// How each worker is woken when the relist sees its containers change, by pod uid.
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// A started agent.
@@ -78,6 +80,24 @@ pub struct Running {
 }
 
 impl Agent {
+    /// The waker of the worker of pod `uid`: notified when its containers change.
+    pub fn waker(&self, uid: &str) -> Arc<Notify> {
+        self.wakers
+            .lock()
+            .expect("wakers lock")
+            .entry(uid.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the waker `waker` of pod `uid` (a newer worker's stays).
+    pub fn forget_waker(&self, uid: &str, waker: &Arc<Notify>) {
+        let mut wakers = self.wakers.lock().expect("wakers lock");
+        if wakers.get(uid).is_some_and(|w| Arc::ptr_eq(w, waker)) {
+            wakers.remove(uid);
+        }
+    }
+
     /// The pod of this node with that namespace and name, as last seen.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
         self.pods
@@ -270,6 +290,7 @@ pub async fn start(
         facts,
         events: Recorder::new(client.clone(), &config.node.name),
         pods: Mutex::new(HashMap::new()),
+        wakers: Mutex::new(HashMap::new()),
         config,
     });
     tokio::spawn(node::heartbeat(
@@ -283,7 +304,46 @@ pub async fn start(
     tokio::spawn(crate::logs::serve(listener, tls, agent.clone()));
     tokio::spawn(follow_pods(agent.clone()));
     tokio::spawn(prune(agent.clone()));
+    tokio::spawn(relist(agent.clone()));
     Ok(Running { agent, addr })
+}
+
+/// How often every container of the node is listed to notice exits.
+const RELIST: Duration = Duration::from_secs(1);
+
+/// One list of the node's containers every second (kubelet's PLEG): the worker of each pod
+/// whose containers changed since the last list is woken. Workers do not poll.
+async fn relist(agent: Arc<Agent>) {
+    let mut last: HashMap<String, Vec<ContainerStatus>> = HashMap::new();
+    loop {
+        tokio::time::sleep(RELIST).await;
+        let runtime = agent.runtime.clone();
+        let listed = match tokio::task::spawn_blocking(move || runtime.containers(None)).await {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "listing the node's containers");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut now: HashMap<String, Vec<ContainerStatus>> = HashMap::new();
+        for status in listed {
+            now.entry(status.id.pod_uid.clone())
+                .or_default()
+                .push(status);
+        }
+        for statuses in now.values_mut() {
+            statuses.sort_by(|a, b| (&a.id.name, a.id.attempt).cmp(&(&b.id.name, b.id.attempt)));
+        }
+        let wakers = agent.wakers.lock().expect("wakers lock");
+        for (uid, waker) in wakers.iter() {
+            if now.get(uid) != last.get(uid) {
+                waker.notify_one();
+            }
+        }
+        drop(wakers);
+        last = now;
+    }
 }
 
 /// Removes exited attempts beyond the newest of each container, now and then.

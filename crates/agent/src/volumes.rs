@@ -35,6 +35,20 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Whether some volume of the pod has files that follow the API (configMap, secret,
+/// downwardAPI, projected): those are brought up to date while the pod runs.
+pub fn follows_api(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| {
+            v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some()
+        })
+}
+
 /// The names of the ConfigMaps and Secrets a pod refers to, in its containers' environments
 /// and in its volumes.
 pub fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {

@@ -22,10 +22,8 @@ use crate::probe::{Outcome, PodProbes, Verdict};
 use crate::prober::{self, Action, Target};
 use crate::status::{self, pod_ref, Note, StatusInput};
 
-/// How often a worker looks at its containers when nothing else wakes it (exits are noticed
-/// within this).
-const POLL: Duration = Duration::from_secs(1);
-/// How often the files of configMap and secret volumes are brought up to date.
+/// How often the files of configMap and secret volumes are brought up to date, and the longest
+/// a worker sleeps: exits wake it sooner (the agent's relist), as do changes of the pod.
 const VOLUME_REFRESH: Duration = Duration::from_secs(5);
 
 /// A container that could not be started for a reason of the node's (image, configuration):
@@ -79,9 +77,27 @@ async fn blocking<T: Send + 'static>(
         .expect("runtime calls do not panic")
 }
 
+/// The worker's registration for the relist's wake-ups, dropped with the worker.
+struct Waker {
+    notify: Arc<tokio::sync::Notify>,
+    agent: Arc<Agent>,
+    uid: String,
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.agent.forget_waker(&self.uid, &self.notify);
+    }
+}
+
 /// Runs until the pod is gone from the node: `pod` carries the API's view, `None` once the pod
 /// was deleted from the API.
 pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option<Pod>>) {
+    let waker = Waker {
+        notify: agent.waker(&uid),
+        agent: agent.clone(),
+        uid: uid.clone(),
+    };
     let mut worker = Worker {
         agent,
         uid,
@@ -110,11 +126,15 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
             Some(p) => worker.sync(&p).await,
         };
         let sleep = wake
-            .and_then(|at| {
+            .map(|at| {
                 let now = Timestamp::now();
-                (at > now).then(|| at.duration_since(now).unsigned_abs())
+                if at > now {
+                    at.duration_since(now).unsigned_abs()
+                } else {
+                    Duration::ZERO
+                }
             })
-            .map_or(POLL, |d| d.min(POLL));
+            .map_or(VOLUME_REFRESH, |d| d.min(VOLUME_REFRESH));
         tokio::select! {
             changed = pod.changed() => {
                 if changed.is_err() {
@@ -122,6 +142,7 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
                     return;
                 }
             }
+            _ = waker.notify.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
@@ -194,36 +215,41 @@ impl Worker {
         sources
     }
 
-    /// Makes the sandbox, then the volumes (again every few seconds, so that configuration
-    /// updates reach running containers).
+    /// Makes the sandbox (once), then the volumes (again every few seconds, so that
+    /// configuration updates reach running containers).
     async fn prepare(&mut self, pod: &Pod, now: Timestamp) -> Result<(), Note> {
-        let (namespace, name) = pod_name(pod);
-        let hostname = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .unwrap_or_else(|| name.clone());
-        let sandbox = SandboxConfig {
-            uid: self.uid.clone(),
-            namespace,
-            name,
-            hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
-            resolv_conf: String::new(),
-            hostname,
-        };
-        let runtime = self.runtime();
-        match blocking(move || runtime.run_sandbox(&sandbox)).await {
-            Ok(made) => self.netns = Some(made.netns),
-            Err(e) => {
-                return Err(Note {
+        if self.netns.is_none() {
+            let (namespace, name) = pod_name(pod);
+            let hostname = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .unwrap_or_else(|| name.clone());
+            let sandbox = SandboxConfig {
+                uid: self.uid.clone(),
+                namespace,
+                name,
+                hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+                resolv_conf: String::new(),
+                hostname,
+            };
+            let runtime = self.runtime();
+            let made = blocking(move || runtime.run_sandbox(&sandbox))
+                .await
+                .map_err(|e| Note {
                     reason: "FailedCreatePodSandBox".into(),
                     message: e.to_string(),
-                })
-            }
+                })?;
+            self.netns = Some(made.netns);
         }
-        let due = self
-            .volumes_at
-            .is_none_or(|at| now.duration_since(at).unsigned_abs() >= VOLUME_REFRESH);
+        // Made once; again every few seconds only where files follow the API.
+        let due = match self.volumes_at {
+            None => true,
+            Some(at) => {
+                crate::volumes::follows_api(pod)
+                    && now.duration_since(at).unsigned_abs() >= VOLUME_REFRESH
+            }
+        };
         if due {
             let sources = self.sources(pod).await;
             let volumes = self.agent.volumes.clone();

@@ -74,6 +74,9 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Blocking threads (runtime and file calls) go after 2 s idle, not tokio's 10 s: a
+        // burst of pod starts would otherwise leave dozens behind, kept alive by light work.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()?;
     match Cli::parse().command {

@@ -10,14 +10,16 @@
 mod archive;
 pub mod format;
 mod pull;
+pub mod reference;
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub use reference::Reference;
 use sha2::{Digest, Sha256};
 
 pub use crate::layer::unpack as unpack_layer;
@@ -82,11 +84,14 @@ pub struct ImageStore {
 
 /// The normalized form of an image reference: `busybox` is `docker.io/library/busybox:latest`.
 pub fn normalize(reference: &str) -> Result<String, Error> {
-    let parsed = oci_client::Reference::from_str(reference).map_err(|e| Error::BadReference {
+    Ok(parse(reference)?.to_string())
+}
+
+pub(crate) fn parse(reference: &str) -> Result<Reference, Error> {
+    Reference::parse(reference).map_err(|message| Error::BadReference {
         reference: reference.to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(parsed.whole())
+        message: message.to_string(),
+    })
 }
 
 fn hex_of(digest: &str) -> Result<&str, Error> {

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::str::FromStr;
 
 use base64::Engine;
 use futures::StreamExt;
@@ -134,11 +133,9 @@ impl ImageStore {
     ) -> Result<Image, Error> {
         install_crypto_provider();
         let _ingesting = self.ingesting()?;
-        let name = super::normalize(reference)?;
-        let parsed = oci_client::Reference::from_str(&name).map_err(|e| Error::BadReference {
-            reference: reference.into(),
-            message: e.to_string(),
-        })?;
+        let reference = super::parse(reference)?;
+        let name = reference.to_string();
+        let parsed = reference.to_oci();
         let failed = |e: oci_client::errors::OciDistributionError| Error::Pull {
             reference: name.clone(),
             message: e.to_string(),
