@@ -221,6 +221,8 @@ fn multiplexed(config: kube::Config) -> Result<kube::Client, kube::Error> {
 
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
+    // Small frames of many streams share the connection: Nagle's delay would hold them.
+    http.set_nodelay(true);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.rustls_client_config()?)
         .https_only()
