@@ -318,13 +318,12 @@ async fn relist(agent: Arc<Agent>) {
     loop {
         tokio::time::sleep(RELIST).await;
         let runtime = agent.runtime.clone();
-        let listed = match tokio::task::spawn_blocking(move || runtime.containers(None)).await {
-            Ok(Ok(listed)) => listed,
-            Ok(Err(e)) => {
+        let listed = match worker::blocking(move || runtime.containers(None)).await {
+            Ok(listed) => listed,
+            Err(e) => {
                 tracing::warn!(error = %e, "listing the node's containers");
                 continue;
             }
-            Err(_) => continue,
         };
         let mut now: HashMap<String, Vec<ContainerStatus>> = HashMap::new();
         for status in listed {
@@ -351,7 +350,7 @@ async fn prune(agent: Arc<Agent>) {
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let runtime = agent.runtime.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || runtime.prune_exited(1)).await {
+        if let Err(e) = worker::blocking(move || runtime.prune_exited(1)).await {
             tracing::warn!(error = %e, "pruning exited containers");
         }
     }
@@ -438,9 +437,8 @@ async fn remove_orphans(
     workers: &mut HashMap<String, watch::Sender<Option<Pod>>>,
 ) {
     let runtime = agent.runtime.clone();
-    let sandboxes = match tokio::task::spawn_blocking(move || runtime.sandboxes()).await {
-        Ok(Ok(list)) => list,
-        _ => return,
+    let Ok(sandboxes) = worker::blocking(move || runtime.sandboxes()).await else {
+        return;
     };
     let mut uids: HashSet<String> = sandboxes.into_iter().map(|s| s.config.uid).collect();
     uids.extend(agent.volumes.pods());

@@ -244,10 +244,8 @@ async fn container_logs(
     let runtime = agent.runtime.clone();
     let observed = {
         let uid = uid.clone();
-        tokio::task::spawn_blocking(move || runtime.containers(Some(&uid)))
+        crate::worker::blocking(move || runtime.containers(Some(&uid)))
             .await
-            .ok()
-            .and_then(Result::ok)
             .unwrap_or_default()
     };
     let observed: Vec<ContainerStatus> = observed
@@ -351,7 +349,7 @@ async fn container_logs(
                 }
                 let runtime = runtime.clone();
                 let id = id.clone();
-                let running = tokio::task::spawn_blocking(move || {
+                let running = crate::worker::blocking(move || {
                     runtime.containers(Some(&id.pod_uid)).map(|cs| {
                         cs.iter()
                             .any(|c| c.id == id && c.state == ContainerState::Running)
@@ -359,7 +357,6 @@ async fn container_logs(
                 })
                 .await
                 .ok()
-                .and_then(Result::ok)
                 .unwrap_or(false);
                 if !running {
                     // One last read for what the container wrote before it ended.

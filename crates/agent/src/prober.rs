@@ -133,10 +133,7 @@ async fn exec(target: &Target, command: &[String], timeout: Duration) -> Result<
     let id = target.id.clone();
     let command = command.to_vec();
     let shown = command.clone();
-    let result = tokio::task::spawn_blocking(move || runtime.exec(&id, &command, timeout))
-        .await
-        .map_err(|e| e.to_string())?;
-    match result {
+    match crate::worker::blocking(move || runtime.exec(&id, &command, timeout)).await {
         Ok(r) if r.exit_code == 0 => Ok(()),
         Ok(r) => {
             let mut output = String::from_utf8_lossy(&r.stdout).into_owned();

@@ -189,29 +189,17 @@ pub fn volume_files(
     } else if let Some(p) = &volume.projected {
         let mode = p.default_mode.map_or(0o644, |m| m as u32);
         for source in p.sources.iter().flatten() {
-            if let Some(cm) = &source.config_map {
+            let config_map = source.config_map.as_ref().map(|cm| {
                 let data = lookup(&sources.config_maps, &cm.name);
-                project(
-                    data.as_ref(),
-                    cm.items.as_ref(),
-                    mode,
-                    "configmap",
-                    &cm.name,
-                    cm.optional.unwrap_or(false),
-                    &mut files,
-                )?;
-            }
-            if let Some(s) = &source.secret {
+                ("configmap", &cm.name, cm.items.as_ref(), cm.optional, data)
+            });
+            let secret = source.secret.as_ref().map(|s| {
                 let data = lookup(&sources.secrets, &s.name);
-                project(
-                    data.as_ref(),
-                    s.items.as_ref(),
-                    mode,
-                    "secret",
-                    &s.name,
-                    s.optional.unwrap_or(false),
-                    &mut files,
-                )?;
+                ("secret", &s.name, s.items.as_ref(), s.optional, data)
+            });
+            for (kind, name, items, optional, data) in config_map.into_iter().chain(secret) {
+                let optional = optional.unwrap_or(false);
+                project(data.as_ref(), items, mode, kind, name, optional, &mut files)?;
             }
             if let Some(d) = &source.downward_api {
                 downward(d.items.as_deref().unwrap_or_default(), mode, &mut files)?;

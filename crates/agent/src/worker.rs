@@ -69,12 +69,13 @@ fn grace(pod: &Pod) -> Duration {
     Duration::from_secs(seconds.max(0) as u64)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, skiff_runtime::Error> + Send + 'static,
-) -> Result<T, skiff_runtime::Error> {
+/// A runtime or file call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
     tokio::task::spawn_blocking(f)
         .await
-        .expect("runtime calls do not panic")
+        .expect("runtime and file calls do not panic")
 }
 
 /// The worker's registration for the relist's wake-ups, dropped with the worker.
@@ -255,11 +256,7 @@ impl Worker {
             let volumes = self.agent.volumes.clone();
             let facts = self.agent.facts.clone();
             let pod = pod.clone();
-            let prepared =
-                tokio::task::spawn_blocking(move || volumes.prepare(&pod, &sources, &facts))
-                    .await
-                    .expect("volume preparation does not panic");
-            match prepared {
+            match blocking(move || volumes.prepare(&pod, &sources, &facts)).await {
                 Ok(dirs) => {
                     self.volume_dirs = dirs;
                     self.volumes_at = Some(now);

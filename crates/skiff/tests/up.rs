@@ -96,6 +96,14 @@ impl Cluster {
         kubectl(self.server(), args).out()
     }
 
+    /// Waits until `path` of `object` reads `want`; `what` says what is awaited.
+    fn wait_for(&self, what: &str, object: &str, path: &str, want: &str) {
+        eventually(what, || {
+            let s = self.get(object, path);
+            (s != want).then_some(s)
+        });
+    }
+
     fn get(&self, what: &str, path: &str) -> String {
         kubectl(
             self.server(),
@@ -246,13 +254,12 @@ fn crashes_restart_with_backoff_and_logs_show_each_attempt() {
     let table = cluster.kubectl(&["get", "pod", "crash"]);
     assert!(table.contains("CrashLoopBackOff"), "{table}");
 
-    eventually("the pod that runs once completes", || {
-        let s = cluster.get(
-            "pod/once",
-            "{.status.phase} {.status.containerStatuses[0].state.terminated.reason}",
-        );
-        (s != "Succeeded Completed").then_some(s)
-    });
+    cluster.wait_for(
+        "the pod that runs once completes",
+        "pod/once",
+        "{.status.phase} {.status.containerStatuses[0].state.terminated.reason}",
+        "Succeeded Completed",
+    );
     assert_eq!(
         cluster.kubectl(&["logs", "once"]),
         "hello from once\nto stderr\n"
@@ -315,10 +322,12 @@ spec:
     - {name: shared, mountPath: /shared}
 "#,
     );
-    eventually("the pod runs", || {
-        let s = cluster.get("pod/configured", "{.status.phase}");
-        (s != "Running").then_some(s)
-    });
+    cluster.wait_for(
+        "the pod runs",
+        "pod/configured",
+        "{.status.phase}",
+        "Running",
+    );
     eventually(
         "the environment from the ConfigMap, the Secret and the downward API",
         || {
@@ -358,10 +367,7 @@ spec:
         "    env:\n    - name: X\n      valueFrom: {configMapKeyRef: {name: nope, key: k}}\n    command:",
     );
     apply(cluster.server(), &missing);
-    eventually("a configuration error in kubelet's words", || {
-        let s = cluster.get("pod/missing", "{.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}");
-        (s != "CreateContainerConfigError: configmap \"nope\" not found").then_some(s)
-    });
+    cluster.wait_for("a configuration error in kubelet's words", "pod/missing", "{.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}", "CreateContainerConfigError: configmap \"nope\" not found");
 }
 
 #[test]
@@ -543,17 +549,18 @@ spec:
     );
 
     // Readiness follows the probe both ways, without restarts.
-    eventually("the flaky pod becomes ready", || {
-        let s = cluster.get(
-            "pod/flaky",
-            "{.status.conditions[?(@.type==\"Ready\")].status}",
-        );
-        (s != "True").then_some(s)
-    });
-    eventually("the flaky pod becomes unready", || {
-        let s = cluster.get("pod/flaky", "{.status.conditions[?(@.type==\"Ready\")].status}/{.status.containerStatuses[0].ready}");
-        (s != "False/false").then_some(s)
-    });
+    cluster.wait_for(
+        "the flaky pod becomes ready",
+        "pod/flaky",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+    );
+    cluster.wait_for(
+        "the flaky pod becomes unready",
+        "pod/flaky",
+        "{.status.conditions[?(@.type==\"Ready\")].status}/{.status.containerStatuses[0].ready}",
+        "False/false",
+    );
     assert_eq!(
         cluster.get(
             "pod/flaky",
@@ -563,13 +570,12 @@ spec:
     );
 
     // HTTP and TCP probes reach the server inside the pod's network namespace.
-    eventually("the web pod is started and ready", || {
-        let s = cluster.get(
-            "pod/web",
-            "{.status.containerStatuses[0].started}/{.status.containerStatuses[0].ready}",
-        );
-        (s != "true/true").then_some(s)
-    });
+    cluster.wait_for(
+        "the web pod is started and ready",
+        "pod/web",
+        "{.status.containerStatuses[0].started}/{.status.containerStatuses[0].ready}",
+        "true/true",
+    );
 
     // postStart ran before the container went on; preStop runs on deletion.
     eventually("the postStart hook's file is read", || {
@@ -583,13 +589,7 @@ spec:
     );
 
     // Exceeding the memory limit is OOMKilled.
-    eventually("the hungry container is OOM-killed", || {
-        let s = cluster.get(
-            "pod/hungry",
-            "{.status.phase}/{.status.containerStatuses[0].state.terminated.reason}/{.status.containerStatuses[0].state.terminated.exitCode}",
-        );
-        (s != "Failed/OOMKilled/137").then_some(s)
-    });
+    cluster.wait_for("the hungry container is OOM-killed", "pod/hungry", "{.status.phase}/{.status.containerStatuses[0].state.terminated.reason}/{.status.containerStatuses[0].state.terminated.exitCode}", "Failed/OOMKilled/137");
     // An isolated node pulls from nowhere but loopback, and says so.
     eventually("the remote image is refused", || {
         let s = cluster.get(
@@ -699,13 +699,12 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
             &["--token", &token, "--isolated"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        eventually("the second node is Ready", || {
-            let s = cluster.get(
-                &format!("node/{second}"),
-                "{.status.conditions[?(@.type==\"Ready\")].status}",
-            );
-            (s != "True").then_some(s)
-        });
+        cluster.wait_for(
+            "the second node is Ready",
+            &format!("node/{second}"),
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+            "True",
+        );
         let csrs = cluster.kubectl(&["get", "csr", "-o", "custom-columns=SIGNER:.spec.signerName,REQUESTOR:.spec.username,CONDITION:.status.conditions[0].type"]);
         let rows: Vec<Vec<&str>> = csrs
             .lines()
@@ -752,13 +751,12 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
         &["--isolated"],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    eventually("the pod still runs, not restarted", || {
-        let s = cluster.get(
-            "pod/elsewhere",
-            "{.status.phase}/{.status.containerStatuses[0].restartCount}",
-        );
-        (s != "Running/0").then_some(s)
-    });
+    cluster.wait_for(
+        "the pod still runs, not restarted",
+        "pod/elsewhere",
+        "{.status.phase}/{.status.containerStatuses[0].restartCount}",
+        "Running/0",
+    );
     let logs = kubectl(cluster.server(), &["logs", "elsewhere"]).stdout;
     assert_eq!(logs, "hello from the second node\n");
 }
