@@ -14,14 +14,14 @@ use crate::up::{start_node, Node, NodeArgs};
 #[derive(Args)]
 pub struct AgentArgs {
     /// The API server, as https://HOST:PORT.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_SERVER")]
     server: String,
     /// The join token `skiff token create` printed (needed only until the node has its
     /// certificates).
     #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Where the node keeps its certificates, images, containers and volumes.
-    #[arg(long, default_value = "/var/lib/skiff")]
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeArgs,

@@ -29,6 +29,8 @@ enum Command {
     Up(up::UpArgs),
     /// Join a cluster as a node and run the pods it is given.
     Agent(agent::AgentArgs),
+    /// Print the admin kubeconfig of a server's data directory.
+    Kubeconfig(KubeconfigArgs),
     /// Make join tokens for agents.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -47,6 +49,13 @@ enum Command {
     /// Run and list containers on a node's runtime directly (for debugging).
     #[command(hide = true)]
     Runtime(runtime::RuntimeArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    /// The server's data directory.
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
+    data_dir: std::path::PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +92,17 @@ fn run() -> anyhow::Result<()> {
         Command::Up(args) => runtime.block_on(up::run(args)),
         Command::Agent(args) => runtime.block_on(agent::run(args)),
         Command::Token(cmd) => runtime.block_on(token::run(cmd)),
+        Command::Kubeconfig(args) => {
+            let path = args.data_dir.join("admin.kubeconfig");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading {}: {e} (is --data-dir the server's, and has it started once?)",
+                    path.display()
+                )
+            })?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Reset(args) => up::reset(args),
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),

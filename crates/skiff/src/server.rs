@@ -21,29 +21,33 @@ pub enum StoreKind {
 #[derive(Args)]
 pub struct ServerArgs {
     /// Where the store, the certificates and the admin kubeconfig live.
-    #[arg(long, default_value = "/var/lib/skiff")]
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
     pub data_dir: PathBuf,
     /// The address the API listens on.
-    #[arg(long, default_value = "127.0.0.1:6443")]
+    #[arg(long, default_value = "127.0.0.1:6443", env = "SKIFF_LISTEN")]
     pub listen: SocketAddr,
     /// Another name or address for the serving certificate (repeatable).
-    #[arg(long = "tls-san")]
+    #[arg(long = "tls-san", env = "SKIFF_TLS_SAN", value_delimiter = ',')]
     tls_sans: Vec<String>,
     /// Where the cluster's state is kept.
-    #[arg(long, value_enum, default_value = "redb")]
+    #[arg(long, value_enum, default_value = "redb", env = "SKIFF_STORE")]
     store: StoreKind,
     /// Where Services' cluster IPs come from.
-    #[arg(long, default_value = "10.43.0.0/16")]
+    #[arg(long, default_value = "10.43.0.0/16", env = "SKIFF_SERVICE_CIDR")]
     pub service_cidr: String,
     /// Where NodePort Services' ports come from.
-    #[arg(long, default_value = "30000-32767")]
+    #[arg(
+        long,
+        default_value = "30000-32767",
+        env = "SKIFF_SERVICE_NODE_PORT_RANGE"
+    )]
     service_node_port_range: String,
     /// How long Events are kept after they were last seen, like `24h`, `90m` or `30s`
     /// (Kubernetes keeps them 1h; a day lets yesterday's failure still be read).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration, env = "SKIFF_EVENT_TTL")]
     event_ttl: std::time::Duration,
     /// etcd client URLs, comma-separated, for `--store etcd`.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "SKIFF_ETCD_ENDPOINTS")]
     etcd_endpoints: Vec<String>,
 }
 

@@ -22,10 +22,10 @@ pub enum TokenCommand {
 #[derive(Args)]
 pub struct CreateArgs {
     /// The server's data directory (its CA and admin kubeconfig).
-    #[arg(long, default_value = "/var/lib/skiff")]
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
     data_dir: PathBuf,
     /// How long the token may be used to join, like 24h; 0s for ever.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration, env = "SKIFF_TOKEN_TTL")]
     ttl: Duration,
 }
 

@@ -27,33 +27,33 @@ pub struct UpArgs {
 #[derive(Args)]
 pub struct NodeArgs {
     /// The node's name [default: the machine's hostname].
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_NODE_NAME")]
     node_name: Option<String>,
     /// The node's address [default: for `skiff up` the address the API server listens on (or
     /// 127.0.0.1), for `skiff agent` this machine's source address toward the server].
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_NODE_IP")]
     pub node_ip: Option<String>,
     /// The port of the agent's HTTPS endpoint (container logs for the API server).
-    #[arg(long, default_value_t = 10250)]
+    #[arg(long, default_value_t = 10250, env = "SKIFF_AGENT_PORT")]
     agent_port: u16,
     /// Run containers with the runc binary at this path instead of the built-in libcontainer.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_RUNC")]
     runc: Option<PathBuf>,
     /// The delay before restarting a container that crashed again; it doubles with each crash.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "SKIFF_RESTART_BACKOFF")]
     restart_backoff: Duration,
     /// The longest delay before restarting a crashing container.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "SKIFF_RESTART_BACKOFF_MAX")]
     restart_backoff_max: Duration,
     /// Registries (host:port) pulled from over plain HTTP, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "SKIFF_INSECURE_REGISTRIES")]
     insecure_registries: Vec<String>,
     /// Nothing leaves the machine: images are pulled only from registries on loopback (tests
     /// and air-gapped machines).
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_ISOLATED")]
     isolated: bool,
     /// A label of the node, as key=value (repeatable).
-    #[arg(long = "node-label")]
+    #[arg(long = "node-label", env = "SKIFF_NODE_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
 }
 
@@ -217,10 +217,10 @@ pub async fn start_node(
 #[derive(Args)]
 pub struct ResetArgs {
     /// The data directory of the cluster (or node) to remove.
-    #[arg(long, default_value = "/var/lib/skiff")]
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
     data_dir: PathBuf,
     /// The node's name [default: the machine's hostname].
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_NODE_NAME")]
     node_name: Option<String>,
 }
 

@@ -928,3 +928,40 @@ fn user_certificate_requests_wait_for_approval_then_are_signed() {
     .err();
     assert!(refused.contains("spec.request"), "{refused}");
 }
+
+#[test]
+fn flags_come_from_the_environment_and_the_kubeconfig_is_printed() {
+    let skiff = env!("CARGO_BIN_EXE_skiff");
+    let bad = std::process::Command::new(skiff)
+        .arg("server")
+        .env("SKIFF_LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("invalid value 'nowhere' for '--listen <LISTEN>'"),
+        "{stderr}"
+    );
+
+    let server = server();
+    let printed = std::process::Command::new(skiff)
+        .arg("kubeconfig")
+        .env("SKIFF_DATA_DIR", server.data_dir())
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert_eq!(
+        String::from_utf8(printed.stdout).unwrap(),
+        std::fs::read_to_string(server.kubeconfig()).unwrap()
+    );
+    let missing = std::process::Command::new(skiff)
+        .args(["kubeconfig", "--data-dir", "/nonexistent/skiff"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("reading /nonexistent/skiff/admin.kubeconfig"),
+        "{stderr}"
+    );
+}
