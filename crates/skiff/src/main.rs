@@ -1,6 +1,7 @@
 //! The `skiff` binary: parses the command line and hands each subcommand to its own module.
 
 mod agent;
+mod config;
 mod hollow;
 mod image;
 mod monitor;
@@ -10,17 +11,23 @@ mod store;
 mod token;
 mod up;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "skiff",
     version,
-    about = "Skiff: the Kubernetes API in one binary"
+    about = "Skiff: the Kubernetes API in one binary",
+    // A flag given again (on the command line after the config file) wins.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A YAML file of flags (`listen: 0.0.0.0:6443`, `node-label: [zone=a]`); flags on the
+    /// command line win.
+    #[arg(long, global = true, env = "SKIFF_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -88,7 +95,16 @@ fn run() -> anyhow::Result<()> {
         .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()?;
-    match Cli::parse().command {
+    let args = config::expand(std::env::args_os().collect(), |name| {
+        let command = Cli::command();
+        let sub = command.find_subcommand(name)?;
+        Some(
+            sub.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string))
+                .collect(),
+        )
+    })?;
+    match Cli::parse_from(args).command {
         Command::Up(args) => runtime.block_on(up::run(args)),
         Command::Agent(args) => runtime.block_on(agent::run(args)),
         Command::Token(cmd) => runtime.block_on(token::run(cmd)),

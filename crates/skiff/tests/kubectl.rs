@@ -955,6 +955,49 @@ fn flags_come_from_the_environment_and_the_kubeconfig_is_printed() {
         String::from_utf8(printed.stdout).unwrap(),
         std::fs::read_to_string(server.kubeconfig()).unwrap()
     );
+    // A config file gives flags; the command line wins over it; unknown keys are named.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("skiff.yaml");
+    std::fs::write(&config, "data-dir: /nonexistent/from-config\n").unwrap();
+    let from_file = std::process::Command::new(skiff)
+        .arg("kubeconfig")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&from_file.stderr);
+    assert!(
+        stderr.contains("/nonexistent/from-config/admin.kubeconfig"),
+        "{stderr}"
+    );
+    let overridden = std::process::Command::new(skiff)
+        .arg("kubeconfig")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        overridden.status.success(),
+        "{}",
+        String::from_utf8_lossy(&overridden.stderr)
+    );
+    std::fs::write(&config, "data-dri: /x\n").unwrap();
+    let unknown = std::process::Command::new(skiff)
+        .args(["kubeconfig", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "config {}: key \"data-dri\" is not a flag",
+            config.display()
+        )),
+        "{stderr}"
+    );
+
     let missing = std::process::Command::new(skiff)
         .args(["kubeconfig", "--data-dir", "/nonexistent/skiff"])
         .output()
