@@ -258,6 +258,33 @@ impl LocalRuntime {
         }
     }
 
+    /// Stops every container of the node (SIGTERM, SIGKILL after `grace`, all at once) and
+    /// removes the sandboxes and the zygote, keeping the images: what `skiff down` does.
+    /// Returns how many pods were stopped.
+    pub fn stop_all(&self, grace: Duration) -> Result<usize, Error> {
+        let sandboxes = self.sandboxes()?;
+        let running: Vec<ContainerId> = self
+            .containers(None)?
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| c.id)
+            .collect();
+        std::thread::scope(|scope| {
+            for id in &running {
+                scope.spawn(move || {
+                    if let Err(e) = self.stop_container(id, grace) {
+                        tracing::warn!(container = %id, %e, "stop");
+                    }
+                });
+            }
+        });
+        for sandbox in &sandboxes {
+            self.remove_sandbox(&sandbox.config.uid)?;
+        }
+        self.stop_zygote();
+        Ok(sandboxes.len())
+    }
+
     /// Removes everything the node made: containers, sandboxes, mounts under its root, its
     /// cgroup tree, and the root itself (what `skiff reset` does, and what tests end with).
     pub fn reset(&self) -> Result<(), Error> {

@@ -29,6 +29,7 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let _pid = crate::pidfile::PidFile::claim(&args.data_dir)?;
     let token = args.token.as_deref().map(JoinToken::parse).transpose()?;
     let name = args.node.name();
     let ip = match &args.node.node_ip {

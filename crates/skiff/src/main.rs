@@ -5,6 +5,7 @@ mod config;
 mod hollow;
 mod image;
 mod monitor;
+mod pidfile;
 mod runtime;
 mod server;
 mod store;
@@ -41,6 +42,9 @@ enum Command {
     /// Make join tokens for agents.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Stop `skiff up` (or the agent) on a data directory and the node's containers, keeping the
+    /// cluster's state and images: the next `skiff up` starts the pods again.
+    Down(up::DownArgs),
     /// Remove a node's containers, mounts, cgroups and its data directory.
     Reset(up::ResetArgs),
     /// Run the API server.
@@ -120,6 +124,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reset(args) => up::reset(args),
+        Command::Down(args) => up::down(args),
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),
         Command::Image(cmd) => image::run(cmd),

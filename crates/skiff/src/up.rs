@@ -93,6 +93,7 @@ fn runtime(
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let _pid = crate::pidfile::PidFile::claim(&args.server.data_dir)?;
     let running = server::start(&args.server).await?;
     let data_dir = args.server.data_dir.clone();
     let node_name = args.node.name();
@@ -224,10 +225,44 @@ pub struct ResetArgs {
     node_name: Option<String>,
 }
 
+#[derive(Args)]
+pub struct DownArgs {
+    /// The data directory of the cluster (or node) to stop.
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The node's name [default: the machine's hostname].
+    #[arg(long, env = "SKIFF_NODE_NAME")]
+    node_name: Option<String>,
+    /// How long containers get between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "SKIFF_GRACE")]
+    grace: Duration,
+}
+
+/// `skiff down`: stops the process running the node on the data directory, then the node's
+/// containers (within the grace period), their sandboxes and volumes; the cluster's state and
+/// the images stay.
+pub fn down(args: DownArgs) -> anyhow::Result<()> {
+    let node = args.node_name.unwrap_or_else(hostname);
+    if crate::pidfile::stop(&args.data_dir, Duration::from_secs(15)) {
+        println!("stopped skiff on {}", args.data_dir.display());
+    }
+    let stopped = runtime(&args.data_dir, &node, None)?.stop_all(args.grace)?;
+    let volumes = skiff_agent::volumes::Volumes::new(args.data_dir.join("agent/pods"));
+    for uid in volumes.pods() {
+        volumes.remove(&uid)?;
+    }
+    println!(
+        "stopped {stopped} pod(s) of node {node}; the cluster stays in {} (`skiff up` starts them again)",
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
 /// `skiff reset`: removes the node's containers, sandboxes, volumes, mounts and cgroups, and
 /// the data directory.
 pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
     let node = args.node_name.unwrap_or_else(hostname);
+    crate::pidfile::stop(&args.data_dir, Duration::from_secs(15));
     let volumes = skiff_agent::volumes::Volumes::new(args.data_dir.join("agent/pods"));
     for uid in volumes.pods() {
         volumes.remove(&uid)?;

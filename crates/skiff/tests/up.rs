@@ -92,6 +92,18 @@ impl Cluster {
         self.server = Some(server);
     }
 
+    /// A new `skiff up` on the same data directory once the last one has ended.
+    fn up_again(&mut self) {
+        let dir = self.server.take().expect("started once").stop();
+        let server = SkiffServer::up_in(
+            Path::new(SKIFF),
+            dir,
+            &["--node-name", &self.node, "--agent-port", "0", "--isolated"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.server = Some(server);
+    }
+
     fn kubectl(&self, args: &[&str]) -> String {
         kubectl(self.server(), args).out()
     }
@@ -759,4 +771,94 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
     );
     let logs = kubectl(cluster.server(), &["logs", "elsewhere"]).stdout;
     assert_eq!(logs, "hello from the second node\n");
+}
+
+/// The monitors (and so the containers) running under `dir`.
+fn monitors_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            text.contains("\0monitor\0") && text.contains(&needle)
+        })
+        .collect()
+}
+
+#[test]
+fn down_stops_the_node_and_its_containers_and_up_brings_them_back() {
+    let mut cluster = Cluster::start("down");
+    apply(
+        cluster.server(),
+        &busybox_pod("sleeper", "Always", "echo up; sleep 600"),
+    );
+    cluster.wait_for("the pod runs", "pod/sleeper", "{.status.phase}", "Running");
+    assert!(!monitors_under(&cluster.dir).is_empty());
+
+    let second = Command::new(SKIFF)
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-name",
+            &cluster.node,
+            "--data-dir",
+        ])
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(stderr.contains("skiff already runs on"), "{stderr}");
+
+    let down = Command::new(SKIFF)
+        .args([
+            "down",
+            "--grace",
+            "2s",
+            "--node-name",
+            &cluster.node,
+            "--data-dir",
+        ])
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&down.stdout);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(stdout.contains("stopped 1 pod(s)"), "{stdout}");
+    let pid = cluster.server().pid();
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "skiff up still runs: {state}"
+    );
+    assert_eq!(
+        monitors_under(&cluster.dir),
+        Vec::<u32>::new(),
+        "containers left running"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*cluster.dir.join("runtime/pods").to_string_lossy()),
+        "a sandbox mount is left"
+    );
+
+    cluster.up_again();
+    cluster.wait_for(
+        "the pod runs again",
+        "pod/sleeper",
+        "{.status.phase}",
+        "Running",
+    );
+    eventually("its output comes back", || {
+        let logs = kubectl(cluster.server(), &["logs", "sleeper"]).stdout;
+        (logs != "up\n").then_some(logs)
+    });
 }
