@@ -59,15 +59,13 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// How long after attempt `attempt` (0 is the first run) ended, having run for `ran`, the
-    /// next attempt may start.
-    // FIXME: after a long run resets the delay, the next crash goes back to the delay of its
-    // attempt number instead of starting over from `initial` (the streak is not kept).
-    pub fn delay(&self, attempt: u32, ran: Duration) -> Duration {
-        if attempt == 0 || ran >= self.reset_after {
+    /// How long after a run ended, having run for `ran`, the next one may start; `crashes` is
+    /// how many runs of the current streak ended before it (0: the streak's first run).
+    pub fn delay(&self, crashes: u32, ran: Duration) -> Duration {
+        if crashes == 0 || ran >= self.reset_after {
             return Duration::ZERO;
         }
-        let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(crashes - 1).unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 }
@@ -141,12 +139,50 @@ fn time(text: Option<&str>) -> Option<Timestamp> {
     text.and_then(|t| t.parse().ok())
 }
 
-/// Restarts an exited container now, or says until when it waits.
-fn restart(plan: &mut Plan, exited: &ContainerStatus, now: Timestamp, backoff: &Backoff) {
+/// How long an exited run ran, and when it ended (`now` when unknown).
+fn ran(exited: &ContainerStatus, now: Timestamp) -> (Duration, Timestamp) {
     let finished = time(exited.finished_at.as_deref()).unwrap_or(now);
     let started = time(exited.started_at.as_deref()).unwrap_or(finished);
-    let ran = finished.duration_since(started).unsigned_abs();
-    let delay = backoff.delay(exited.id.attempt, ran);
+    (finished.duration_since(started).unsigned_abs(), finished)
+}
+
+/// Where each container's current crash streak began: the attempt after its last run of
+/// `reset_after` or more, so that back-off starts over after a long run. The worker keeps it
+/// in memory (the runtime keeps only two attempts), as kubelet keeps its back-off.
+#[derive(Debug, Default, Clone)]
+pub struct Streaks(BTreeMap<String, u32>);
+
+impl Streaks {
+    /// Notes the long runs among `observed`.
+    pub fn observe(&mut self, observed: &[ContainerStatus], backoff: &Backoff) {
+        for status in observed
+            .iter()
+            .filter(|s| s.state == ContainerState::Exited)
+        {
+            if ran(status, Timestamp::now()).0 >= backoff.reset_after {
+                let start = self.0.entry(status.id.name.clone()).or_insert(0);
+                *start = (*start).max(status.id.attempt + 1);
+            }
+        }
+    }
+
+    /// How many runs of the streak ended before this one.
+    fn crashes(&self, exited: &ContainerStatus) -> u32 {
+        let start = self.0.get(&exited.id.name).copied().unwrap_or(0);
+        exited.id.attempt.saturating_sub(start)
+    }
+}
+
+/// Restarts an exited container now, or says until when it waits.
+fn restart(
+    plan: &mut Plan,
+    exited: &ContainerStatus,
+    now: Timestamp,
+    backoff: &Backoff,
+    streaks: &Streaks,
+) {
+    let (ran, finished) = ran(exited, now);
+    let delay = backoff.delay(streaks.crashes(exited), ran);
     let until = finished
         .checked_add(delay)
         .unwrap_or(Timestamp::MAX)
@@ -171,7 +207,13 @@ fn containers(pod: &Pod) -> (&[Container], &[Container]) {
 }
 
 /// The next step of a live pod (not being deleted).
-pub fn plan(pod: &Pod, observed: &[ContainerStatus], now: Timestamp, backoff: &Backoff) -> Plan {
+pub fn plan(
+    pod: &Pod,
+    observed: &[ContainerStatus],
+    now: Timestamp,
+    backoff: &Backoff,
+    streaks: &Streaks,
+) -> Plan {
     let attempts = Attempts::new(observed);
     let policy = RestartPolicy::of(pod);
     let (inits, mains) = containers(pod);
@@ -189,7 +231,7 @@ pub fn plan(pod: &Pod, observed: &[ContainerStatus], now: Timestamp, backoff: &B
                 Some(status) if running(status) => {}
                 Some(_) if policy == RestartPolicy::Never => plan.init_failed = true,
                 // Failed init containers restart under Always and OnFailure alike.
-                Some(status) => restart(&mut plan, status, now, backoff),
+                Some(status) => restart(&mut plan, status, now, backoff, streaks),
             }
             plan.initialized = false;
             return plan;
@@ -200,7 +242,7 @@ pub fn plan(pod: &Pod, observed: &[ContainerStatus], now: Timestamp, backoff: &B
             None => plan.start.push((container.name.clone(), 0)),
             Some(status) if running(status) => {}
             Some(status) if policy.restarts(status, false) => {
-                restart(&mut plan, status, now, backoff)
+                restart(&mut plan, status, now, backoff, streaks)
             }
             Some(_) => {}
         }
@@ -271,7 +313,13 @@ mod tests {
     type Expect<'a> = (&'a [(&'a str, u32)], &'a [(&'a str, i64)], bool, bool);
 
     fn check(pod: &Pod, observed: &[ContainerStatus], now: i64, expect: Expect<'_>) {
-        let got = plan(pod, observed, at(now), &Backoff::default());
+        let got = plan(
+            pod,
+            observed,
+            at(now),
+            &Backoff::default(),
+            &Streaks::default(),
+        );
         let starts: Vec<(&str, u32)> = got.start.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         let waits: Vec<(&str, i64)> = got
             .backoff
@@ -396,6 +444,30 @@ mod tests {
         );
         check(&never, &crashed(0, 1), 102, (&[], &[], true, false));
         check(&never, &completed, 6, (&[], &[], true, false));
+    }
+
+    #[test]
+    fn back_off_starts_over_after_a_long_run() {
+        let p = pod("Always", &[], &["app"]);
+        let backoff = Backoff::default();
+        let mut streaks = Streaks::default();
+        // Attempt 7 ran 20 minutes: it restarts at once, and so does the next crash; the one
+        // after waits `initial`, not the delay of attempt 9's number (the maximum).
+        let long = [container("app", 7, Some(1), 0, 1200)];
+        streaks.observe(&long, &backoff);
+        let first = plan(&p, &long, at(1200), &backoff, &streaks);
+        assert_eq!(first.start, [("app".to_string(), 8)]);
+        let crash = [container("app", 8, Some(1), 1200, 1201)];
+        streaks.observe(&crash, &backoff);
+        let second = plan(&p, &crash, at(1201), &backoff, &streaks);
+        assert_eq!(second.start, [("app".to_string(), 9)]);
+        let again = [container("app", 9, Some(1), 1201, 1202)];
+        streaks.observe(&again, &backoff);
+        let third = plan(&p, &again, at(1202), &backoff, &streaks);
+        assert_eq!(third.backoff["app"].delay, backoff.initial);
+        // Without the streak, attempt 9's number alone gives the maximum.
+        let forgetful = plan(&p, &again, at(1202), &backoff, &Streaks::default());
+        assert_eq!(forgetful.backoff["app"].delay, backoff.max);
     }
 
     #[test]

@@ -341,7 +341,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{plan, Backoff};
+    use crate::plan::{plan, Backoff, Streaks};
     use skiff_runtime::{ContainerId, ContainerState};
 
     const T0: i64 = 1_800_000_000;
@@ -425,7 +425,13 @@ mod tests {
         health: &BTreeMap<String, Health>,
     ) -> Value {
         let observed = observed(runs);
-        let plan = plan(pod, &observed, at(now), &Backoff::default());
+        let plan = plan(
+            pod,
+            &observed,
+            at(now),
+            &Backoff::default(),
+            &Streaks::default(),
+        );
         let notes: BTreeMap<String, Note> = notes
             .iter()
             .map(|(c, r, m)| {

@@ -44,6 +44,7 @@ struct Worker {
     /// The pod's network namespace, where probes and hooks connect from.
     netns: Option<PathBuf>,
     probes: PodProbes,
+    streaks: plan::Streaks,
     /// The back-off waits a BackOff event was recorded for, by container and end.
     backoff_told: BTreeSet<(String, Timestamp)>,
 }
@@ -108,6 +109,7 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
         volume_dirs: BTreeMap::new(),
         netns: None,
         probes: PodProbes::default(),
+        streaks: plan::Streaks::default(),
         backoff_told: BTreeSet::new(),
     };
     loop {
@@ -278,7 +280,9 @@ impl Worker {
         let now = Timestamp::now();
         let prepared = self.prepare(pod, now).await;
         let mut observed = self.observe().await;
-        let plan = plan::plan(pod, &observed, now, &self.agent.config.backoff);
+        let backoff = self.agent.config.backoff;
+        self.streaks.observe(&observed, &backoff);
+        let plan = plan::plan(pod, &observed, now, &backoff, &self.streaks);
         if let Err(note) = &prepared {
             for (name, _) in &plan.start {
                 self.fail(pod, name, note.clone(), now);
@@ -304,7 +308,8 @@ impl Worker {
         if self.probe(pod, &observed).await {
             observed = self.observe().await;
         }
-        let plan = plan::plan(pod, &observed, Timestamp::now(), &self.agent.config.backoff);
+        self.streaks.observe(&observed, &backoff);
+        let plan = plan::plan(pod, &observed, Timestamp::now(), &backoff, &self.streaks);
         self.tell_backoff(pod, &plan);
         self.write_status(pod, &observed, &plan).await;
         [
