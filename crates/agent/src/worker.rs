@@ -646,7 +646,9 @@ impl Worker {
             pod_ip: self.agent.facts.pod_ip.as_deref(),
             now: Timestamp::now(),
         });
-        if self.written.as_ref() == Some(&status) {
+        // Written already, unless someone else changed a condition since (the node controller
+        // marks pods of an unreachable node not Ready; back in touch, the agent says again).
+        if self.written.as_ref() == Some(&status) && conditions_agree(pod, &status) {
             return;
         }
         let (namespace, name) = pod_name(pod);
@@ -721,6 +723,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether the pod's conditions in the API have the statuses of `status`'s.
+fn conditions_agree(pod: &Pod, status: &Value) -> bool {
+    let api = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|ours| {
+            api.into_iter()
+                .flatten()
+                .find(|c| ours["type"] == c.type_.as_str())
+                .is_some_and(|c| ours["status"] == c.status.as_str())
+        })
 }
 
 fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {

@@ -61,7 +61,11 @@ impl Recorder {
         note: &Note<'_>,
     ) -> Result<(), ClusterError> {
         let events = kind("", "events");
-        let namespace = text(involved, "/metadata/namespace").to_string();
+        // Events about cluster-scoped objects (nodes) live in `default`, as Kubernetes keeps them.
+        let namespace = match text(involved, "/metadata/namespace") {
+            "" => "default".to_string(),
+            ns => ns.to_string(),
+        };
         let key = (
             namespace.clone(),
             text(involved, "/metadata/uid").to_string(),
@@ -106,7 +110,7 @@ impl Recorder {
                 "apiVersion": text(involved, "/apiVersion"),
                 "kind": text(involved, "/kind"),
                 "name": text(involved, "/metadata/name"),
-                "namespace": namespace,
+                "namespace": text(involved, "/metadata/namespace"),
                 "uid": text(involved, "/metadata/uid"),
                 "resourceVersion": text(involved, "/metadata/resourceVersion"),
             },

@@ -3,11 +3,13 @@
 //! garbage collector's background deletion) over the API as [`cluster`] describes it, and
 //! their pure decisions: which pods a ReplicaSet makes or removes ([`replicaset`]) and the
 //! rollout arithmetic of Deployments ([`rollout`]). The [`scheduler`]'s loop runs here too,
-//! around the pure core of `skiff-scheduler`.
+//! around the pure core of `skiff-scheduler`, and the [`nodelifecycle`] controller (unreachable
+//! nodes tainted, their pods evicted).
 
 pub mod cluster;
 pub mod events;
 pub mod leader;
+pub mod nodelifecycle;
 pub mod queue;
 mod reconcile;
 pub mod replicaset;

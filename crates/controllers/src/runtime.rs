@@ -222,6 +222,11 @@ pub fn start(cluster: Arc<dyn Cluster>, identity: String, workers: usize, event_
     let queue = Queue::default();
     let leader = crate::leader::elect(cluster.clone(), identity);
     crate::scheduler::start(cluster.clone(), leader.clone());
+    crate::nodelifecycle::start(
+        cluster.clone(),
+        leader.clone(),
+        crate::nodelifecycle::Settings::default(),
+    );
     let events = Arc::new(Recorders {
         replicaset: Recorder::new("replicaset-controller"),
         deployment: Recorder::new("deployment-controller"),

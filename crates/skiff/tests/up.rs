@@ -620,17 +620,7 @@ spec:
 #[test]
 fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
     let cluster = Cluster::start("first");
-    let token = Command::new(SKIFF)
-        .args(["token", "create", "--data-dir"])
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(
-        token.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let token = join_token(&cluster);
     let (hash, bootstrap) = token.split_once("::").expect("K10<hash>::<token>");
     assert!(hash.starts_with("K10") && hash.len() == 67, "{token}");
 
@@ -673,44 +663,10 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
         "{stderr}"
     );
 
-    let second = format!("second-{}", std::process::id());
-    let data = tempfile::tempdir().unwrap();
-    let reset = |dir: &Path| {
-        let _ = Command::new(SKIFF)
-            .args(["reset", "--node-name", &second, "--data-dir"])
-            .arg(dir)
-            .status();
-    };
-    struct Reset<'a, F: Fn(&Path)>(&'a Path, F);
-    impl<F: Fn(&Path)> Drop for Reset<'_, F> {
-        fn drop(&mut self) {
-            (self.1)(self.0)
-        }
-    }
-    let _reset = Reset(data.path(), reset);
-    // The second node has its own image store: the same archives, never a pull.
-    for archive in std::fs::read_dir(cluster.dir.join("images")).unwrap() {
-        let out = Command::new(SKIFF)
-            .args(["image", "import", "--data-dir"])
-            .arg(data.path())
-            .arg(archive.unwrap().path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let node = SecondNode::new(&cluster, "second");
+    let second = node.name.clone();
     {
-        let agent = skiff_testkit::SkiffAgent::start(
-            Path::new(SKIFF),
-            &cluster.server().url(),
-            data.path(),
-            &second,
-            &["--token", &token, "--isolated"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let agent = node.start(&cluster, &["--token", &token]);
         cluster.wait_for(
             "the second node is Ready",
             &format!("node/{second}"),
@@ -755,14 +711,7 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
         drop(agent);
     }
     // Restarted without the token: the kept certificates suffice, and the pod is adopted.
-    let _agent = skiff_testkit::SkiffAgent::start(
-        Path::new(SKIFF),
-        &cluster.server().url(),
-        data.path(),
-        &second,
-        &["--isolated"],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let _agent = node.start(&cluster, &[]);
     cluster.wait_for(
         "the pod still runs, not restarted",
         "pod/elsewhere",
@@ -771,6 +720,75 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
     );
     let logs = kubectl(cluster.server(), &["logs", "elsewhere"]).stdout;
     assert_eq!(logs, "hello from the second node\n");
+}
+
+/// A join token of the cluster.
+fn join_token(cluster: &Cluster) -> String {
+    let out = Command::new(SKIFF)
+        .args(["token", "create", "--data-dir"])
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Another node of the cluster on this machine: its own data directory with the cluster's
+/// images imported (never a pull); its containers and mounts removed (`skiff reset`) when
+/// dropped.
+struct SecondNode {
+    name: String,
+    data: tempfile::TempDir,
+}
+
+impl SecondNode {
+    fn new(cluster: &Cluster, name: &str) -> SecondNode {
+        let data = tempfile::tempdir().unwrap();
+        for archive in std::fs::read_dir(cluster.dir.join("images")).unwrap() {
+            let out = Command::new(SKIFF)
+                .args(["image", "import", "--data-dir"])
+                .arg(data.path())
+                .arg(archive.unwrap().path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        SecondNode {
+            name: format!("{name}-{}", std::process::id()),
+            data,
+        }
+    }
+
+    /// Its agent, joined to the cluster (`extra`: the token the first time).
+    fn start(&self, cluster: &Cluster, extra: &[&str]) -> skiff_testkit::SkiffAgent {
+        let mut args = vec!["--isolated"];
+        args.extend_from_slice(extra);
+        skiff_testkit::SkiffAgent::start(
+            Path::new(SKIFF),
+            &cluster.server().url(),
+            self.data.path(),
+            &self.name,
+            &args,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for SecondNode {
+    fn drop(&mut self) {
+        let _ = Command::new(SKIFF)
+            .args(["reset", "--node-name", &self.name, "--data-dir"])
+            .arg(self.data.path())
+            .status();
+    }
 }
 
 /// The monitors (and so the containers) running under `dir`.
@@ -861,4 +879,110 @@ fn down_stops_the_node_and_its_containers_and_up_brings_them_back() {
         let logs = kubectl(cluster.server(), &["logs", "sleeper"]).stdout;
         (logs != "up\n").then_some(logs)
     });
+}
+
+#[test]
+fn a_frozen_node_is_marked_unreachable_and_its_pods_replaced() {
+    let cluster = Cluster::start("survivor");
+    let token = join_token(&cluster);
+    let node = SecondNode::new(&cluster, "frozen");
+    let agent = node.start(&cluster, &["--token", &token]);
+    cluster.wait_for(
+        "the second node is Ready",
+        &format!("node/{}", node.name),
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+    );
+    // One replica, preferring the second node; it may run on the first when it must.
+    apply(
+        cluster.server(),
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: mover
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: mover}}}}
+  template:
+    metadata: {{labels: {{app: mover}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference:
+              matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{}]}}]
+      containers:
+      - name: main
+        image: busybox
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "sleep 600"]
+"#,
+            node.name
+        ),
+    );
+    let placed =
+        "{range .items[*]}{.spec.nodeName}/{.status.phase}/{.metadata.deletionTimestamp} {end}";
+    let on_second = format!("{}/Running/ ", node.name);
+    eventually("the pod runs on the second node", || {
+        let s = cluster.get("pods", placed);
+        (s != on_second).then_some(s)
+    });
+
+    // Freeze the second agent: its Lease stops, its containers go on.
+    let frozen = nix::unistd::Pid::from_raw(agent.pid() as i32);
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let began = std::time::Instant::now();
+    let ready = "{.status.conditions[?(@.type==\"Ready\")].status}";
+    let deadline = std::time::Duration::from_secs(30);
+    let mut seen = String::new();
+    let on_first = format!("{}/Running/ ", cluster.node);
+    while began.elapsed() < deadline {
+        seen = cluster.get(
+            "pods",
+            "{range .items[?(@.metadata.deletionTimestamp)]}x{end}|",
+        ) + &cluster.get("pods", placed);
+        if seen.contains(&on_first) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        seen.contains(&on_first),
+        "no replacement Running on the first node within {deadline:?}: {seen}"
+    );
+    let took = began.elapsed();
+    assert_eq!(
+        cluster.get(&format!("node/{}", node.name), ready),
+        "Unknown"
+    );
+    let taints = cluster.get(&format!("node/{}", node.name), "{.spec.taints[*].key}");
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    let events = cluster.kubectl(&["get", "events", "-A", "-o", "custom-columns=REASON:.reason"]);
+    assert!(events.contains("TaintManagerEviction"), "{events}");
+    eprintln!("replacement Running {took:?} after the freeze");
+
+    // Thawed, the agent finishes the evicted pod's deletion: exactly one pod is left, and the
+    // node is Ready and untainted again.
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGCONT).unwrap();
+    eventually("one pod is left, on the first node", || {
+        let s = cluster.get("pods", placed);
+        (s != on_first).then_some(s)
+    });
+    cluster.wait_for(
+        "the second node is Ready again",
+        &format!("node/{}", node.name),
+        ready,
+        "True",
+    );
+    eventually("the unreachable taints are gone", || {
+        let s = cluster.get(&format!("node/{}", node.name), "{.spec.taints[*].key}");
+        s.contains("unreachable").then_some(s)
+    });
+    drop(agent);
 }
