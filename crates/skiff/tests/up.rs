@@ -32,17 +32,9 @@ impl Cluster {
             images::ImageSpec::busybox(),
             images::ImageSpec::my_api("v2.1"),
         ] {
-            let archive = images::build(&spec, ArchiveFormat::Oci, &archives);
-            let out = Command::new(SKIFF)
-                .args(["image", "import", "--data-dir"])
-                .arg(dir.path())
-                .arg(&archive)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "import: {}",
-                String::from_utf8_lossy(&out.stderr)
+            import(
+                dir.path(),
+                &images::build(&spec, ArchiveFormat::Oci, &archives),
             );
         }
         let path = dir.path().to_path_buf();
@@ -722,6 +714,21 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
     assert_eq!(logs, "hello from the second node\n");
 }
 
+/// `skiff image import` of `archive` into the node of `data_dir`.
+fn import(data_dir: &Path, archive: &Path) {
+    let out = Command::new(SKIFF)
+        .args(["image", "import", "--data-dir"])
+        .arg(data_dir)
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A join token of the cluster.
 fn join_token(cluster: &Cluster) -> String {
     let out = Command::new(SKIFF)
@@ -749,17 +756,7 @@ impl SecondNode {
     fn new(cluster: &Cluster, name: &str) -> SecondNode {
         let data = tempfile::tempdir().unwrap();
         for archive in std::fs::read_dir(cluster.dir.join("images")).unwrap() {
-            let out = Command::new(SKIFF)
-                .args(["image", "import", "--data-dir"])
-                .arg(data.path())
-                .arg(archive.unwrap().path())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            import(data.path(), &archive.unwrap().path());
         }
         SecondNode {
             name: format!("{name}-{}", std::process::id()),
