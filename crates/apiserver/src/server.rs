@@ -41,6 +41,8 @@ pub struct Config {
     pub controllers: bool,
     /// How long Events are kept after they were last seen.
     pub event_ttl: Duration,
+    /// When unreachable nodes are tainted and their pods evicted.
+    pub node_lifecycle: skiff_controllers::nodelifecycle::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,7 +437,13 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
                 .unwrap_or_default(),
             uuid::Uuid::new_v4()
         );
-        skiff_controllers::runtime::start(client, identity, 2, config.event_ttl);
+        skiff_controllers::runtime::start(
+            client,
+            identity,
+            2,
+            config.event_ttl,
+            config.node_lifecycle,
+        );
     }
     let mut reachable = addr;
     if addr.ip().is_unspecified() {

@@ -45,6 +45,7 @@ async fn cluster() -> Cluster {
         // These tests write workloads' status themselves; the controllers' tests are in skiff.
         controllers: false,
         event_ttl: Duration::from_secs(24 * 3600),
+        node_lifecycle: Default::default(),
     };
     let running = server::start(config, store.clone()).await.unwrap();
     let kubeconfig = Kubeconfig::read_from(&running.kubeconfig).unwrap();

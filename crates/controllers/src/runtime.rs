@@ -215,18 +215,21 @@ async fn work(
     }
 }
 
-/// Starts the controllers and the scheduler: leader election as `identity`, one feed per watched kind,
+/// Starts the controllers, the scheduler and the node lifecycle controller: leader election as
+/// `identity`, one feed per watched kind,
 /// `workers` workers that work while this server leads, and the expiry of events older than
 /// `event_ttl`.
-pub fn start(cluster: Arc<dyn Cluster>, identity: String, workers: usize, event_ttl: Duration) {
+pub fn start(
+    cluster: Arc<dyn Cluster>,
+    identity: String,
+    workers: usize,
+    event_ttl: Duration,
+    node_lifecycle: crate::nodelifecycle::Settings,
+) {
     let queue = Queue::default();
     let leader = crate::leader::elect(cluster.clone(), identity);
     crate::scheduler::start(cluster.clone(), leader.clone());
-    crate::nodelifecycle::start(
-        cluster.clone(),
-        leader.clone(),
-        crate::nodelifecycle::Settings::default(),
-    );
+    crate::nodelifecycle::start(cluster.clone(), leader.clone(), node_lifecycle);
     let events = Arc::new(Recorders {
         replicaset: Recorder::new("replicaset-controller"),
         deployment: Recorder::new("deployment-controller"),

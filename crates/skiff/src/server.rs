@@ -46,6 +46,14 @@ pub struct ServerArgs {
     /// (Kubernetes keeps them 1h; a day lets yesterday's failure still be read).
     #[arg(long, default_value = "24h", value_parser = parse_duration, env = "SKIFF_EVENT_TTL")]
     event_ttl: std::time::Duration,
+    /// How long a node's Lease may go unrenewed before the node is unreachable (a Lease's own
+    /// longer duration counts instead).
+    #[arg(long, default_value = "8s", value_parser = parse_duration, env = "SKIFF_NODE_GRACE_PERIOD")]
+    node_grace_period: std::time::Duration,
+    /// How long pods stay on an unreachable node before they are evicted and replaced, unless
+    /// they tolerate `node.kubernetes.io/unreachable` for another time.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "SKIFF_POD_EVICTION_TIMEOUT")]
+    pod_eviction_timeout: std::time::Duration,
     /// etcd client URLs, comma-separated, for `--store etcd`.
     #[arg(long, value_delimiter = ',', env = "SKIFF_ETCD_ENDPOINTS")]
     etcd_endpoints: Vec<String>,
@@ -105,6 +113,11 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<server::Running> {
             .map_err(anyhow::Error::msg)?,
         controllers: true,
         event_ttl: args.event_ttl,
+        node_lifecycle: skiff_controllers::nodelifecycle::Settings {
+            grace: args.node_grace_period,
+            eviction_wait: args.pod_eviction_timeout,
+            ..Default::default()
+        },
     };
     Ok(server::start(config, store).await?)
 }

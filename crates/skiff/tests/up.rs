@@ -50,6 +50,8 @@ impl Cluster {
                 "--restart-backoff",
                 "1s",
                 "--isolated",
+                "--pod-eviction-timeout",
+                "3s",
             ],
         )
         .unwrap_or_else(|e| panic!("{e}"));
