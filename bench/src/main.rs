@@ -4,6 +4,7 @@ mod apiserver;
 mod binary;
 mod controllers;
 mod density;
+mod failover;
 mod podstartup;
 mod report;
 mod runtime;
@@ -79,6 +80,14 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         rate: f64,
     },
+    /// Node failure: a frozen agent's node seen unreachable and its pod replaced elsewhere.
+    Failover {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -119,6 +128,9 @@ fn main() -> anyhow::Result<()> {
                 per_second: rate,
             };
             runtime.block_on(podstartup::run(sizes))?.write(&out)?;
+        }
+        Command::Failover { out, runs } => {
+            runtime.block_on(failover::run(runs))?.write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {
             runtime.block_on(store::memory_child(&path, count))?;
