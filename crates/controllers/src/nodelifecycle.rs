@@ -20,6 +20,8 @@ use crate::events::{Note, Recorder};
 use crate::runtime::kind;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// Pods evicted per second at most, so that a partition does not empty the cluster at once.
+const EVICTIONS_PER_SECOND: usize = 10;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -229,21 +231,37 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings:
             }
             if mass_outage(marked.len(), total, settings.mass_outage) {
                 if !halted {
-                    tracing::warn!(
-                        unreachable = marked.len(),
-                        nodes = total,
-                        "most nodes look unreachable: evictions stop"
+                    let message = format!(
+                        "{} of {total} nodes are unreachable: no pod is evicted while most nodes look unreachable (the control plane's own connectivity is the likelier fault)",
+                        marked.len()
                     );
+                    tracing::warn!(%message, "evictions stop");
+                    halt_event(cluster.as_ref(), &recorder, marked.keys(), message).await;
                     halted = true;
                 }
                 continue;
             }
             halted = false;
+            let mut budget = EVICTIONS_PER_SECOND;
             for (node, since) in &marked {
-                if let Err(e) =
-                    evict(cluster.as_ref(), &recorder, node, *since, now, settings).await
+                match evict(
+                    cluster.as_ref(),
+                    &recorder,
+                    node,
+                    *since,
+                    now,
+                    settings,
+                    budget,
+                )
+                .await
                 {
-                    tracing::warn!(%node, error = %e, "evicting pods of an unreachable node");
+                    Ok(evicted) => budget -= evicted,
+                    Err(e) => {
+                        tracing::warn!(%node, error = %e, "evicting pods of an unreachable node")
+                    }
+                }
+                if budget == 0 {
+                    break;
                 }
             }
         }
@@ -323,7 +341,33 @@ async fn unmark(cluster: &dyn Cluster, name: &str) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// Deletes the pods of an unreachable node whose toleration has run out.
+/// Says on the unreachable nodes why their pods stay.
+async fn halt_event<'a>(
+    cluster: &dyn Cluster,
+    recorder: &Recorder,
+    nodes: impl Iterator<Item = &'a String>,
+    message: String,
+) {
+    for name in nodes {
+        let Ok(found) = cluster
+            .list(kind("", "nodes"), "", &by("metadata.name", name))
+            .await
+        else {
+            continue;
+        };
+        for node in found {
+            let note = Note {
+                warning: true,
+                reason: "EvictionHalted",
+                message: message.clone(),
+            };
+            recorder.record(cluster, &node, note).await;
+        }
+    }
+}
+
+/// Deletes, up to `budget`, the pods of an unreachable node whose toleration has run out;
+/// returns how many.
 async fn evict(
     cluster: &dyn Cluster,
     recorder: &Recorder,
@@ -331,9 +375,14 @@ async fn evict(
     since: Instant,
     now: Instant,
     settings: Settings,
-) -> Result<(), ClusterError> {
+    budget: usize,
+) -> Result<usize, ClusterError> {
     let pods = kind("", "pods");
+    let mut evicted = 0;
     for pod in cluster.list(pods, "", &by("spec.nodeName", node)).await? {
+        if evicted == budget {
+            break;
+        }
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
@@ -346,6 +395,7 @@ async fn evict(
         let text = |f: &str| pod["metadata"][f].as_str().unwrap_or("").to_string();
         let (namespace, name, uid) = (text("namespace"), text("name"), text("uid"));
         cluster.delete(pods, &namespace, &name, &uid, false).await?;
+        evicted += 1;
         tracing::info!(%node, pod = %format!("{namespace}/{name}"), "evicted from an unreachable node");
         recorder
             .record(
@@ -359,7 +409,7 @@ async fn evict(
             )
             .await;
     }
-    Ok(())
+    Ok(evicted)
 }
 
 #[cfg(test)]
