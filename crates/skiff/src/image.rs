@@ -12,18 +12,18 @@ pub enum ImageCommand {
     Import {
         /// The archive (a tar file).
         file: PathBuf,
-        #[arg(long, default_value = "/var/lib/skiff")]
+        #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
         data_dir: PathBuf,
     },
     /// List the images.
     Ls {
-        #[arg(long, default_value = "/var/lib/skiff")]
+        #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
         data_dir: PathBuf,
     },
     /// Remove an image by name or ID.
     Rm {
         image: String,
-        #[arg(long, default_value = "/var/lib/skiff")]
+        #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
         data_dir: PathBuf,
     },
 }

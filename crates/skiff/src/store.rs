@@ -16,7 +16,7 @@ pub enum StoreCommand {
     /// Print the store's revision, compaction point and size (the server must not be running).
     Inspect {
         /// The data directory holding `store.redb`.
-        #[arg(long, default_value = "/var/lib/skiff")]
+        #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
         data_dir: PathBuf,
     },
 }
