@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 use skiff_testkit::{memory_of, HollowConfig, HollowNodes, SkiffServer};
 
@@ -99,10 +98,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     let bin = crate::binary::release_binary()?;
     let server = SkiffServer::start(&bin, &[]).map_err(anyhow::Error::msg)?;
     let _node = HollowNodes::start(&server, HollowConfig::default());
-    let kubeconfig = Kubeconfig::read_from(server.kubeconfig())?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = server.client().await.map_err(anyhow::Error::msg)?;
     let api: Api<Deployment> = Api::namespaced(client, "default");
     let mut report = Report::new("controllers", "skiff", "no target".into());
     let limit = Duration::from_secs(600);

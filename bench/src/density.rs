@@ -12,7 +12,6 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use serde_json::json;
 use skiff_testkit::{memory_of, HollowConfig, HollowNodes, SkiffServer};
@@ -99,10 +98,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
         },
     );
     eprintln!("registered in {:.1?}", nodes_started.elapsed());
-    let kubeconfig = Kubeconfig::read_from(server.kubeconfig())?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = server.client().await.map_err(anyhow::Error::msg)?;
 
     // One watch of every pod records when each was first seen, bound and Running.
     let seen = Arc::new(Mutex::new(Seen::default()));

@@ -3,19 +3,16 @@
 //! node's agent frozen (SIGSTOP). Seconds from the freeze to the node seen unreachable and to
 //! a replacement pod Ready on the other node, over several runs.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
-use skiff_testkit::images::{build, ArchiveFormat, ImageSpec};
-use skiff_testkit::{SkiffAgent, SkiffServer};
+use skiff_testkit::SkiffAgent;
 
+use crate::nodes::Cluster;
 use crate::report::{ms, percentile, Better, Report};
 
 /// Issue 11's target for a replacement Ready, and Kubernetes' defaults (40 s + 300 s).
@@ -57,75 +54,14 @@ fn ready_on(pod: &Pod, node: &str) -> bool {
 }
 
 pub async fn run(runs: usize) -> anyhow::Result<Report> {
-    // SAFETY: geteuid has no preconditions.
-    anyhow::ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "the failover benchmark runs containers: run it as root"
-    );
-    let skiff = crate::binary::release_binary()?;
-    let work = tempfile::tempdir()?;
-    let archive = build(&ImageSpec::busybox(), ArchiveFormat::Oci, work.path());
-    let server = SkiffServer::start(&skiff, &[]).map_err(anyhow::Error::msg)?;
-    let token = Command::new(&skiff)
-        .args(["token", "create", "--data-dir"])
-        .arg(server.data_dir())
-        .output()?;
-    anyhow::ensure!(token.status.success(), "skiff token create failed");
-    let token = String::from_utf8(token.stdout)?.trim().to_string();
-    let names: Vec<String> = ["stays", "fails"]
-        .iter()
-        .map(|n| format!("bench-{n}-{}", std::process::id()))
-        .collect();
-    let mut dirs = Vec::new();
-    for name in &names {
-        let dir = work.path().join(name);
-        let imported = Command::new(&skiff)
-            .args(["image", "import", "--data-dir"])
-            .arg(&dir)
-            .arg(&archive)
-            .status()?;
-        anyhow::ensure!(imported.success(), "importing busybox failed");
-        dirs.push(dir);
-    }
-    let result = measure(&skiff, &server, &names, &dirs, &token, runs).await;
-    for (name, dir) in names.iter().zip(&dirs) {
-        let _ = Command::new(&skiff)
-            .args(["reset", "--node-name", name, "--data-dir"])
-            .arg(dir)
-            .status();
-    }
-    result
-}
-
-async fn measure(
-    skiff: &Path,
-    server: &SkiffServer,
-    names: &[String],
-    dirs: &[std::path::PathBuf],
-    token: &str,
-    runs: usize,
-) -> anyhow::Result<Report> {
-    let mut agents = Vec::new();
-    for (name, dir) in names.iter().zip(dirs) {
-        agents.push(
-            SkiffAgent::start(
-                skiff,
-                &server.url(),
-                dir,
-                name,
-                &["--token", token, "--isolated"],
-            )
-            .map_err(anyhow::Error::msg)?,
-        );
-    }
-    let (stays, fails) = (&names[0], &names[1]);
-    let kubeconfig = Kubeconfig::read_from(server.kubeconfig())?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let mut cluster = Cluster::start("failover")?;
+    let stays = cluster.join("stays")?;
+    let fails = cluster.join("fails")?;
+    let client = cluster.client().await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let (stays, agent, fails) = (&stays.name, &fails.agent, &fails.name);
     let poll = Duration::from_millis(100);
     let mut unreachable = Vec::new();
     let mut replaced = Vec::new();
@@ -164,7 +100,7 @@ async fn measure(
             anyhow::ensure!(Instant::now() < deadline, "the pod never ran on {fails}");
             tokio::time::sleep(poll).await;
         }
-        signal(&agents[1], nix::sys::signal::Signal::SIGSTOP)?;
+        signal(agent, nix::sys::signal::Signal::SIGSTOP)?;
         let frozen = Instant::now();
         let mut seen_unreachable = None;
         let deadline = frozen + Duration::from_secs(120);
@@ -186,7 +122,7 @@ async fn measure(
             }
             tokio::time::sleep(poll).await;
         };
-        signal(&agents[1], nix::sys::signal::Signal::SIGCONT)?;
+        signal(agent, nix::sys::signal::Signal::SIGCONT)?;
         eprintln!(
             "run {run}: unreachable after {:.1?}, replacement Ready after {ready_elsewhere:.1?}",
             seen_unreachable.unwrap_or_default()
@@ -195,7 +131,6 @@ async fn measure(
         replaced.push(ready_elsewhere);
         deployments.delete(&name, &DeleteParams::default()).await?;
     }
-    drop(agents);
     let mut report = Report::new("failover", "skiff", "target (issue 11)".into());
     let s = |d: Duration| ms(d) / 1000.0;
     for (what, samples) in [

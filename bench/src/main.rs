@@ -5,6 +5,7 @@ mod binary;
 mod controllers;
 mod density;
 mod failover;
+mod nodes;
 mod podstartup;
 mod report;
 mod runtime;

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +12,11 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use serde_json::json;
-use skiff_testkit::images::{build, ArchiveFormat, ImageSpec};
-use skiff_testkit::{memory_of, SkiffAgent, SkiffServer};
+use skiff_testkit::memory_of;
 
+use crate::nodes::Cluster;
 use crate::report::{ms, percentile, Better, Report};
 
 pub struct Sizes {
@@ -75,65 +73,11 @@ fn mib(bytes: u64) -> f64 {
 }
 
 pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
-    // SAFETY: geteuid has no preconditions.
-    anyhow::ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "the pod start-up benchmark runs containers: run it as root"
-    );
-    let skiff = crate::binary::release_binary()?;
-    let work = tempfile::tempdir()?;
-    let archive = build(&ImageSpec::busybox(), ArchiveFormat::Oci, work.path());
-    let server = SkiffServer::start(&skiff, &[]).map_err(anyhow::Error::msg)?;
-    let token = Command::new(&skiff)
-        .args(["token", "create", "--data-dir"])
-        .arg(server.data_dir())
-        .output()?;
-    anyhow::ensure!(
-        token.status.success(),
-        "skiff token create: {}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8(token.stdout)?.trim().to_string();
-    let node_dir = work.path().join("node");
-    let imported = Command::new(&skiff)
-        .args(["image", "import", "--data-dir"])
-        .arg(&node_dir)
-        .arg(&archive)
-        .status()?;
-    anyhow::ensure!(imported.success(), "importing busybox failed");
-    let node = format!("bench-node-{}", std::process::id());
-    let result = measure(&skiff, &server, &node_dir, &node, &token, &sizes).await;
-    let reset = Command::new(&skiff)
-        .args(["reset", "--node-name", &node, "--data-dir"])
-        .arg(&node_dir)
-        .status();
-    if !reset.is_ok_and(|s| s.success()) {
-        eprintln!("warning: skiff reset of {} failed", node_dir.display());
-    }
-    result
-}
-
-async fn measure(
-    skiff: &Path,
-    server: &SkiffServer,
-    node_dir: &Path,
-    node: &str,
-    token: &str,
-    sizes: &Sizes,
-) -> anyhow::Result<Report> {
-    let agent = SkiffAgent::start(
-        skiff,
-        &server.url(),
-        node_dir,
-        node,
-        &["--token", token, "--isolated"],
-    )
-    .map_err(anyhow::Error::msg)?;
-    let kubeconfig = Kubeconfig::read_from(server.kubeconfig())?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config)?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut cluster = Cluster::start("pod start-up")?;
+    let node = cluster.join("node")?;
+    let (agent, node_dir) = (&node.agent, node.dir.as_path());
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await?, "default");
+    let name = &node.name;
 
     // Idle: registered, heartbeating, no pods.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -160,7 +104,7 @@ async fn measure(
         })
     };
     eprintln!(
-        "creating {} pods at {}/s on node {node}",
+        "creating {} pods at {}/s on node {name}",
         sizes.pods, sizes.per_second
     );
     let mut created = HashMap::new();
@@ -214,7 +158,6 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (busy_rss, busy_pss) = memory_of(agent.pid()).context("the agent's memory")?;
     let (count, monitors_rss, monitors_pss) = monitors(node_dir);
-    drop(agent);
 
     let mut report = Report::new("pod-startup", "skiff", "target (issue 8)".into());
     let n = sizes.pods;

@@ -125,6 +125,17 @@ impl SkiffServer {
         self.dir.path().join("admin.kubeconfig")
     }
 
+    /// A `kube` client of the admin kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client, String> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())
+            .map_err(|e| format!("the admin kubeconfig: {e}"))?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| format!("the admin kubeconfig: {e}"))?;
+        kube::Client::try_from(config).map_err(|e| format!("a client: {e}"))
+    }
+
     /// What the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
