@@ -456,6 +456,32 @@ pub fn config(
     }
 }
 
+/// The article's `app-config` (with `log_level` as given) and `db-creds`, and a ConfigMap
+/// `gone` that does not exist: what the agent's tests read.
+#[cfg(test)]
+impl Sources {
+    pub(crate) fn article(log_level: &str) -> Sources {
+        let data = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        Sources {
+            config_maps: BTreeMap::from([
+                (
+                    "app-config".into(),
+                    data(&[("log_level", log_level), ("database_url", "postgres://db")]),
+                ),
+                ("gone".into(), None),
+            ]),
+            secrets: BTreeMap::from([("db-creds".into(), data(&[("password", "s3cr3t")]))]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,31 +506,10 @@ mod tests {
         }
     }
 
-    fn sources() -> Sources {
-        let map = |pairs: &[(&str, &str)]| {
-            Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-            )
-        };
-        Sources {
-            config_maps: BTreeMap::from([
-                (
-                    "app-config".into(),
-                    map(&[("log_level", "debug"), ("database_url", "postgres://db")]),
-                ),
-                ("gone".into(), None),
-            ]),
-            secrets: BTreeMap::from([("db-creds".into(), map(&[("password", "s3cr3t")]))]),
-        }
-    }
-
     fn env_of(container: serde_json::Value) -> Result<Vec<(String, String)>, ConfigError> {
         let p = pod(container);
         let c = p.spec.as_ref().unwrap().containers[0].clone();
-        environment(&p, &c, &sources(), &node())
+        environment(&p, &c, &Sources::article("debug"), &node())
     }
 
     #[test]

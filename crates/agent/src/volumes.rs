@@ -464,24 +464,6 @@ mod tests {
         .unwrap()
     }
 
-    fn sources(level: &str) -> Sources {
-        let data = |pairs: &[(&str, &str)]| {
-            Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-            )
-        };
-        Sources {
-            config_maps: BTreeMap::from([(
-                "app-config".into(),
-                data(&[("log_level", level), ("database_url", "postgres://db")]),
-            )]),
-            secrets: BTreeMap::from([("db-creds".into(), data(&[("password", "s3cr3t")]))]),
-        }
-    }
-
     fn read(dir: &Path, name: &str) -> String {
         fs::read_to_string(dir.join(name)).unwrap_or_else(|e| format!("<{e}>"))
     }
@@ -497,7 +479,9 @@ mod tests {
             {"name": "cache", "emptyDir": {}},
         ]));
         let node = NodeFacts::default();
-        let dirs = volumes.prepare(&p, &sources("debug"), &node).unwrap();
+        let dirs = volumes
+            .prepare(&p, &Sources::article("debug"), &node)
+            .unwrap();
         assert_eq!(read(&dirs["config"], "log_level"), "debug");
         assert_eq!(read(&dirs["config"], "database_url"), "postgres://db");
         assert_eq!(read(&dirs["level"], "conf/level"), "debug");
@@ -512,13 +496,17 @@ mod tests {
         let before = fs::read_link(dirs["config"].join("..data")).unwrap();
 
         // Unchanged data is not rewritten; changed data is swapped in whole.
-        volumes.prepare(&p, &sources("debug"), &node).unwrap();
+        volumes
+            .prepare(&p, &Sources::article("debug"), &node)
+            .unwrap();
         assert_eq!(
             fs::read_link(dirs["config"].join("..data")).unwrap(),
             before
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
-        volumes.prepare(&p, &sources("info"), &node).unwrap();
+        volumes
+            .prepare(&p, &Sources::article("info"), &node)
+            .unwrap();
         assert_eq!(read(&dirs["config"], "log_level"), "info");
         assert_ne!(
             fs::read_link(dirs["config"].join("..data")).unwrap(),
@@ -557,7 +545,7 @@ mod tests {
         let files = |volumes: serde_json::Value| {
             let p = pod(volumes);
             let v = p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0].clone();
-            volume_files(&p, &v, &sources("x"), &node)
+            volume_files(&p, &v, &Sources::article("x"), &node)
                 .map(|f| f.map(|f| f.keys().cloned().collect::<Vec<_>>()))
         };
         assert_eq!(

@@ -110,6 +110,14 @@ impl Cluster {
         });
     }
 
+    /// Waits until `kubectl <logs_args>` prints `want`.
+    fn wait_for_logs(&self, what: &str, logs_args: &[&str], want: &str) {
+        eventually(what, || {
+            let logs = kubectl(self.server(), logs_args).stdout;
+            (logs != want).then_some(logs)
+        });
+    }
+
     fn get(&self, what: &str, path: &str) -> String {
         kubectl(
             self.server(),
@@ -334,12 +342,10 @@ spec:
         "{.status.phase}",
         "Running",
     );
-    eventually(
+    cluster.wait_for_logs(
         "the environment from the ConfigMap, the Secret and the downward API",
-        || {
-            let logs = kubectl(cluster.server(), &["logs", "configured", "-c", "main"]).stdout;
-            (logs != "env debug s3cur3-p4ss configured\n").then_some(logs)
-        },
+        &["logs", "configured", "-c", "main"],
+        "env debug s3cur3-p4ss configured\n",
     );
     // The second container sees what the first writes into their emptyDir.
     eventually("the shared emptyDir", || {
@@ -390,10 +396,7 @@ fn sigterm_gets_its_grace_period_and_deletion_removes_everything() {
         );
         s.is_empty().then_some(s)
     });
-    eventually("the trap is set", || {
-        let logs = kubectl(cluster.server(), &["logs", "graceful"]).stdout;
-        (logs != "started\n").then_some(logs)
-    });
+    cluster.wait_for_logs("the trap is set", &["logs", "graceful"], "started\n");
     let uid = cluster.get("pod/graceful", "{.metadata.uid}");
     let start = std::time::Instant::now();
     cluster.kubectl(&["delete", "pod", "graceful"]);
@@ -584,10 +587,11 @@ spec:
     );
 
     // postStart ran before the container went on; preStop runs on deletion.
-    eventually("the postStart hook's file is read", || {
-        let logs = kubectl(cluster.server(), &["logs", "hooked"]).stdout;
-        (logs != "from postStart\n").then_some(logs)
-    });
+    cluster.wait_for_logs(
+        "the postStart hook's file is read",
+        &["logs", "hooked"],
+        "from postStart\n",
+    );
     cluster.kubectl(&["delete", "pod", "hooked"]);
     assert_eq!(
         std::fs::read_to_string(hooks.join("stopped")).unwrap(),
@@ -698,10 +702,11 @@ fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
             )
             .replace("spec:\n", &format!("spec:\n  nodeName: {second}\n")),
         );
-        eventually("the pod's log comes through the second agent", || {
-            let logs = kubectl(cluster.server(), &["logs", "elsewhere"]).stdout;
-            (logs != "hello from the second node\n").then_some(logs)
-        });
+        cluster.wait_for_logs(
+            "the pod's log comes through the second agent",
+            &["logs", "elsewhere"],
+            "hello from the second node\n",
+        );
         drop(agent);
     }
     // Restarted without the token: the kept certificates suffice, and the pod is adopted.
@@ -874,10 +879,7 @@ fn down_stops_the_node_and_its_containers_and_up_brings_them_back() {
         "{.status.phase}",
         "Running",
     );
-    eventually("its output comes back", || {
-        let logs = kubectl(cluster.server(), &["logs", "sleeper"]).stdout;
-        (logs != "up\n").then_some(logs)
-    });
+    cluster.wait_for_logs("its output comes back", &["logs", "sleeper"], "up\n");
 }
 
 #[test]
