@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use k8s_openapi::api::core::v1::{Container, HTTPGetAction, LifecycleHandler, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::sched::CloneFlags;
 use skiff_runtime::{ContainerId, Runtime};
@@ -35,41 +37,51 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn of_probe(probe: &Probe) -> Option<Action> {
-        if let Some(exec) = &probe.exec {
+    /// The handler kinds probes and hooks share.
+    fn common(
+        exec: Option<&ExecAction>,
+        http: Option<&HTTPGetAction>,
+        tcp: Option<&TCPSocketAction>,
+    ) -> Option<Action> {
+        if let Some(exec) = exec {
             return Some(Action::Exec(exec.command.clone().unwrap_or_default()));
         }
-        if let Some(http) = &probe.http_get {
+        if let Some(http) = http {
             return Some(Action::Http(http.clone()));
         }
-        if let Some(tcp) = &probe.tcp_socket {
-            return Some(Action::Tcp {
-                host: tcp.host.clone(),
-                port: tcp.port.clone(),
-            });
-        }
-        probe.grpc.as_ref().map(|g| Action::Grpc {
-            port: g.port,
-            service: g.service.clone().unwrap_or_default(),
+        tcp.map(|tcp| Action::Tcp {
+            host: tcp.host.clone(),
+            port: tcp.port.clone(),
         })
     }
 
+    pub fn of_probe(probe: &Probe) -> Option<Action> {
+        let grpc = || {
+            probe.grpc.as_ref().map(|g| Action::Grpc {
+                port: g.port,
+                service: g.service.clone().unwrap_or_default(),
+            })
+        };
+        Self::common(
+            probe.exec.as_ref(),
+            probe.http_get.as_ref(),
+            probe.tcp_socket.as_ref(),
+        )
+        .or_else(grpc)
+    }
+
     pub fn of_hook(hook: &LifecycleHandler) -> Option<Action> {
-        if let Some(exec) = &hook.exec {
-            return Some(Action::Exec(exec.command.clone().unwrap_or_default()));
-        }
-        if let Some(http) = &hook.http_get {
-            return Some(Action::Http(http.clone()));
-        }
-        if let Some(tcp) = &hook.tcp_socket {
-            return Some(Action::Tcp {
-                host: tcp.host.clone(),
-                port: tcp.port.clone(),
-            });
-        }
-        hook.sleep
-            .as_ref()
-            .map(|s| Action::Sleep(Duration::from_secs(s.seconds.max(0) as u64)))
+        let sleep = || {
+            hook.sleep
+                .as_ref()
+                .map(|s| Action::Sleep(Duration::from_secs(s.seconds.max(0) as u64)))
+        };
+        Self::common(
+            hook.exec.as_ref(),
+            hook.http_get.as_ref(),
+            hook.tcp_socket.as_ref(),
+        )
+        .or_else(sleep)
     }
 
     /// How the kubelet names the action in a failed hook's event.

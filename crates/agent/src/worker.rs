@@ -220,7 +220,9 @@ impl Worker {
 
     /// Makes the sandbox (once), then the volumes (again every few seconds, so that
     /// configuration updates reach running containers).
-    async fn prepare(&mut self, pod: &Pod, now: Timestamp) -> Result<(), Note> {
+    /// Returns the ConfigMaps and Secrets it read, if it read them, so that a pass reads them
+    /// once.
+    async fn prepare(&mut self, pod: &Pod, now: Timestamp) -> Result<Option<Sources>, Note> {
         if self.netns.is_none() {
             let (namespace, name) = pod_name(pod);
             let hostname = pod
@@ -258,10 +260,16 @@ impl Worker {
             let volumes = self.agent.volumes.clone();
             let facts = self.agent.facts.clone();
             let pod = pod.clone();
-            match blocking(move || volumes.prepare(&pod, &sources, &facts)).await {
-                Ok(dirs) => {
+            let prepared = blocking(move || {
+                volumes
+                    .prepare(&pod, &sources, &facts)
+                    .map(|d| (d, sources))
+            });
+            match prepared.await {
+                Ok((dirs, sources)) => {
                     self.volume_dirs = dirs;
                     self.volumes_at = Some(now);
+                    return Ok(Some(sources));
                 }
                 Err(e) => {
                     return Err(Note {
@@ -271,7 +279,7 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// One pass: start what the plan says, then write the status if it changed. Returns when
@@ -283,27 +291,34 @@ impl Worker {
         let backoff = self.agent.config.backoff;
         self.streaks.observe(&observed, &backoff);
         let plan = plan::plan(pod, &observed, now, &backoff, &self.streaks);
-        if let Err(note) = &prepared {
-            for (name, _) in &plan.start {
-                self.fail(pod, name, note.clone(), now);
-            }
-        } else if !plan.start.is_empty() {
-            let sources = self.sources(pod).await;
-            for (name, attempt) in &plan.start {
-                if self.failures.get(name).is_some_and(|f| f.retry_at > now) {
-                    continue;
+        match prepared {
+            Err(note) => {
+                for (name, _) in &plan.start {
+                    self.fail(pod, name, note.clone(), now);
                 }
-                let Some(container) = find_container(pod, name) else {
-                    continue;
+            }
+            Ok(read) if !plan.start.is_empty() => {
+                let sources = match read {
+                    Some(sources) => sources,
+                    None => self.sources(pod).await,
                 };
-                match self.start(pod, container, *attempt, &sources).await {
-                    Ok(()) => {
-                        self.failures.remove(name);
+                for (name, attempt) in &plan.start {
+                    if self.failures.get(name).is_some_and(|f| f.retry_at > now) {
+                        continue;
                     }
-                    Err(note) => self.fail(pod, name, note, now),
+                    let Some(container) = find_container(pod, name) else {
+                        continue;
+                    };
+                    match self.start(pod, container, *attempt, &sources).await {
+                        Ok(()) => {
+                            self.failures.remove(name);
+                        }
+                        Err(note) => self.fail(pod, name, note, now),
+                    }
                 }
+                observed = self.observe().await;
             }
-            observed = self.observe().await;
+            Ok(_) => {}
         }
         if self.probe(pod, &observed).await {
             observed = self.observe().await;
