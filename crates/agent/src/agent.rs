@@ -35,6 +35,8 @@ pub enum AgentError {
     },
     #[error("agent TLS: {0}")]
     Tls(String),
+    #[error("pod network: {0}")]
+    Network(#[from] skiff_net::Error),
 }
 
 pub struct AgentConfig {
@@ -52,8 +54,12 @@ pub struct AgentConfig {
     pub api_service: Option<(String, u16)>,
     /// Registries pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Nothing leaves the machine: images are pulled only from registries on loopback.
+    /// Nothing leaves the machine: images are pulled only from registries on loopback, pods
+    /// get no route out.
     pub isolated: bool,
+    /// Pods get addresses on the node's bridge and Services are proxied; without it pods have
+    /// loopback only.
+    pub network: Option<crate::network::NetworkSettings>,
 }
 
 /// What the workers share.
@@ -66,6 +72,8 @@ pub struct Agent {
     pub volumes: Volumes,
     pub facts: NodeFacts,
     pub events: Recorder,
+    /// The node's pod network, when it has one.
+    pub network: Option<Arc<skiff_net::link::PodNetwork>>,
     /// The uid of each pod of the node by namespace and name, for the log endpoint.
     pods: Mutex<HashMap<(String, String), Pod>>,
     /// How each worker is woken when the relist sees its containers change, by pod uid.
@@ -273,9 +281,22 @@ pub async fn start(
             node: config.node.name.clone(),
             source,
         })?;
+    let network = match &config.network {
+        Some(settings) => Some(
+            crate::network::start(
+                &client,
+                &config.node.name,
+                &config.node.ip,
+                settings,
+                config.isolated,
+                config.data_dir.join("network"),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let facts = NodeFacts {
         host_ip: config.node.ip.clone(),
-        // FIXME(issue 9): pods have only loopback until the pod network gives them addresses.
         pod_ip: None,
         service_env: api_service_env(&config.api_service),
         memory_bytes: machine.memory_bytes as i64,
@@ -289,6 +310,7 @@ pub async fn start(
         images,
         facts,
         events: Recorder::new(client.clone(), &config.node.name),
+        network,
         pods: Mutex::new(HashMap::new()),
         wakers: Mutex::new(HashMap::new()),
         config,
@@ -398,6 +420,12 @@ async fn follow_pods(agent: Arc<Agent>) {
                     }
                 }
                 remove_orphans(&agent, &mut workers).await;
+                if let Some(network) = &agent.network {
+                    let live: HashSet<String> = workers.keys().cloned().collect();
+                    if let Err(e) = network.retain(&live).await {
+                        tracing::warn!(error = %e, "releasing the network of pods that are gone");
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "watching the node's pods");

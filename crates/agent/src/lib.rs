@@ -4,13 +4,15 @@
 //!
 //! Decisions are pure ([`plan`], [`status`], [`container`], [`probe`]); [`agent`] and [`worker`]
 //! are the shell that watches the API and drives the runtime, [`prober`] runs probes and hooks,
-//! [`events`] records what happened, [`volumes`] and [`logs`] are its files.
+//! [`events`] records what happened, [`volumes`] and [`logs`] are its files, [`network`] runs
+//! the node's pod network and Service proxy.
 
 pub mod agent;
 pub mod container;
 pub mod events;
 pub mod join;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod plan;
 pub mod probe;
@@ -21,5 +23,6 @@ pub mod worker;
 
 pub use agent::{start, Agent, AgentConfig, AgentError, Running};
 pub use logs::ServingTls;
+pub use network::NetworkSettings;
 pub use node::NodeIdentity;
 pub use plan::Backoff;

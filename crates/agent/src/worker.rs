@@ -43,6 +43,8 @@ struct Worker {
     volume_dirs: BTreeMap<String, PathBuf>,
     /// The pod's network namespace, where probes and hooks connect from.
     netns: Option<PathBuf>,
+    /// The node's facts with this pod's address.
+    facts: crate::container::NodeFacts,
     probes: PodProbes,
     streaks: plan::Streaks,
     /// The back-off waits a BackOff event was recorded for, by container and end.
@@ -108,6 +110,7 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
         volumes_at: None,
         volume_dirs: BTreeMap::new(),
         netns: None,
+        facts: waker.agent.facts.clone(),
         probes: PodProbes::default(),
         streaks: plan::Streaks::default(),
         backoff_told: BTreeSet::new(),
@@ -218,34 +221,63 @@ impl Worker {
         sources
     }
 
+    /// The pod's sandbox with its address: reserved first (its `/etc/hosts` names it), then
+    /// the pod's end of a veth on the node's bridge. Pods of the host's network have none.
+    async fn make_sandbox(&mut self, pod: &Pod) -> Result<(), Note> {
+        let failed = |message: String| Note {
+            reason: "FailedCreatePodSandBox".into(),
+            message,
+        };
+        let (namespace, name) = pod_name(pod);
+        let spec = pod.spec.as_ref();
+        let hostname = spec
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone());
+        let network = self
+            .agent
+            .network
+            .clone()
+            .filter(|_| !spec.and_then(|s| s.host_network).unwrap_or(false));
+        let address = match &network {
+            Some(net) => Some(net.address(&self.uid).map_err(|e| failed(e.to_string()))?),
+            None => None,
+        };
+        let named = address.map_or("127.0.1.1".to_string(), |a| a.to_string());
+        let sandbox = SandboxConfig {
+            uid: self.uid.clone(),
+            namespace,
+            name,
+            hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{named}\t{hostname}\n"),
+            resolv_conf: String::new(),
+            hostname,
+        };
+        let runtime = self.runtime();
+        let made = blocking(move || runtime.run_sandbox(&sandbox))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(net) = &network {
+            net.attach(&self.uid, &made.netns)
+                .await
+                .map_err(|e| failed(format!("setting up the pod's network: {e}")))?;
+        }
+        self.facts.pod_ip = match address {
+            Some(a) => Some(a.to_string()),
+            None if network.is_none() && self.agent.network.is_some() => {
+                Some(self.facts.host_ip.clone())
+            }
+            None => None,
+        };
+        self.netns = Some(made.netns);
+        Ok(())
+    }
+
     /// Makes the sandbox (once), then the volumes (again every few seconds, so that
     /// configuration updates reach running containers).
     /// Returns the ConfigMaps and Secrets it read, if it read them, so that a pass reads them
     /// once.
     async fn prepare(&mut self, pod: &Pod, now: Timestamp) -> Result<Option<Sources>, Note> {
         if self.netns.is_none() {
-            let (namespace, name) = pod_name(pod);
-            let hostname = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.hostname.clone())
-                .unwrap_or_else(|| name.clone());
-            let sandbox = SandboxConfig {
-                uid: self.uid.clone(),
-                namespace,
-                name,
-                hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
-                resolv_conf: String::new(),
-                hostname,
-            };
-            let runtime = self.runtime();
-            let made = blocking(move || runtime.run_sandbox(&sandbox))
-                .await
-                .map_err(|e| Note {
-                    reason: "FailedCreatePodSandBox".into(),
-                    message: e.to_string(),
-                })?;
-            self.netns = Some(made.netns);
+            self.make_sandbox(pod).await?;
         }
         // Made once; again every few seconds only where files follow the API.
         let due = match self.volumes_at {
@@ -258,7 +290,7 @@ impl Worker {
         if due {
             let sources = self.sources(pod).await;
             let volumes = self.agent.volumes.clone();
-            let facts = self.agent.facts.clone();
+            let facts = self.facts.clone();
             let pod = pod.clone();
             let prepared = blocking(move || {
                 volumes
@@ -441,7 +473,7 @@ impl Worker {
             runtime: self.runtime(),
             id: current.id.clone(),
             netns: self.netns.clone(),
-            pod_ip: self.agent.facts.pod_ip.clone(),
+            pod_ip: self.facts.pod_ip.clone(),
             container: container.clone(),
         }
     }
@@ -530,7 +562,7 @@ impl Worker {
                 reason: "ErrImagePull".into(),
                 message,
             })?;
-        let facts = &self.agent.facts;
+        let facts = &self.facts;
         let env = container::environment(pod, container, sources, facts)
             .map_err(|e| config_error(e.0))?;
         let termination = self
@@ -657,8 +689,8 @@ impl Worker {
             notes: &notes,
             messages: &messages,
             health: &self.probes.health(),
-            host_ip: &self.agent.facts.host_ip,
-            pod_ip: self.agent.facts.pod_ip.as_deref(),
+            host_ip: &self.facts.host_ip,
+            pod_ip: self.facts.pod_ip.as_deref(),
             now: Timestamp::now(),
         });
         // Written already, unless someone else changed a condition since (the node controller
@@ -714,6 +746,11 @@ impl Worker {
         }
         if let Err(e) = self.agent.volumes.remove(&self.uid) {
             tracing::warn!(pod = %self.uid, error = %e, "removing the pod's volumes");
+        }
+        if let Some(network) = &self.agent.network {
+            if let Err(e) = network.detach(&self.uid).await {
+                tracing::warn!(pod = %self.uid, error = %e, "removing the pod's network");
+            }
         }
         tracing::info!(pod = %self.uid, "pod stopped and removed");
     }

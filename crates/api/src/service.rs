@@ -6,13 +6,13 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
 
+use crate::cidr::Ipv4Cidr;
 use crate::object::FieldError;
 
 /// The ranges Services draw from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceRanges {
-    network: u32,
-    prefix: u8,
+    cidr: Ipv4Cidr,
     ports: (u16, u16),
 }
 
@@ -40,31 +40,41 @@ impl ServiceRanges {
             .ok()
             .filter(|p| (8..=28).contains(p))
             .ok_or_else(|| format!("service CIDR {cidr:?}: the prefix must be 8 to 28"))?;
-        let mask = u32::MAX << (32 - prefix);
         let (low, high) = ports
             .split_once('-')
             .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
             .filter(|(a, b)| a <= b && *a > 0)
             .ok_or_else(|| format!("node port range {ports:?} is not LOW-HIGH"))?;
         Ok(ServiceRanges {
-            network: u32::from(addr) & mask,
-            prefix,
+            cidr: Ipv4Cidr::new(addr, prefix).expect("the prefix was checked"),
             ports: (low, high),
         })
     }
 
+    /// The range cluster IPs come from.
+    pub fn cidr(&self) -> Ipv4Cidr {
+        self.cidr
+    }
+
     fn size(&self) -> u32 {
-        1 << (32 - self.prefix)
+        self.cidr.size() as u32
     }
 
     /// The API server's own Service address (`kubernetes.default`).
     pub fn first_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.network + 1)
+        self.cidr.nth(1).expect("a range has two addresses")
+    }
+
+    /// The cluster DNS Service's address (`kube-dns.kube-system`): the tenth, as Kubernetes'
+    /// installers choose it.
+    pub fn dns_ip(&self) -> Ipv4Addr {
+        self.cidr.nth(10).expect("a range has sixteen addresses")
     }
 
     fn usable(&self, ip: Ipv4Addr) -> bool {
-        let offset = u32::from(ip).wrapping_sub(self.network);
-        offset > 0 && offset < self.size() - 1
+        self.cidr
+            .offset(ip)
+            .is_some_and(|offset| offset > 0 && offset < u64::from(self.size()) - 1)
     }
 
     fn node_port_ok(&self, port: u16) -> bool {
@@ -79,7 +89,7 @@ impl ServiceRanges {
         let from_dynamic = (0..dynamic).map(|i| low + 1 + (seed.wrapping_add(i) % dynamic.max(1)));
         from_dynamic
             .chain(1..=low)
-            .map(|offset| Ipv4Addr::from(self.network + offset))
+            .filter_map(|offset| self.cidr.nth(u64::from(offset)))
             .find(|ip| !taken.contains(ip))
     }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub event_ttl: Duration,
     /// When unreachable nodes are tainted and their pods evicted.
     pub node_lifecycle: skiff_controllers::nodelifecycle::Settings,
+    /// Where nodes' pod CIDRs come from.
+    pub node_ipam: skiff_controllers::nodeipam::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -440,9 +442,12 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         skiff_controllers::runtime::start(
             client,
             identity,
-            2,
-            config.event_ttl,
-            config.node_lifecycle,
+            skiff_controllers::runtime::Settings {
+                workers: 2,
+                event_ttl: config.event_ttl,
+                node_lifecycle: config.node_lifecycle,
+                node_ipam: config.node_ipam,
+            },
         );
     }
     let mut reachable = addr;

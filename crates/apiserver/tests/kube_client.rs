@@ -46,6 +46,7 @@ async fn cluster() -> Cluster {
         controllers: false,
         event_ttl: Duration::from_secs(24 * 3600),
         node_lifecycle: Default::default(),
+        node_ipam: Default::default(),
     };
     let running = server::start(config, store.clone()).await.unwrap();
     let kubeconfig = Kubeconfig::read_from(&running.kubeconfig).unwrap();

@@ -3,12 +3,15 @@
 //! garbage collector's background deletion) over the API as [`cluster`] describes it, and
 //! their pure decisions: which pods a ReplicaSet makes or removes ([`replicaset`]) and the
 //! rollout arithmetic of Deployments ([`rollout`]). The [`scheduler`]'s loop runs here too,
-//! around the pure core of `skiff-scheduler`, and the [`nodelifecycle`] controller (unreachable
-//! nodes tainted, their pods evicted).
+//! around the pure core of `skiff-scheduler`, the [`nodelifecycle`] controller (unreachable
+//! nodes tainted, their pods evicted), [`nodeipam`] (each node's pod CIDR) and [`endpoints`]
+//! (Services' Endpoints and EndpointSlices).
 
 pub mod cluster;
+pub mod endpoints;
 pub mod events;
 pub mod leader;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod queue;
 mod reconcile;

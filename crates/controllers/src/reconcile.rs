@@ -69,7 +69,7 @@ async fn claim(
 }
 
 /// The object of `kind` named `name` in `namespace`.
-async fn get(
+pub(crate) async fn get(
     cluster: &dyn Cluster,
     kind: &'static Kind,
     namespace: &str,

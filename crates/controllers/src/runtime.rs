@@ -143,15 +143,17 @@ fn keys_for(kind: &Kind, change: &Changed) -> Vec<Key> {
     keys
 }
 
-/// Follows one kind's changes for the life of the server, queueing the keys they call for.
-async fn feed(cluster: Arc<dyn Cluster>, kind: &'static Kind, queue: Queue<Key>) {
+/// Follows one kind's changes for the life of the server, handing each to `on`.
+pub(crate) async fn follow(
+    cluster: Arc<dyn Cluster>,
+    kind: &'static Kind,
+    mut on: impl FnMut(&Changed) + Send + 'static,
+) {
     loop {
         match cluster.changes(kind).await {
             Ok(mut changes) => {
                 while let Some(change) = changes.recv().await {
-                    for key in keys_for(kind, &change) {
-                        queue.add(key);
-                    }
+                    on(&change);
                 }
                 tracing::info!(kind = kind.plural, "controller feed ended; following again");
             }
@@ -215,34 +217,45 @@ async fn work(
     }
 }
 
-/// Starts the controllers, the scheduler and the node lifecycle controller: leader election as
-/// `identity`, one feed per watched kind,
-/// `workers` workers that work while this server leads, and the expiry of events older than
-/// `event_ttl`.
-pub fn start(
-    cluster: Arc<dyn Cluster>,
-    identity: String,
-    workers: usize,
-    event_ttl: Duration,
-    node_lifecycle: crate::nodelifecycle::Settings,
-) {
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Workers reconciling Deployments, ReplicaSets and owners.
+    pub workers: usize,
+    /// Events last seen longer ago are deleted.
+    pub event_ttl: Duration,
+    pub node_lifecycle: crate::nodelifecycle::Settings,
+    pub node_ipam: crate::nodeipam::Settings,
+}
+
+/// Starts the controllers, the scheduler, the node lifecycle, node IPAM and endpoints
+/// controllers: leader election as `identity`, one feed per watched kind, workers that work
+/// while this server leads, and the expiry of old events.
+pub fn start(cluster: Arc<dyn Cluster>, identity: String, settings: Settings) {
     let queue = Queue::default();
     let leader = crate::leader::elect(cluster.clone(), identity);
     crate::scheduler::start(cluster.clone(), leader.clone());
-    crate::nodelifecycle::start(cluster.clone(), leader.clone(), node_lifecycle);
+    crate::nodelifecycle::start(cluster.clone(), leader.clone(), settings.node_lifecycle);
+    crate::nodeipam::start(cluster.clone(), leader.clone(), settings.node_ipam);
+    crate::endpoints::start(cluster.clone(), leader.clone());
     let events = Arc::new(Recorders {
         replicaset: Recorder::new("replicaset-controller"),
         deployment: Recorder::new("deployment-controller"),
     });
-    tokio::spawn(crate::events::expire(cluster.clone(), event_ttl));
+    tokio::spawn(crate::events::expire(cluster.clone(), settings.event_ttl));
     for k in [
         kind("apps", "deployments"),
         kind("apps", "replicasets"),
         kind("", "pods"),
     ] {
-        tokio::spawn(feed(cluster.clone(), k, queue.clone()));
+        let queue = queue.clone();
+        tokio::spawn(follow(cluster.clone(), k, move |change| {
+            for key in keys_for(k, change) {
+                queue.add(key);
+            }
+        }));
     }
-    for _ in 0..workers {
+    for _ in 0..settings.workers {
         tokio::spawn(work(
             cluster.clone(),
             queue.clone(),

@@ -43,8 +43,8 @@ fn archives_of_both_formats_import_and_share_their_base_layer() {
     let layers = store.layer_dirs(&image).unwrap();
     assert!(layers[1].join("bin/busybox").is_file(), "lowest layer last");
     assert_eq!(
-        std::fs::read_to_string(layers[0].join("www/index.html")).unwrap(),
-        "my-api v2.1\n"
+        std::fs::read_to_string(layers[0].join("etc/my-api/version")).unwrap(),
+        "v2.1"
     );
     assert_eq!(
         std::fs::read_link(layers[1].join("bin/sh"))
@@ -201,8 +201,8 @@ async fn images_are_pulled_from_a_registry_with_dockerconfigjson_credentials() {
     assert_eq!(image.layers.len(), 2);
     let layers = store.layer_dirs(&image).unwrap();
     assert_eq!(
-        std::fs::read_to_string(layers[0].join("www/index.html")).unwrap(),
-        "my-api v2.2\n"
+        std::fs::read_to_string(layers[0].join("etc/my-api/version")).unwrap(),
+        "v2.2"
     );
     let seen = seen.into_inner().unwrap();
     for layer in &image.layers {

@@ -23,6 +23,12 @@ pub struct AgentArgs {
     /// Where the node keeps its certificates, images, containers and volumes.
     #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
     data_dir: PathBuf,
+    /// The cluster's pod addresses, as the server was told them (`--cluster-cidr`).
+    #[arg(long, default_value = "10.42.0.0/16", env = "SKIFF_CLUSTER_CIDR")]
+    cluster_cidr: skiff_api::cidr::Ipv4Cidr,
+    /// The cluster's Service addresses, as the server was told them (`--service-cidr`).
+    #[arg(long, default_value = "10.43.0.0/16", env = "SKIFF_SERVICE_CIDR")]
+    service_cidr: skiff_api::cidr::Ipv4Cidr,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -47,6 +53,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         credentials,
         api_service,
+        network: skiff_agent::NetworkSettings {
+            cluster_cidr: args.cluster_cidr,
+            service_cidr: args.service_cidr,
+        },
     };
     let _agent = start_node(&args.node, &args.server, node, started).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -35,6 +35,9 @@ pub struct ServerArgs {
     /// Where Services' cluster IPs come from.
     #[arg(long, default_value = "10.43.0.0/16", env = "SKIFF_SERVICE_CIDR")]
     pub service_cidr: String,
+    /// Where pods' addresses come from: each node gets a /24 of it.
+    #[arg(long, default_value = "10.42.0.0/16", env = "SKIFF_CLUSTER_CIDR")]
+    pub cluster_cidr: skiff_api::cidr::Ipv4Cidr,
     /// Where NodePort Services' ports come from.
     #[arg(
         long,
@@ -116,6 +119,10 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<server::Running> {
         node_lifecycle: skiff_controllers::nodelifecycle::Settings {
             grace: args.node_grace_period,
             eviction_wait: args.pod_eviction_timeout,
+            ..Default::default()
+        },
+        node_ipam: skiff_controllers::nodeipam::Settings {
+            cluster_cidr: args.cluster_cidr,
             ..Default::default()
         },
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skiff_agent::join::{self, Credentials};
-use skiff_agent::{AgentConfig, Backoff, NodeIdentity, ServingTls};
+use skiff_agent::{AgentConfig, Backoff, NetworkSettings, NodeIdentity, ServingTls};
 use skiff_api::service::ServiceRanges;
 use skiff_runtime::{LocalConfig, LocalRuntime, OciRuntime, Runtime};
 
@@ -131,6 +131,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         data_dir,
         credentials,
         api_service,
+        network: NetworkSettings {
+            cluster_cidr: args.server.cluster_cidr,
+            service_cidr: ranges.cidr(),
+        },
     };
     start_node(&args.node, &running.url, node, started).await?;
     server::announce("skiff up", &running);
@@ -145,6 +149,7 @@ pub struct Node {
     pub credentials: Credentials,
     /// The `kubernetes` Service's address and port, given to containers.
     pub api_service: Option<(String, u16)>,
+    pub network: NetworkSettings,
 }
 
 /// Starts the node agent on this machine's runtime; ready (the Node registered) on return.
@@ -207,12 +212,23 @@ pub async fn start_node(
         api_service: node.api_service,
         insecure_registries: args.insecure_registries.clone(),
         isolated: args.isolated,
+        network: Some(node.network),
     };
     let runtime: Arc<dyn Runtime> = Arc::new(local);
     let agent = skiff_agent::start(client, runtime, Some(images), config).await?;
     tracing::info!(node = %node.name, agent = %agent.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
     println!("node {} ready (agent on {})", node.name, agent.addr);
     Ok(agent)
+}
+
+/// Removes the node's bridge and nftables table.
+fn remove_network(node: &str) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(skiff_net::link::remove_bridge(node))?;
+    skiff_net::nft::remove(&skiff_net::link::bridge_name(node))?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -268,6 +284,9 @@ pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
         volumes.remove(&uid)?;
     }
     runtime(&args.data_dir, &node, None)?.reset()?;
+    if let Err(e) = remove_network(&node) {
+        eprintln!("warning: removing node {node}'s network: {e:#}");
+    }
     match std::fs::remove_dir_all(&args.data_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", args.data_dir.display()))

@@ -298,7 +298,7 @@ fn exec_runs_commands_in_the_container(oci: OciRuntime) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let body = exec(&node, &api.id, "wget -qO- http://127.0.0.1:8080/ 2>&1");
-        if body == "my-api v2.1\n" {
+        if body == "my-api v2.1 pod-p1\n" {
             break;
         }
         assert!(Instant::now() < deadline, "my-api does not answer: {body}");

@@ -39,14 +39,19 @@ impl ImageSpec {
         }
     }
 
-    /// `my-api:<version>`: an HTTP server on port 8080 answering `/` with the version.
+    /// `my-api:<version>`: an HTTP server on port 8080 answering `/` with the version and the
+    /// pod's hostname (`my-api v2.1 api-server-7d9-x4k2p`), so a client can tell replicas apart.
     pub fn my_api(version: &str) -> ImageSpec {
         ImageSpec {
             name: format!("my-api:{version}"),
             files: vec![
                 (
-                    "www/index.html".into(),
-                    format!("my-api {version}\n").into_bytes(),
+                    // busybox httpd runs /cgi-bin/index.cgi for `/` when there is no index.html.
+                    "www/cgi-bin/index.cgi".into(),
+                    format!(
+                        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"my-api {version} $(hostname)\"\n"
+                    )
+                    .into_bytes(),
                 ),
                 ("etc/my-api/version".into(), version.as_bytes().to_vec()),
             ],
@@ -108,7 +113,7 @@ pub fn layer_tar(files: &[(String, Vec<u8>)], symlinks: &[(String, String)]) -> 
         builder.append(&h, std::io::empty()).expect("in memory");
     }
     for (path, contents) in files {
-        let mode = if path.starts_with("bin/") {
+        let mode = if path.starts_with("bin/") || path.contains("/cgi-bin/") {
             0o755
         } else {
             0o644

@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 
 pub use skiff_testkit::SkiffServer;
 
+pub mod cluster;
+
 /// A server of this build on loopback.
 pub fn server() -> SkiffServer {
     SkiffServer::start(Path::new(env!("CARGO_BIN_EXE_skiff")), &[])

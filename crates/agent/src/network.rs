@@ -1,0 +1,344 @@
+//! The node's network, as the agent runs it: waits for the node's pod CIDR, sets up the bridge
+//! (`skiff-net`'s [`PodNetwork`]), keeps routes to the other nodes' pods, and keeps the node's
+//! nftables table in step with the Services and EndpointSlices of the cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::watcher;
+use serde_json::Value;
+use skiff_api::cidr::Ipv4Cidr;
+use skiff_net::link::{self, PodNetwork};
+use skiff_net::nft::Table;
+use skiff_net::proxy::{self, ServicePort};
+use tokio::sync::mpsc;
+
+/// The cluster's address ranges, as the agent is told them.
+#[derive(Clone, Debug)]
+pub struct NetworkSettings {
+    pub cluster_cidr: Ipv4Cidr,
+    pub service_cidr: Ipv4Cidr,
+}
+
+/// The pod CIDR the server gave the node, waited for.
+async fn pod_cidr(client: &kube::Client, node: &str) -> Ipv4Cidr {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut told = false;
+    loop {
+        match nodes.get(node).await {
+            Ok(n) => {
+                if let Some(cidr) = n
+                    .spec
+                    .and_then(|s| s.pod_cidr)
+                    .and_then(|c| c.parse::<Ipv4Cidr>().ok())
+                {
+                    return cidr;
+                }
+            }
+            Err(e) => tracing::warn!(%node, error = %e, "reading the node for its pod CIDR"),
+        }
+        if !told {
+            tracing::info!(%node, "waiting for the server to give the node a pod CIDR");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sets up the node's pod network and starts the routes and Service proxy loops.
+pub async fn start(
+    client: &kube::Client,
+    node: &str,
+    node_ip: &str,
+    settings: &NetworkSettings,
+    isolated: bool,
+    state_dir: PathBuf,
+) -> Result<Arc<PodNetwork>, skiff_net::Error> {
+    let pod_cidr = pod_cidr(client, node).await;
+    let config = link::Config {
+        node: node.to_string(),
+        pod_cidr,
+        cluster_cidr: settings.cluster_cidr,
+        service_cidr: settings.service_cidr,
+        node_ip: node_ip.parse().ok(),
+        isolated,
+        state_dir,
+    };
+    let network = Arc::new(PodNetwork::start(config).await?);
+    let table = Table::new(proxy::Settings {
+        // One name for the node's bridge and table.
+        table: link::bridge_name(node),
+        cluster_cidr: settings.cluster_cidr,
+        pod_cidr,
+        bridge: link::bridge_name(node),
+        masquerade_egress: !isolated,
+    });
+    tokio::spawn(follow_nodes(client.clone(), network.clone()));
+    tokio::spawn(follow_services(client.clone(), table));
+    Ok(network)
+}
+
+/// Routes to every other node's pod CIDR through its InternalIP, kept as nodes come and go.
+async fn follow_nodes(client: kube::Client, network: Arc<PodNetwork>) {
+    let nodes: Api<Node> = Api::all(client);
+    let mut events = watcher(nodes, watcher::Config::default()).boxed();
+    let mut peers: BTreeMap<String, (Ipv4Cidr, Ipv4Addr)> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, (Ipv4Cidr, Ipv4Addr)>> = None;
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            Ok(watcher::Event::Init) => {
+                listing = Some(BTreeMap::new());
+                false
+            }
+            Ok(watcher::Event::InitApply(n)) => {
+                if let (Some(l), Some((name, peer))) = (listing.as_mut(), peer_of(&n)) {
+                    l.insert(name, peer);
+                }
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                peers = listing.take().unwrap_or_default();
+                true
+            }
+            Ok(watcher::Event::Apply(n)) => match peer_of(&n) {
+                Some((name, peer)) => peers.insert(name, peer) != Some(peer),
+                None => false,
+            },
+            Ok(watcher::Event::Delete(n)) => peers
+                .remove(n.metadata.name.as_deref().unwrap_or(""))
+                .is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching nodes for routes");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                false
+            }
+        };
+        if changed {
+            let own = network.config().pod_cidr;
+            let routes: BTreeMap<Ipv4Cidr, Ipv4Addr> = peers
+                .values()
+                .copied()
+                .filter(|(cidr, _)| *cidr != own)
+                .collect();
+            if let Err(e) = network.set_routes(&routes).await {
+                tracing::warn!(error = %e, "setting routes to other nodes");
+            }
+        }
+    }
+}
+
+/// A node's pod CIDR and InternalIP, if it has both.
+fn peer_of(node: &Node) -> Option<(String, (Ipv4Cidr, Ipv4Addr))> {
+    let cidr = node.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .parse()
+        .ok()?;
+    Some((node.metadata.name.clone()?, (cidr, ip)))
+}
+
+/// A change the proxy follows: an object by namespace and name, or gone.
+enum Seen {
+    Service((String, String), Option<Value>),
+    Slice((String, String), Option<Value>),
+    /// A watch (re)listed: everything of that kind not listed since is gone.
+    Relisted(bool, Vec<(String, String)>),
+}
+
+fn key(meta: &kube::api::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Follows one kind into the proxy's channel.
+async fn watch_into<K>(
+    api: Api<K>,
+    tx: mpsc::UnboundedSender<Seen>,
+    wrap: fn((String, String), Option<Value>) -> Seen,
+    services: bool,
+) where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + Send
+        + 'static,
+{
+    let mut events = watcher(api, watcher::Config::default()).boxed();
+    let mut listed = Vec::new();
+    while let Some(event) = events.next().await {
+        let seen = match event {
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                listed.push(key(o.meta()));
+                wrap(key(o.meta()), serde_json::to_value(&o).ok())
+            }
+            Ok(watcher::Event::InitDone) => Seen::Relisted(services, std::mem::take(&mut listed)),
+            Ok(watcher::Event::Apply(o)) => wrap(key(o.meta()), serde_json::to_value(&o).ok()),
+            Ok(watcher::Event::Delete(o)) => wrap(key(o.meta()), None),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching for the Service proxy");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if tx.send(seen).is_err() {
+            return;
+        }
+    }
+}
+
+/// The Service a slice belongs to (its `kubernetes.io/service-name` label).
+fn owner_of(namespace: &str, slice: &Value) -> Option<(String, String)> {
+    slice
+        .pointer("/metadata/labels/kubernetes.io~1service-name")
+        .and_then(Value::as_str)
+        .map(|s| (namespace.to_string(), s.to_string()))
+}
+
+/// What the proxy knows: Services, their slices, and each Service's ports as last computed.
+#[derive(Default)]
+struct ProxyState {
+    services: HashMap<(String, String), Value>,
+    /// Slices by the Service they belong to, then by their own name.
+    slices: HashMap<(String, String), BTreeMap<String, Value>>,
+    /// The Service each slice was filed under.
+    slice_owner: HashMap<(String, String), (String, String)>,
+    ports: BTreeMap<(String, String), Vec<ServicePort>>,
+}
+
+impl ProxyState {
+    /// Takes one change in; returns the Services whose rules it may change.
+    fn take(&mut self, seen: Seen, touched: &mut BTreeSet<(String, String)>) {
+        match seen {
+            Seen::Service(k, obj) => {
+                match obj {
+                    Some(o) => self.services.insert(k.clone(), o),
+                    None => self.services.remove(&k),
+                };
+                touched.insert(k);
+            }
+            Seen::Slice(k, obj) => {
+                if let Some(before) = self.slice_owner.remove(&k) {
+                    if let Some(of) = self.slices.get_mut(&before) {
+                        of.remove(&k.1);
+                    }
+                    touched.insert(before);
+                }
+                if let Some((o, owner)) = obj.and_then(|o| owner_of(&k.0, &o).map(|w| (o, w))) {
+                    self.slices
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(k.1.clone(), o);
+                    self.slice_owner.insert(k, owner.clone());
+                    touched.insert(owner);
+                }
+            }
+            Seen::Relisted(services, listed) => {
+                let listed: HashSet<(String, String)> = listed.into_iter().collect();
+                if services {
+                    self.services.retain(|k, _| listed.contains(k));
+                } else {
+                    let gone: Vec<_> = self
+                        .slice_owner
+                        .keys()
+                        .filter(|k| !listed.contains(*k))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        self.take(Seen::Slice(k, None), touched);
+                    }
+                }
+                touched.extend(self.ports.keys().cloned());
+                touched.extend(self.services.keys().cloned());
+            }
+        }
+    }
+
+    fn recompute(&mut self, k: (String, String)) {
+        match self.services.get(&k) {
+            Some(svc) => {
+                let slices: Vec<&Value> = self
+                    .slices
+                    .get(&k)
+                    .into_iter()
+                    .flat_map(|s| s.values())
+                    .collect();
+                self.ports.insert(k, proxy::service_ports(svc, &slices));
+            }
+            None => {
+                self.ports.remove(&k);
+            }
+        }
+    }
+}
+
+/// The Service proxy: every change of a Service or EndpointSlice recomputes that Service's
+/// ports; changes that arrive together are applied as one transaction.
+async fn follow_services(client: kube::Client, table: Table) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(watch_into(
+        Api::<Service>::all(client.clone()),
+        tx.clone(),
+        Seen::Service,
+        true,
+    ));
+    tokio::spawn(watch_into(
+        Api::<EndpointSlice>::all(client),
+        tx,
+        Seen::Slice,
+        false,
+    ));
+    let table = Arc::new(Mutex::new(table));
+    let mut state = ProxyState::default();
+    while let Some(first) = rx.recv().await {
+        let mut touched = BTreeSet::new();
+        state.take(first, &mut touched);
+        while let Ok(seen) = rx.try_recv() {
+            state.take(seen, &mut touched);
+        }
+        for k in touched {
+            state.recompute(k);
+        }
+        let all: Vec<ServicePort> = state.ports.values().flatten().cloned().collect();
+        let rules = proxy::ruleset(&all);
+        loop {
+            let began = std::time::Instant::now();
+            let (table, rules) = (table.clone(), rules.clone());
+            match crate::worker::blocking(move || table.lock().expect("nft table").apply(rules))
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(
+                        took_us = began.elapsed().as_micros() as u64,
+                        "service rules applied"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "applying the Service rules; trying again in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}

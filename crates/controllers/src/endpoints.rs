@@ -1,0 +1,528 @@
+//! The Endpoints and EndpointSlice controllers in one: each Service with a selector gets an
+//! `Endpoints` object of its name and EndpointSlices labelled with it, listing the addresses of
+//! the pods it selects (ready, not ready, terminating), their target ports resolved per pod.
+//! `desired` is the pure decision; `start` follows Services and pods and writes what changed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use skiff_api::object::{selector_from_json, Filter};
+use tokio::sync::watch;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::queue::Queue;
+use crate::runtime::kind;
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// A Service's port as its endpoints carry it: name, protocol, and the target (a number, or a
+/// container port's name to look up in each pod).
+struct PortSpec<'a> {
+    name: &'a str,
+    protocol: &'a str,
+    target: &'a Value,
+    port: &'a Value,
+}
+
+fn ports_of(service: &Value) -> Vec<PortSpec<'_>> {
+    service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| PortSpec {
+            name: p["name"].as_str().unwrap_or(""),
+            protocol: p["protocol"].as_str().unwrap_or("TCP"),
+            target: if p["targetPort"].is_null() {
+                &p["port"]
+            } else {
+                &p["targetPort"]
+            },
+            port: &p["port"],
+        })
+        .collect()
+}
+
+/// The pod's port numbers for the Service's ports; a named target the pod lacks leaves that
+/// port out for this pod, as Kubernetes does.
+fn resolve(ports: &[PortSpec<'_>], pod: &Value) -> Vec<(String, String, u64)> {
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array);
+    ports
+        .iter()
+        .filter_map(|p| {
+            let number = match p.target {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => match s.parse::<u64>() {
+                    Ok(n) => Some(n),
+                    Err(_) => containers.into_iter().flatten().find_map(|c| {
+                        c["ports"].as_array().into_iter().flatten().find_map(|cp| {
+                            (cp["name"] == s.as_str()
+                                && cp["protocol"].as_str().unwrap_or("TCP") == p.protocol)
+                                .then(|| cp["containerPort"].as_u64())
+                                .flatten()
+                        })
+                    }),
+                },
+                _ => p.port.as_u64(),
+            }?;
+            Some((p.name.to_string(), p.protocol.to_string(), number))
+        })
+        .collect()
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// A stable short suffix for a slice of a port set.
+fn suffix(ports: &[(String, String, u64)]) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for (name, proto, port) in ports {
+        for b in format!("{name}/{proto}/{port};").bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+    }
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|i| ALPHABET[(h >> (i * 5)) as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// What the Service's endpoints should be, given the pods its selector selects: the
+/// `Endpoints` object and the EndpointSlices (one per distinct set of resolved ports), without
+/// resourceVersions. Pods without an address, and finished ones, are left out.
+pub fn desired(service: &Value, pods: &[Value]) -> (Value, Vec<Value>) {
+    let namespace = text(service, "/metadata/namespace");
+    let name = text(service, "/metadata/name");
+    let publish_not_ready = service.pointer("/spec/publishNotReadyAddresses") == Some(&json!(true));
+    let ports = ports_of(service);
+    // Port set → (ready addresses, not-ready addresses, slice endpoints), in pod order.
+    type Group = (Vec<Value>, Vec<Value>, Vec<Value>);
+    let mut groups: BTreeMap<Vec<(String, String, u64)>, Group> = BTreeMap::new();
+    let mut sorted: Vec<&Value> = pods.iter().collect();
+    sorted.sort_by_key(|p| {
+        (
+            text(p, "/status/podIP").to_string(),
+            text(p, "/metadata/name").to_string(),
+        )
+    });
+    for pod in sorted {
+        let ip = text(pod, "/status/podIP");
+        let phase = text(pod, "/status/phase");
+        if ip.is_empty() || phase == "Succeeded" || phase == "Failed" {
+            continue;
+        }
+        let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+        let serving = is_ready(pod);
+        let ready = publish_not_ready || (serving && !terminating);
+        let node = text(pod, "/spec/nodeName");
+        let target = json!({
+            "kind": "Pod",
+            "namespace": namespace,
+            "name": text(pod, "/metadata/name"),
+            "uid": text(pod, "/metadata/uid"),
+        });
+        let group = groups.entry(resolve(&ports, pod)).or_default();
+        let mut address = json!({"ip": ip, "targetRef": target});
+        if !node.is_empty() {
+            address["nodeName"] = json!(node);
+        }
+        if ready {
+            group.0.push(address);
+        } else if !terminating {
+            group.1.push(address);
+        }
+        let mut endpoint = json!({
+            "addresses": [ip],
+            "conditions": {"ready": ready, "serving": serving || publish_not_ready, "terminating": terminating},
+            "targetRef": target,
+        });
+        if !node.is_empty() {
+            endpoint["nodeName"] = json!(node);
+        }
+        group.2.push(endpoint);
+    }
+    let owner = json!([{
+        "apiVersion": "v1",
+        "kind": "Service",
+        "name": name,
+        "uid": text(service, "/metadata/uid"),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    let mut subsets = Vec::new();
+    let mut slices = Vec::new();
+    for (port_set, (ready, not_ready, endpoints)) in groups {
+        let core_ports: Vec<Value> = port_set
+            .iter()
+            .map(|(n, proto, port)| {
+                let mut p = json!({"port": port, "protocol": proto});
+                if !n.is_empty() {
+                    p["name"] = json!(n);
+                }
+                p
+            })
+            .collect();
+        if !ready.is_empty() || !not_ready.is_empty() {
+            let mut subset = json!({"ports": core_ports});
+            if !ready.is_empty() {
+                subset["addresses"] = json!(ready);
+            }
+            if !not_ready.is_empty() {
+                subset["notReadyAddresses"] = json!(not_ready);
+            }
+            subsets.push(subset);
+        }
+        let slice_ports: Vec<Value> = port_set
+            .iter()
+            .map(|(n, proto, port)| json!({"name": n, "port": port, "protocol": proto}))
+            .collect();
+        slices.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{name}-{}", suffix(&port_set)),
+                "namespace": namespace,
+                "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY},
+                "ownerReferences": owner,
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": slice_ports,
+        }));
+    }
+    let mut endpoints = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": name, "namespace": namespace, "labels": {SERVICE_NAME_LABEL: name}},
+    });
+    if !subsets.is_empty() {
+        endpoints["subsets"] = json!(subsets);
+    }
+    (endpoints, slices)
+}
+
+/// The Service's equality selector, if it has one (a Service without one has endpoints kept
+/// by hand, which this controller leaves alone).
+fn selector(service: &Value) -> Option<&serde_json::Map<String, Value>> {
+    service
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|s| !s.is_empty())
+}
+
+fn selects(selector: &serde_json::Map<String, Value>, pod: &Value) -> bool {
+    let labels = pod.pointer("/metadata/labels");
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+type ServiceKey = (String, String);
+
+/// What the feeds know: each Service's selector, and which Services each pod was last seen to
+/// belong to (a pod whose labels change must leave the Services it left).
+#[derive(Default)]
+struct Index {
+    selectors: HashMap<ServiceKey, serde_json::Map<String, Value>>,
+    pods: HashMap<ServiceKey, HashSet<ServiceKey>>,
+}
+
+/// Starts the controller: feeds of Services and pods queue Services; while this server leads,
+/// a worker brings each queued Service's endpoints up to date.
+pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
+    let queue: Queue<ServiceKey> = Queue::default();
+    let index = Arc::new(Mutex::new(Index::default()));
+    {
+        let (cluster, queue, index) = (cluster.clone(), queue.clone(), index.clone());
+        tokio::spawn(crate::runtime::follow(
+            cluster,
+            kind("", "services"),
+            move |change| {
+                let obj = &change.object;
+                let key = (
+                    text(obj, "/metadata/namespace").to_string(),
+                    text(obj, "/metadata/name").to_string(),
+                );
+                let mut index = index.lock().expect("endpoints index");
+                match selector(obj).filter(|_| !change.deleted) {
+                    Some(s) => index.selectors.insert(key.clone(), s.clone()),
+                    None => index.selectors.remove(&key),
+                };
+                queue.add(key);
+            },
+        ));
+    }
+    {
+        let (cluster, queue, index) = (cluster.clone(), queue.clone(), index.clone());
+        tokio::spawn(crate::runtime::follow(
+            cluster,
+            kind("", "pods"),
+            move |change| {
+                let obj = &change.object;
+                let namespace = text(obj, "/metadata/namespace").to_string();
+                let pod = (namespace.clone(), text(obj, "/metadata/name").to_string());
+                let mut index = index.lock().expect("endpoints index");
+                let now: HashSet<ServiceKey> = if change.deleted {
+                    HashSet::new()
+                } else {
+                    index
+                        .selectors
+                        .iter()
+                        .filter(|((ns, _), s)| *ns == namespace && selects(s, obj))
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                };
+                let before = index.pods.remove(&pod).unwrap_or_default();
+                for key in now.union(&before) {
+                    queue.add(key.clone());
+                }
+                if !now.is_empty() {
+                    index.pods.insert(pod, now);
+                }
+            },
+        ));
+    }
+    tokio::spawn(async move {
+        let mut leader = leader;
+        loop {
+            if leader.wait_for(|leads| *leads).await.is_err() {
+                return;
+            }
+            let key = queue.next().await;
+            match sync(cluster.as_ref(), &key.0, &key.1).await {
+                Ok(()) | Err(ClusterError::NotFound(_)) => queue.done(&key),
+                Err(e) => {
+                    let delay = queue.retry(key.clone());
+                    tracing::debug!(?key, error = %e, ?delay, "endpoints sync failed; retrying");
+                }
+            }
+        }
+    });
+}
+
+/// Brings one Service's Endpoints and EndpointSlices up to date (removes them when the Service
+/// is gone or lost its selector).
+async fn sync(cluster: &dyn Cluster, namespace: &str, name: &str) -> Result<(), ClusterError> {
+    let (services, endpoints_kind, slices_kind, pods) = (
+        kind("", "services"),
+        kind("", "endpoints"),
+        skiff_api::kinds::find("discovery.k8s.io", "v1", "endpointslices").expect("a served kind"),
+        kind("", "pods"),
+    );
+    let service = crate::reconcile::get(cluster, services, namespace, name).await?;
+    let current_endpoints = crate::reconcile::get(cluster, endpoints_kind, namespace, name).await?;
+    let by_service = Filter {
+        labels: skiff_api::LabelSelector::parse(&format!("{SERVICE_NAME_LABEL}={name}")).ok(),
+        fields: None,
+    };
+    let current_slices: Vec<Value> = cluster
+        .list(slices_kind, namespace, &by_service)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            text(
+                s,
+                &format!("/metadata/labels/{}", MANAGED_BY_LABEL.replace('/', "~1")),
+            ) == MANAGED_BY
+        })
+        .collect();
+    let (want_endpoints, want_slices) = match service.as_ref().filter(|s| selector(s).is_some()) {
+        Some(service) => {
+            let selected = Filter {
+                labels: selector_from_json(&json!({"matchLabels": service["spec"]["selector"]}))
+                    .ok(),
+                fields: None,
+            };
+            let pods = cluster.list(pods, namespace, &selected).await?;
+            let (e, s) = desired(service, &pods);
+            (Some(e), s)
+        }
+        None => (None, Vec::new()),
+    };
+    write(
+        cluster,
+        endpoints_kind,
+        namespace,
+        current_endpoints,
+        want_endpoints,
+        &["subsets"],
+    )
+    .await?;
+    let mut current: HashMap<String, Value> = current_slices
+        .into_iter()
+        .map(|s| (text(&s, "/metadata/name").to_string(), s))
+        .collect();
+    for want in want_slices {
+        let had = current.remove(text(&want, "/metadata/name"));
+        write(
+            cluster,
+            slices_kind,
+            namespace,
+            had,
+            Some(want),
+            &["endpoints", "ports"],
+        )
+        .await?;
+    }
+    for (_, gone) in current {
+        write(cluster, slices_kind, namespace, Some(gone), None, &[]).await?;
+    }
+    Ok(())
+}
+
+/// Creates, updates (when one of `fields` or the labels differ) or deletes one object.
+async fn write(
+    cluster: &dyn Cluster,
+    kind: &'static skiff_api::kinds::Kind,
+    namespace: &str,
+    current: Option<Value>,
+    want: Option<Value>,
+    fields: &[&str],
+) -> Result<(), ClusterError> {
+    match (current, want) {
+        (None, Some(want)) => cluster.create(kind, namespace, want).await.map(|_| ()),
+        (Some(current), Some(want)) => {
+            let differs = fields.iter().any(|f| current.get(*f) != want.get(*f))
+                || current.pointer("/metadata/labels") != want.pointer("/metadata/labels");
+            if !differs {
+                return Ok(());
+            }
+            let mut next = current;
+            for f in fields {
+                match want.get(*f) {
+                    Some(v) => next[*f] = v.clone(),
+                    None => {
+                        next.as_object_mut().expect("an object").remove(*f);
+                    }
+                }
+            }
+            next["metadata"]["labels"] = want["metadata"]["labels"].clone();
+            cluster.update(kind, next).await.map(|_| ())
+        }
+        (Some(current), None) => {
+            let (name, uid) = (
+                text(&current, "/metadata/name"),
+                text(&current, "/metadata/uid"),
+            );
+            match cluster.delete(kind, namespace, name, uid, false).await {
+                Ok(()) | Err(ClusterError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        (None, None) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(publish_not_ready: bool) -> Value {
+        json!({"metadata": {"namespace": "default", "name": "user-service", "uid": "s1"},
+               "spec": {"selector": {"app": "api"}, "publishNotReadyAddresses": publish_not_ready,
+                        "ports": [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]}})
+    }
+
+    fn pod(name: &str, ip: &str, ready: bool, terminating: bool, port_name: &str) -> Value {
+        let mut p = json!({"metadata": {"namespace": "default", "name": name, "uid": format!("u-{name}")},
+            "spec": {"nodeName": "n1", "containers": [{"name": "server", "ports": [{"name": port_name, "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+        if terminating {
+            p["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:00Z");
+        }
+        p
+    }
+
+    #[test]
+    fn ready_not_ready_and_terminating_pods() {
+        let pods = [
+            pod("b", "10.42.0.3", true, false, "http"),
+            pod("a", "10.42.0.2", false, false, "http"),
+            pod("c", "10.42.0.4", true, true, "http"),
+            pod("pending", "", false, false, "http"),
+        ];
+        let (endpoints, slices) = desired(&service(false), &pods);
+        let subset = &endpoints["subsets"][0];
+        assert_eq!(subset["addresses"][0]["ip"], "10.42.0.3");
+        assert_eq!(subset["addresses"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            subset["notReadyAddresses"][0]["ip"], "10.42.0.2",
+            "terminating pods are left out"
+        );
+        assert_eq!(
+            subset["ports"],
+            json!([{"port": 8080, "protocol": "TCP", "name": "http"}])
+        );
+        assert_eq!(slices.len(), 1);
+        let conditions: Vec<(String, Value)> = slices[0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["addresses"][0].as_str().unwrap().to_string(),
+                    e["conditions"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                (
+                    "10.42.0.2".into(),
+                    json!({"ready": false, "serving": false, "terminating": false})
+                ),
+                (
+                    "10.42.0.3".into(),
+                    json!({"ready": true, "serving": true, "terminating": false})
+                ),
+                (
+                    "10.42.0.4".into(),
+                    json!({"ready": false, "serving": true, "terminating": true})
+                ),
+            ]
+        );
+        assert_eq!(
+            slices[0]["metadata"]["labels"][SERVICE_NAME_LABEL],
+            "user-service"
+        );
+        assert!(slices[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("user-service-"));
+
+        let (endpoints, _) = desired(&service(true), &pods[1..2]);
+        assert_eq!(
+            endpoints["subsets"][0]["addresses"][0]["ip"], "10.42.0.2",
+            "published though not ready"
+        );
+    }
+
+    #[test]
+    fn pods_resolving_ports_differently_get_their_own_slices() {
+        let pods = [
+            pod("a", "10.42.0.2", true, false, "http"),
+            pod("b", "10.42.0.3", true, false, "web"),
+        ];
+        let (endpoints, slices) = desired(&service(false), &pods);
+        // b lacks the named port: it is listed without ports, in a slice of its own.
+        assert_eq!(slices.len(), 2);
+        assert_ne!(slices[0]["metadata"]["name"], slices[1]["metadata"]["name"]);
+        assert_eq!(endpoints["subsets"].as_array().unwrap().len(), 2);
+        let (empty, _) = desired(&service(false), &[]);
+        assert!(empty.get("subsets").is_none());
+    }
+}

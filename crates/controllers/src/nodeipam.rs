@@ -1,0 +1,119 @@
+//! The node IPAM controller: every node gets its own pod CIDR (`spec.podCIDR`), the first free
+//! subnet of the cluster CIDR, which its agent then hands out to its pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_api::cidr::{self, Ipv4Cidr};
+use tokio::sync::{watch, Notify};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::runtime::kind;
+
+/// The range pod CIDRs come from.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub cluster_cidr: Ipv4Cidr,
+    /// Each node's share: a /24 holds 253 pods, more than a node runs (110 by default).
+    pub node_prefix: u8,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_cidr: "10.42.0.0/16".parse().expect("the default cluster CIDR"),
+            node_prefix: 24,
+        }
+    }
+}
+
+/// Nodes by name: their pod CIDR, if they have one.
+type Seen = BTreeMap<String, Option<Ipv4Cidr>>;
+
+fn pod_cidr(node: &Value) -> Option<Ipv4Cidr> {
+    node.pointer("/spec/podCIDR")?.as_str()?.parse().ok()
+}
+
+pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings: Settings) {
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let wake = Arc::new(Notify::new());
+    {
+        let (seen, wake) = (seen.clone(), wake.clone());
+        tokio::spawn(crate::runtime::follow(
+            cluster.clone(),
+            kind("", "nodes"),
+            move |change| {
+                let name = change.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let mut seen = seen.lock().expect("nodes seen");
+                if change.deleted {
+                    seen.remove(&name);
+                } else {
+                    seen.insert(name, pod_cidr(&change.object));
+                    wake.notify_one();
+                }
+            },
+        ));
+    }
+    tokio::spawn(async move {
+        loop {
+            // A missed or failed assignment is tried again within a second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            if !*leader.borrow() {
+                continue;
+            }
+            let waiting: Vec<String> = {
+                let seen = seen.lock().expect("nodes seen");
+                seen.iter()
+                    .filter(|(_, c)| c.is_none())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            };
+            for node in waiting {
+                let taken: BTreeSet<Ipv4Cidr> = seen
+                    .lock()
+                    .expect("nodes seen")
+                    .values()
+                    .flatten()
+                    .copied()
+                    .collect();
+                match assign(cluster.as_ref(), &settings, &node, &taken).await {
+                    Ok(Some(given)) => {
+                        seen.lock().expect("nodes seen").insert(node, Some(given));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%node, error = %e, "assigning a pod CIDR"),
+                }
+            }
+        }
+    });
+}
+
+/// Gives `node` the first free pod CIDR, unless it has one by now.
+async fn assign(
+    cluster: &dyn Cluster,
+    settings: &Settings,
+    node: &str,
+    taken: &BTreeSet<Ipv4Cidr>,
+) -> Result<Option<Ipv4Cidr>, ClusterError> {
+    let Some(mut obj) = crate::reconcile::get(cluster, kind("", "nodes"), "", node).await? else {
+        return Ok(None);
+    };
+    if let Some(has) = pod_cidr(&obj) {
+        return Ok(Some(has));
+    }
+    let Some(given) = cidr::free_node_cidr(&settings.cluster_cidr, settings.node_prefix, taken)
+    else {
+        tracing::error!(%node, cluster_cidr = %settings.cluster_cidr, "no pod CIDR is left for the node");
+        return Ok(None);
+    };
+    obj["spec"]["podCIDR"] = json!(given.to_string());
+    obj["spec"]["podCIDRs"] = json!([given.to_string()]);
+    cluster.update(kind("", "nodes"), obj).await?;
+    tracing::info!(%node, pod_cidr = %given, "pod CIDR assigned");
+    Ok(Some(given))
+}

@@ -1,0 +1,43 @@
+//! Skiff's node network: pods' interfaces on the node's bridge with host-local addresses and
+//! routes to the other nodes' pods ([`link`], [`ipam`]), and Services in the kernel through
+//! nftables ([`proxy`]: the rules as a pure function of Services and endpoints, applied in
+//! one transaction per change by [`nft`]).
+
+pub mod ipam;
+pub mod link;
+pub mod nft;
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+
+use skiff_api::cidr::Ipv4Cidr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Netlink(String),
+    #[error("no free pod address is left in {0}")]
+    Exhausted(Ipv4Cidr),
+    #[error("nft: {0}")]
+    Nft(String),
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn netlink(what: String, e: rtnetlink::Error) -> Error {
+        Error::Netlink(format!("{what}: {e}"))
+    }
+}

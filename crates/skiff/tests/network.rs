@@ -1,0 +1,146 @@
+//! End to end as root: pods' addresses on the node's bridge and Services balanced in the kernel
+//! (nftables), on `skiff up`, driven by the machine's kubectl.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::cluster::*;
+use common::*;
+
+/// The article's user-service, selecting the api-server's pods, as a NodePort.
+const USER_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: user-service
+spec:
+  type: NodePort
+  selector:
+    app: api
+  ports:
+  - port: 8080
+    targetPort: 8080
+";
+
+/// `busybox wget` from this machine's namespace (as a user on the node would `curl`).
+fn wget_from_node(url: &str) -> Result<String, String> {
+    let out = Command::new("busybox")
+        .args(["wget", "-qO-", url])
+        .output()
+        .expect("busybox (Debian's busybox-static) is needed on the test machine");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `kubectl get KIND -l SELECTOR -o jsonpath=PATH`.
+fn select(server: &SkiffServer, kind: &str, selector: &str, path: &str) -> String {
+    let jsonpath = format!("jsonpath={path}");
+    kubectl(server, &["get", kind, "-l", selector, "-o", &jsonpath]).out()
+}
+
+#[test]
+fn pods_get_addresses_and_services_balance_over_ready_replicas() {
+    let cluster = Cluster::start("svc");
+    let server = cluster.server();
+    kubectl(
+        server,
+        &["apply", "-f", &example("api-server.yaml").to_string_lossy()],
+    )
+    .out();
+    apply(server, USER_SERVICE);
+    cluster.wait_for(
+        "three replicas are available",
+        "deployment/api-server",
+        "{.status.availableReplicas}",
+        "3",
+    );
+
+    // Each pod has its own address in the node's pod CIDR.
+    let pod_cidr = cluster.get(&format!("node/{}", cluster.node), "{.spec.podCIDR}");
+    let prefix = pod_cidr.trim_end_matches("0/24");
+    assert!(pod_cidr.ends_with(".0/24"), "pod CIDR {pod_cidr:?}");
+    let ips = select(server, "pods", "app=api", "{.items[*].status.podIP}");
+    let ips: BTreeSet<&str> = ips.split_whitespace().collect();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    assert!(
+        ips.iter().all(|ip| ip.starts_with(prefix)),
+        "{ips:?} outside {pod_cidr}"
+    );
+
+    // The Service's endpoints are the three pods, as Endpoints and as an EndpointSlice.
+    eventually("the endpoints list every replica", || {
+        let listed = cluster.get("endpoints/user-service", "{.subsets[*].addresses[*].ip}");
+        let listed: BTreeSet<&str> = listed.split_whitespace().collect();
+        (listed != ips).then(|| format!("{listed:?}"))
+    });
+    let slice = select(
+        server,
+        "endpointslices",
+        "kubernetes.io/service-name=user-service",
+        "{.items[*].endpoints[*].conditions.ready}",
+    );
+    assert_eq!(slice, "true true true");
+
+    // A client pod reaches every replica through the cluster IP.
+    let cluster_ip = cluster.get("service/user-service", "{.spec.clusterIP}");
+    let script = format!(
+        "for i in $(seq 30); do wget -qO- http://{cluster_ip}:8080/ || echo failed; done; sleep 600"
+    );
+    apply(server, &busybox_pod("client", "Never", &script));
+    let mut answers = String::new();
+    eventually("the client's 30 requests are answered", || {
+        answers = kubectl(server, &["logs", "client"]).stdout;
+        (answers.lines().count() < 30).then(|| answers.clone())
+    });
+    let names = select(server, "pods", "app=api", "{.items[*].metadata.name}");
+    for name in names.split_whitespace() {
+        assert!(
+            answers.contains(&format!("my-api v2.1 {name}\n")),
+            "replica {name} never answered:\n{answers}"
+        );
+    }
+    assert!(!answers.contains("failed"), "{answers}");
+
+    // The node port answers on the node's own address (its bridge's), from the host.
+    let node_port = cluster.get("service/user-service", "{.spec.ports[0].nodePort}");
+    let gateway = format!("{prefix}1");
+    let body = wget_from_node(&format!("http://{gateway}:{node_port}/")).unwrap();
+    assert!(body.starts_with("my-api v2.1 api-server-"), "{body}");
+
+    // Without ready endpoints the cluster IP refuses at once (no timeout).
+    kubectl(server, &["scale", "deployment/api-server", "--replicas=0"]).out();
+    eventually("the endpoints empty", || {
+        let left = cluster.get("endpoints/user-service", "{.subsets}");
+        (!left.is_empty()).then_some(left)
+    });
+    eventually("the cluster IP refuses connections", || {
+        let began = std::time::Instant::now();
+        match wget_from_node(&format!("http://{cluster_ip}:8080/")) {
+            Err(e) if e.contains("refused") && began.elapsed().as_secs() < 1 => None,
+            other => Some(format!("{other:?} after {:?}", began.elapsed())),
+        }
+    });
+
+    // The pods' addresses are given back when they go (httpd, as PID 1, ignores SIGTERM: the
+    // grace period is cut short).
+    kubectl(
+        server,
+        &["delete", "pods", "-l", "app=api", "--grace-period=1"],
+    )
+    .out();
+    let reserved = cluster.dir.join("agent/network");
+    eventually("the replicas' addresses are released", || {
+        let held: Vec<String> = std::fs::read_dir(&reserved)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect();
+        // The client pod keeps its own.
+        (held.len() != 1).then(|| format!("{held:?}"))
+    });
+}
