@@ -73,7 +73,7 @@ pub struct Agent {
     pub facts: NodeFacts,
     pub events: Recorder,
     /// The node's pod network, when it has one.
-    pub network: Option<Arc<skiff_net::link::PodNetwork>>,
+    pub network: Option<Arc<crate::network::Network>>,
     /// The uid of each pod of the node by namespace and name, for the log endpoint.
     pods: Mutex<HashMap<(String, String), Pod>>,
     /// How each worker is woken when the relist sees its containers change, by pod uid.
@@ -422,7 +422,7 @@ async fn follow_pods(agent: Arc<Agent>) {
                 remove_orphans(&agent, &mut workers).await;
                 if let Some(network) = &agent.network {
                     let live: HashSet<String> = workers.keys().cloned().collect();
-                    if let Err(e) = network.retain(&live).await {
+                    if let Err(e) = network.pods.retain(&live).await {
                         tracing::warn!(error = %e, "releasing the network of pods that are gone");
                     }
                 }

@@ -1,11 +1,12 @@
 //! The node's network, as the agent runs it: waits for the node's pod CIDR, sets up the bridge
-//! (`skiff-net`'s [`PodNetwork`]), keeps routes to the other nodes' pods, and keeps the node's
-//! nftables table in step with the Services and EndpointSlices of the cluster.
+//! (`skiff-net`'s [`PodNetwork`]), keeps routes to the other nodes' pods, keeps the node's
+//! nftables table in step with the Services and EndpointSlices of the cluster, and answers the
+//! cluster's DNS from the same Services and slices.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,9 +16,11 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use serde_json::Value;
 use skiff_api::cidr::Ipv4Cidr;
+use skiff_net::dns::Zone;
 use skiff_net::link::{self, PodNetwork};
 use skiff_net::nft::Table;
 use skiff_net::proxy::{self, ServicePort};
+use skiff_net::{dnsserver, ipam};
 use tokio::sync::mpsc;
 
 /// The cluster's address ranges, as the agent is told them.
@@ -52,7 +55,25 @@ async fn pod_cidr(client: &kube::Client, node: &str) -> Ipv4Cidr {
     }
 }
 
-/// Sets up the node's pod network and starts the routes and Service proxy loops.
+/// The node's network as the pod workers use it.
+pub struct Network {
+    pub pods: PodNetwork,
+    /// The cluster DNS Service's address, pods' nameserver.
+    pub dns_ip: Ipv4Addr,
+    /// The node's own `/etc/resolv.conf`, for pods of dnsPolicy `Default`.
+    pub node_resolv_conf: String,
+}
+
+impl Network {
+    /// The pod's `/etc/resolv.conf`, by its DNS policy.
+    pub fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
+        let pod = serde_json::to_value(pod).unwrap_or_default();
+        skiff_net::dns::resolv_conf(&pod, self.dns_ip, &self.node_resolv_conf)
+    }
+}
+
+/// Sets up the node's pod network and DNS server, and starts the routes and Service proxy
+/// loops.
 pub async fn start(
     client: &kube::Client,
     node: &str,
@@ -60,7 +81,7 @@ pub async fn start(
     settings: &NetworkSettings,
     isolated: bool,
     state_dir: PathBuf,
-) -> Result<Arc<PodNetwork>, skiff_net::Error> {
+) -> Result<Arc<Network>, skiff_net::Error> {
     let pod_cidr = pod_cidr(client, node).await;
     let config = link::Config {
         node: node.to_string(),
@@ -71,7 +92,30 @@ pub async fn start(
         isolated,
         state_dir,
     };
-    let network = Arc::new(PodNetwork::start(config).await?);
+    let pods = PodNetwork::start(config).await?;
+    let node_resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstream = if isolated {
+        Vec::new()
+    } else {
+        dnsserver::node_resolvers(&node_resolv_conf)
+    };
+    let zone = Arc::new(RwLock::new(Zone::default()));
+    let dns_addr = SocketAddr::new(ipam::gateway(&pod_cidr).into(), 53);
+    let mut dns = dnsserver::serve(dns_addr, zone.clone(), upstream).await?;
+    tokio::spawn(async move {
+        if let Err(e) = dns.block_until_done().await {
+            tracing::error!(error = %e, "the DNS server stopped");
+        }
+    });
+    tracing::info!(%dns_addr, "DNS server ready");
+    let network = Arc::new(Network {
+        pods,
+        dns_ip: settings
+            .service_cidr
+            .nth(10)
+            .expect("a Service range of 16 addresses"),
+        node_resolv_conf,
+    });
     let table = Table::new(proxy::Settings {
         // One name for the node's bridge and table.
         table: link::bridge_name(node),
@@ -81,12 +125,12 @@ pub async fn start(
         masquerade_egress: !isolated,
     });
     tokio::spawn(follow_nodes(client.clone(), network.clone()));
-    tokio::spawn(follow_services(client.clone(), table));
+    tokio::spawn(follow_services(client.clone(), table, zone));
     Ok(network)
 }
 
 /// Routes to every other node's pod CIDR through its InternalIP, kept as nodes come and go.
-async fn follow_nodes(client: kube::Client, network: Arc<PodNetwork>) {
+async fn follow_nodes(client: kube::Client, network: Arc<Network>) {
     let nodes: Api<Node> = Api::all(client);
     let mut events = watcher(nodes, watcher::Config::default()).boxed();
     let mut peers: BTreeMap<String, (Ipv4Cidr, Ipv4Addr)> = BTreeMap::new();
@@ -121,13 +165,13 @@ async fn follow_nodes(client: kube::Client, network: Arc<PodNetwork>) {
             }
         };
         if changed {
-            let own = network.config().pod_cidr;
+            let own = network.pods.config().pod_cidr;
             let routes: BTreeMap<Ipv4Cidr, Ipv4Addr> = peers
                 .values()
                 .copied()
                 .filter(|(cidr, _)| *cidr != own)
                 .collect();
-            if let Err(e) = network.set_routes(&routes).await {
+            if let Err(e) = network.pods.set_routes(&routes).await {
                 tracing::warn!(error = %e, "setting routes to other nodes");
             }
         }
@@ -274,6 +318,21 @@ impl ProxyState {
         }
     }
 
+    /// The cluster's DNS records.
+    fn zone(&self) -> Zone {
+        let mut zone = Zone::default();
+        for (k, svc) in &self.services {
+            let slices: Vec<&Value> = self
+                .slices
+                .get(k)
+                .into_iter()
+                .flat_map(|s| s.values())
+                .collect();
+            zone.add_service(svc, &slices);
+        }
+        zone
+    }
+
     fn recompute(&mut self, k: (String, String)) {
         match self.services.get(&k) {
             Some(svc) => {
@@ -294,7 +353,7 @@ impl ProxyState {
 
 /// The Service proxy: every change of a Service or EndpointSlice recomputes that Service's
 /// ports; changes that arrive together are applied as one transaction.
-async fn follow_services(client: kube::Client, table: Table) {
+async fn follow_services(client: kube::Client, table: Table, zone: Arc<RwLock<Zone>>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(watch_into(
         Api::<Service>::all(client.clone()),
@@ -319,6 +378,7 @@ async fn follow_services(client: kube::Client, table: Table) {
         for k in touched {
             state.recompute(k);
         }
+        *zone.write().expect("dns zone") = state.zone();
         let all: Vec<ServicePort> = state.ports.values().flatten().cloned().collect();
         let rules = proxy::ruleset(&all);
         loop {

@@ -239,7 +239,11 @@ impl Worker {
             .clone()
             .filter(|_| !spec.and_then(|s| s.host_network).unwrap_or(false));
         let address = match &network {
-            Some(net) => Some(net.address(&self.uid).map_err(|e| failed(e.to_string()))?),
+            Some(net) => Some(
+                net.pods
+                    .address(&self.uid)
+                    .map_err(|e| failed(e.to_string()))?,
+            ),
             None => None,
         };
         let named = address.map_or("127.0.1.1".to_string(), |a| a.to_string());
@@ -248,7 +252,12 @@ impl Worker {
             namespace,
             name,
             hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{named}\t{hostname}\n"),
-            resolv_conf: String::new(),
+            resolv_conf: self
+                .agent
+                .network
+                .as_ref()
+                .map(|n| n.resolv_conf(pod))
+                .unwrap_or_default(),
             hostname,
         };
         let runtime = self.runtime();
@@ -256,7 +265,8 @@ impl Worker {
             .await
             .map_err(|e| failed(e.to_string()))?;
         if let Some(net) = &network {
-            net.attach(&self.uid, &made.netns)
+            net.pods
+                .attach(&self.uid, &made.netns)
                 .await
                 .map_err(|e| failed(format!("setting up the pod's network: {e}")))?;
         }
@@ -748,7 +758,7 @@ impl Worker {
             tracing::warn!(pod = %self.uid, error = %e, "removing the pod's volumes");
         }
         if let Some(network) = &self.agent.network {
-            if let Err(e) = network.detach(&self.uid).await {
+            if let Err(e) = network.pods.detach(&self.uid).await {
                 tracing::warn!(pod = %self.uid, error = %e, "removing the pod's network");
             }
         }

@@ -166,6 +166,21 @@ impl Api {
         self.registry
             .ensure(kind("", "services"), Some("default"), kubernetes)
             .await?;
+        // Cluster DNS at the range's tenth address: every node answers it, so its endpoints
+        // are the nodes' DNS servers (the endpoints controller lists them), not pods.
+        let dns_port = |name: &str, protocol: &str| json!({"name": name, "port": 53, "protocol": protocol, "targetPort": 53});
+        let kube_dns = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "clusterIP": self.registry.ranges.dns_ip().to_string(),
+                "ports": [dns_port("dns", "UDP"), dns_port("dns-tcp", "TCP")],
+            },
+        });
+        self.registry
+            .ensure(kind("", "services"), Some("kube-system"), kube_dns)
+            .await?;
         let all = self
             .registry
             .list(namespaces, None, &Filter::default(), None, None, None)

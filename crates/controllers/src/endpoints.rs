@@ -213,6 +213,57 @@ pub fn desired(service: &Value, pods: &[Value]) -> (Value, Vec<Value>) {
     (endpoints, slices)
 }
 
+/// The cluster DNS Service: its endpoints are the nodes' DNS servers, not pods.
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// The cluster DNS Service's endpoints: every node with a pod CIDR answers DNS on its
+/// gateway address (the CIDR's first host), ready while the node is Ready.
+pub fn node_dns(service: &Value, nodes: &[Value]) -> (Value, Vec<Value>) {
+    let as_targets: Vec<Value> = nodes
+        .iter()
+        .filter_map(|node| {
+            let cidr: skiff_api::cidr::Ipv4Cidr = text(node, "/spec/podCIDR").parse().ok()?;
+            let ready = node
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let name = text(node, "/metadata/name");
+            Some(json!({
+                "metadata": {"name": name, "uid": text(node, "/metadata/uid")},
+                "spec": {"nodeName": name},
+                "status": {"phase": "Running", "podIP": cidr.nth(1)?.to_string(),
+                           "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+            }))
+        })
+        .collect();
+    let (mut endpoints, mut slices) = desired(service, &as_targets);
+    // The addresses are nodes', and say so.
+    let retarget = |v: &mut Value| {
+        if let Some(t) = v.get_mut("targetRef") {
+            *t = json!({"kind": "Node", "name": t["name"], "uid": t["uid"]});
+        }
+    };
+    for subset in endpoints["subsets"].as_array_mut().into_iter().flatten() {
+        for list in ["addresses", "notReadyAddresses"] {
+            subset[list]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .for_each(retarget);
+        }
+    }
+    for slice in &mut slices {
+        slice["endpoints"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .for_each(retarget);
+    }
+    (endpoints, slices)
+}
+
 /// The Service's equality selector, if it has one (a Service without one has endpoints kept
 /// by hand, which this controller leaves alone).
 fn selector(service: &Value) -> Option<&serde_json::Map<String, Value>> {
@@ -294,6 +345,16 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
             },
         ));
     }
+    {
+        let queue = queue.clone();
+        tokio::spawn(crate::runtime::follow(
+            cluster.clone(),
+            kind("", "nodes"),
+            move |_| {
+                queue.add((DNS_SERVICE.0.to_string(), DNS_SERVICE.1.to_string()));
+            },
+        ));
+    }
     tokio::spawn(async move {
         let mut leader = leader;
         loop {
@@ -338,7 +399,18 @@ async fn sync(cluster: &dyn Cluster, namespace: &str, name: &str) -> Result<(), 
             ) == MANAGED_BY
         })
         .collect();
-    let (want_endpoints, want_slices) = match service.as_ref().filter(|s| selector(s).is_some()) {
+    let is_dns = (namespace, name) == DNS_SERVICE;
+    let (want_endpoints, want_slices) = match service
+        .as_ref()
+        .filter(|s| is_dns || selector(s).is_some())
+    {
+        Some(service) if is_dns => {
+            let nodes = cluster
+                .list(kind("", "nodes"), "", &Filter::default())
+                .await?;
+            let (e, s) = node_dns(service, &nodes);
+            (Some(e), s)
+        }
         Some(service) => {
             let selected = Filter {
                 labels: selector_from_json(&json!({"matchLabels": service["spec"]["selector"]}))
@@ -509,6 +581,32 @@ mod tests {
             endpoints["subsets"][0]["addresses"][0]["ip"], "10.42.0.2",
             "published though not ready"
         );
+    }
+
+    #[test]
+    fn cluster_dns_endpoints_are_the_nodes_gateways() {
+        let svc = json!({"metadata": {"namespace": "kube-system", "name": "kube-dns", "uid": "d"},
+            "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+        let node = |name: &str, cidr: Option<&str>, ready: &str| {
+            json!({"metadata": {"name": name, "uid": name}, "spec": {"podCIDR": cidr},
+                   "status": {"conditions": [{"type": "Ready", "status": ready}]}})
+        };
+        let nodes = [
+            node("a", Some("10.42.0.0/24"), "True"),
+            node("b", Some("10.42.1.0/24"), "Unknown"),
+            node("c", None, "True"),
+        ];
+        let (endpoints, slices) = node_dns(&svc, &nodes);
+        assert_eq!(
+            endpoints["subsets"][0]["addresses"],
+            json!([{"ip": "10.42.0.1", "targetRef": {"kind": "Node", "name": "a", "uid": "a"}, "nodeName": "a"}])
+        );
+        assert_eq!(
+            endpoints["subsets"][0]["notReadyAddresses"][0]["ip"],
+            "10.42.1.1"
+        );
+        assert_eq!(slices[0]["ports"].as_array().unwrap().len(), 2);
+        assert_eq!(slices[0]["endpoints"][1]["conditions"]["ready"], false);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! nftables ([`proxy`]: the rules as a pure function of Services and endpoints, applied in
 //! one transaction per change by [`nft`]).
 
+pub mod dns;
+pub mod dnsserver;
 pub mod ipam;
 pub mod link;
 pub mod nft;

@@ -304,8 +304,12 @@ fn base(s: &Settings, out: &mut String) {
     );
     let mut postrouting = vec![
         format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} masquerade"),
-        // NodePort and node-originated connections to pods: replies must come back here.
-        format!("ct status dnat ip saddr != {cluster} masquerade"),
+        // NodePort and node-originated connections to pods: replies must come back here, to
+        // an address every pod has a route to (an isolated pod has no route to the nodes').
+        format!(
+            "ct status dnat ip saddr != {cluster} snat ip to {}",
+            crate::ipam::gateway(&s.pod_cidr)
+        ),
     ];
     if s.masquerade_egress {
         postrouting.push(format!(

@@ -9,7 +9,8 @@ use std::process::Command;
 use common::cluster::*;
 use common::*;
 
-/// The article's user-service, selecting the api-server's pods, as a NodePort.
+/// The article's user-service, selecting the api-server's pods, as a NodePort; and a headless
+/// Service of the same pods.
 const USER_SERVICE: &str = "apiVersion: v1
 kind: Service
 metadata:
@@ -19,8 +20,20 @@ spec:
   selector:
     app: api
   ports:
-  - port: 8080
+  - name: http
+    port: 8080
     targetPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api-headless
+spec:
+  clusterIP: None
+  selector:
+    app: api
+  ports:
+  - port: 8080
 ";
 
 /// `busybox wget` from this machine's namespace (as a user on the node would `curl`).
@@ -85,17 +98,45 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
     );
     assert_eq!(slice, "true true true");
 
-    // A client pod reaches every replica through the cluster IP.
+    // A client pod reaches every replica by the Service's name (cluster DNS, search path),
+    // and the headless Service's name resolves to every ready pod.
     let cluster_ip = cluster.get("service/user-service", "{.spec.clusterIP}");
-    let script = format!(
-        "for i in $(seq 30); do wget -qO- http://{cluster_ip}:8080/ || echo failed; done; sleep 600"
-    );
-    apply(server, &busybox_pod("client", "Never", &script));
+    let script =
+        "for i in $(seq 30); do wget -qO- http://user-service:8080/ || echo failed; done; \
+                  echo; cat /etc/resolv.conf; nslookup api-headless.default.svc.cluster.local; \
+                  nslookup example.com; sleep 600";
+    apply(server, &busybox_pod("client", "Never", script));
     let mut answers = String::new();
-    eventually("the client's 30 requests are answered", || {
-        answers = kubectl(server, &["logs", "client"]).stdout;
-        (answers.lines().count() < 30).then(|| answers.clone())
-    });
+    eventually(
+        "the client's 30 requests are answered and its lookups done",
+        || {
+            answers = kubectl(server, &["logs", "client"]).stdout;
+            (!answers.contains("example.com")).then(|| answers.clone())
+        },
+    );
+    let dns = [
+        "get",
+        "service/kube-dns",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ];
+    let dns_ip = kubectl(server, &dns).out();
+    assert!(
+        answers.contains(&format!("search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {dns_ip}\noptions ndots:5\n")),
+        "{answers}"
+    );
+    for ip in &ips {
+        assert!(
+            answers.contains(&format!("Address: {ip}\n")),
+            "{ip} not resolved:\n{answers}"
+        );
+    }
+    assert!(
+        answers.contains("can't find example.com: REFUSED"),
+        "an isolated node forwards no name:\n{answers}"
+    );
     let names = select(server, "pods", "app=api", "{.items[*].metadata.name}");
     for name in names.split_whitespace() {
         assert!(
@@ -143,4 +184,85 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
         // The client pod keeps its own.
         (held.len() != 1).then(|| format!("{held:?}"))
     });
+}
+
+/// A busybox pod on `node` running `script`.
+fn pod_on(name: &str, node: &str, script: &str) -> String {
+    busybox_pod(name, "Never", script).replace("spec:\n", &format!("spec:\n  nodeName: {node}\n"))
+}
+
+#[test]
+fn services_reach_replicas_on_every_node_over_host_routes() {
+    let cluster = LanCluster::start("lan", 2);
+    let server = &cluster.server;
+    kubectl(
+        server,
+        &["apply", "-f", &example("api-server.yaml").to_string_lossy()],
+    )
+    .out();
+    apply(server, USER_SERVICE);
+    eventually("three replicas are available", || {
+        let available = kubectl(
+            server,
+            &[
+                "get",
+                "deployment/api-server",
+                "-o",
+                "jsonpath={.status.availableReplicas}",
+            ],
+        )
+        .stdout;
+        (available != "3").then_some(available)
+    });
+    let placed = select(server, "pods", "app=api", "{.items[*].spec.nodeName}");
+    for node in &cluster.nodes {
+        assert!(
+            placed.contains(&node.name),
+            "no replica on {}: {placed}",
+            node.name
+        );
+    }
+
+    // From a pod on each node, by name: every replica answers, on this node and the other.
+    let script = "for i in $(seq 30); do wget -qO- http://user-service:8080/ || echo failed; done; echo done; sleep 600";
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        apply(server, &pod_on(&format!("client-{i}"), &node.name, script));
+    }
+    let names = select(server, "pods", "app=api", "{.items[*].metadata.name}");
+    for i in 0..cluster.nodes.len() {
+        let mut answers = String::new();
+        eventually(&format!("client-{i}'s requests are answered"), || {
+            answers = kubectl(server, &["logs", &format!("client-{i}")]).stdout;
+            (!answers.contains("done")).then(|| answers.clone())
+        });
+        assert!(!answers.contains("failed"), "client-{i}:\n{answers}");
+        for name in names.split_whitespace() {
+            assert!(
+                answers.contains(&format!(" {name}\n")),
+                "client-{i} never reached {name}:\n{answers}"
+            );
+        }
+    }
+
+    // The node port answers on every node's address, from another host's namespace.
+    let node_port = kubectl(
+        server,
+        &[
+            "get",
+            "service/user-service",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    )
+    .out();
+    let from = &cluster.nodes[0].host;
+    for node in &cluster.nodes {
+        let url = format!("http://{}:{node_port}/", node.host.ip);
+        for _ in 0..4 {
+            let body = from
+                .run(&["busybox", "wget", "-qO-", &url])
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(body.starts_with("my-api v2.1 api-server-"), "{url}: {body}");
+        }
+    }
 }

@@ -480,7 +480,7 @@ spec:
 #[test]
 fn a_second_agent_joins_with_a_token_and_runs_its_pods() {
     let cluster = Cluster::start("first");
-    let token = join_token(&cluster);
+    let token = join_token(&cluster.dir);
     let (hash, bootstrap) = token.split_once("::").expect("K10<hash>::<token>");
     assert!(hash.starts_with("K10") && hash.len() == 67, "{token}");
 
@@ -658,7 +658,7 @@ fn down_stops_the_node_and_its_containers_and_up_brings_them_back() {
 #[test]
 fn a_frozen_node_is_marked_unreachable_and_its_pods_replaced() {
     let cluster = Cluster::start("survivor");
-    let token = join_token(&cluster);
+    let token = join_token(&cluster.dir);
     let node = SecondNode::new(&cluster, "frozen");
     let agent = node.start(&cluster, &["--token", &token]);
     cluster.wait_for(

@@ -1,8 +1,10 @@
 //! Real peers for Skiff's tests and benchmarks, started on loopback and stopped by their PID,
-//! and hollow nodes that report their pods running through the API.
+//! hosts as network namespaces on a LAN of their own ([`hosts`]) for multi-node tests, and
+//! hollow nodes that report their pods running through the API.
 
 mod etcd;
 mod hollow;
+pub mod hosts;
 pub mod images;
 mod registry;
 mod skiff;

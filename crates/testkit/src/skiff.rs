@@ -13,9 +13,12 @@ use crate::free_port;
 /// removed.
 pub struct SkiffServer {
     child: Child,
+    host: std::net::IpAddr,
     port: u16,
     dir: tempfile::TempDir,
 }
+
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 impl SkiffServer {
     /// Starts the `skiff` binary at `bin` as `skiff server` plus `extra` arguments, and waits
@@ -23,6 +26,17 @@ impl SkiffServer {
     pub fn start(bin: &Path, extra: &[&str]) -> Result<SkiffServer, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         Self::start_in(bin, dir, extra)
+    }
+
+    /// Like [`SkiffServer::start`], listening on `host` (a test LAN's address) instead of
+    /// loopback.
+    pub fn start_on(
+        bin: &Path,
+        host: std::net::IpAddr,
+        extra: &[&str],
+    ) -> Result<SkiffServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        Self::start_at(bin, dir, host, extra)
     }
 
     /// `skiff up` (server and node agent) on `dir`, with `extra` arguments.
@@ -44,20 +58,30 @@ impl SkiffServer {
         dir: tempfile::TempDir,
         extra: &[&str],
     ) -> Result<SkiffServer, String> {
+        Self::start_at(bin, dir, LOOPBACK, extra)
+    }
+
+    fn start_at(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        host: std::net::IpAddr,
+        extra: &[&str],
+    ) -> Result<SkiffServer, String> {
         let mut dir = dir;
         for _ in 0..2 {
-            match Self::start_once(bin, dir, extra) {
+            match Self::start_once(bin, dir, host, extra) {
                 Ok(server) => return Ok(server),
                 Err((returned, log)) if log.contains("Address already in use") => dir = returned,
                 Err((_, log)) => return Err(log),
             }
         }
-        Self::start_once(bin, dir, extra).map_err(|(_, log)| log)
+        Self::start_once(bin, dir, host, extra).map_err(|(_, log)| log)
     }
 
     fn start_once(
         bin: &Path,
         dir: tempfile::TempDir,
+        host: std::net::IpAddr,
         extra: &[&str],
     ) -> Result<SkiffServer, (tempfile::TempDir, String)> {
         let port = free_port();
@@ -74,7 +98,7 @@ impl SkiffServer {
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(std::net::SocketAddr::new(host, port).to_string())
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -92,7 +116,12 @@ impl SkiffServer {
                 }
             }
         });
-        let mut server = SkiffServer { child, port, dir };
+        let mut server = SkiffServer {
+            child,
+            host,
+            port,
+            dir,
+        };
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let status = server.child.try_wait().ok().flatten();
             let log = format!(
@@ -104,9 +133,12 @@ impl SkiffServer {
         Ok(server)
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// `https://HOST:PORT`.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!(
+            "https://{}",
+            std::net::SocketAddr::new(self.host, self.port)
+        )
     }
 
     pub fn port(&self) -> u16 {
@@ -176,18 +208,49 @@ impl SkiffAgent {
         node: &str,
         extra: &[&str],
     ) -> Result<SkiffAgent, String> {
+        let mut command = Command::new(bin);
+        command.args(["agent", "--node-ip", "127.0.0.1"]);
+        Self::start_command(command, server, dir, node, extra)
+    }
+
+    /// Like [`SkiffAgent::start`], on `host` of a test LAN: the agent runs in the host's
+    /// network namespace (`nsenter --net`, nothing else entered) and its node's address is
+    /// the host's.
+    pub fn start_on(
+        bin: &Path,
+        host: &crate::hosts::Host,
+        server: &str,
+        dir: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<SkiffAgent, String> {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", host.netns_path().display()))
+            .arg(bin)
+            .args(["agent", "--node-ip", &host.ip.to_string()]);
+        Self::start_command(command, server, dir, node, extra)
+    }
+
+    fn start_command(
+        mut command: Command,
+        server: &str,
+        dir: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<SkiffAgent, String> {
         let log = dir.join(format!("agent-{node}.log"));
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let log_file = std::fs::File::create(&log).map_err(|e| format!("agent log: {e}"))?;
-        let mut child = Command::new(bin)
-            .args(["agent", "--server", server, "--node-name", node])
-            .args(["--node-ip", "127.0.0.1", "--agent-port", "0", "--data-dir"])
+        let mut child = command
+            .args(["--server", server, "--node-name", node])
+            .args(["--agent-port", "0", "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .map_err(|e| format!("cannot start {:?}: {e}", command.get_program()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         let ready = format!("node {node} ready");

@@ -163,11 +163,11 @@ pub fn import(data_dir: &Path, archive: &Path) {
     );
 }
 
-/// A join token of the cluster.
-pub fn join_token(cluster: &Cluster) -> String {
+/// A join token of the cluster whose server keeps its data in `server_dir`.
+pub fn join_token(server_dir: &Path) -> String {
     let out = Command::new(SKIFF)
         .args(["token", "create", "--data-dir"])
-        .arg(&cluster.dir)
+        .arg(server_dir)
         .output()
         .unwrap();
     assert!(
@@ -236,4 +236,109 @@ pub fn monitors_under(dir: &Path) -> Vec<u32> {
             text.contains("\0monitor\0") && text.contains(&needle)
         })
         .collect()
+}
+
+/// A cluster over a test LAN: `skiff server` on this machine's LAN address and a `skiff agent`
+/// in each host's network namespace, joined with a token, the project's images (busybox,
+/// my-api v2.1 and v2.2) imported on every node. Dropped in order: agents (and their nodes'
+/// containers, `skiff reset`), the server, the hosts.
+pub struct LanCluster {
+    pub nodes: Vec<LanNode>,
+    pub server: SkiffServer,
+    pub ranges: [String; 4],
+    /// Where the image archives are.
+    pub images: tempfile::TempDir,
+    pub hosts: skiff_testkit::hosts::Hosts,
+}
+
+/// One node of a [`LanCluster`].
+pub struct LanNode {
+    pub name: String,
+    pub host: skiff_testkit::hosts::Host,
+    pub data: tempfile::TempDir,
+    pub agent: Option<skiff_testkit::SkiffAgent>,
+}
+
+impl LanCluster {
+    /// `count` nodes named `<name>-<i>`.
+    pub fn start(name: &str, count: usize) -> LanCluster {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test makes network namespaces and runs containers: it needs root"
+        );
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{}{n}", pid % 10000);
+        let subnet = ((pid % 200) as u8).wrapping_add(n * 7) % 250;
+        let hosts = skiff_testkit::hosts::Hosts::create(&tag, subnet, count)
+            .unwrap_or_else(|e| panic!("making the test hosts: {e}"));
+        let ranges = ranges();
+        let mut server_args: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        server_args.extend(["--pod-eviction-timeout", "3s"]);
+        let server = SkiffServer::start_on(Path::new(SKIFF), hosts.gateway.into(), &server_args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let images = tempfile::tempdir().unwrap();
+        for spec in [
+            images::ImageSpec::busybox(),
+            images::ImageSpec::my_api("v2.1"),
+            images::ImageSpec::my_api("v2.2"),
+        ] {
+            images::build(&spec, ArchiveFormat::Oci, images.path());
+        }
+        let mut cluster = LanCluster {
+            nodes: Vec::new(),
+            server,
+            ranges,
+            images,
+            hosts,
+        };
+        let token = join_token(cluster.server.data_dir());
+        for (i, host) in cluster.hosts.hosts.clone().into_iter().enumerate() {
+            let data = tempfile::tempdir().unwrap();
+            for archive in std::fs::read_dir(cluster.images.path()).unwrap() {
+                import(data.path(), &archive.unwrap().path());
+            }
+            let mut node = LanNode {
+                name: format!("{name}-{i}-{pid}"),
+                host,
+                data,
+                agent: None,
+            };
+            node.start(&cluster, &["--token", &token]);
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+}
+
+impl LanNode {
+    /// Starts the node's agent (`extra`: the token the first time).
+    pub fn start(&mut self, cluster: &LanCluster, extra: &[&str]) {
+        let mut args = vec!["--isolated"];
+        args.extend(cluster.ranges.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let agent = skiff_testkit::SkiffAgent::start_on(
+            Path::new(SKIFF),
+            &self.host,
+            &cluster.server.url(),
+            self.data.path(),
+            &self.name,
+            &args,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.agent = Some(agent);
+    }
+}
+
+impl Drop for LanNode {
+    fn drop(&mut self) {
+        drop(self.agent.take());
+        let _ = Command::new("nsenter")
+            .arg(format!("--net={}", self.host.netns_path().display()))
+            .arg(SKIFF)
+            .args(["reset", "--node-name", &self.name, "--data-dir"])
+            .arg(self.data.path())
+            .status();
+    }
 }
