@@ -242,17 +242,7 @@ fn api_service_env(service: &Option<(String, u16)>) -> Vec<(String, String)> {
     let Some((ip, port)) = service else {
         return Vec::new();
     };
-    let url = format!("tcp://{ip}:{port}");
-    vec![
-        ("KUBERNETES_SERVICE_HOST".into(), ip.clone()),
-        ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
-        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
-        ("KUBERNETES_PORT".into(), url.clone()),
-        (format!("KUBERNETES_PORT_{port}_TCP"), url),
-        (format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
-        (format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
-        (format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.clone()),
-    ]
+    crate::container::service_link_env("kubernetes", ip, &[("https".into(), *port, "TCP".into())])
 }
 
 /// Registers the node and starts following its pods. Ready (the Node exists and is Ready)

@@ -30,10 +30,47 @@ pub struct ConfigError(pub String);
 pub struct NodeFacts {
     pub host_ip: String,
     pub pod_ip: Option<String>,
-    /// `KUBERNETES_SERVICE_HOST` and the like, given before the container's own variables.
+    /// `KUBERNETES_SERVICE_HOST` and the like (and the other Services' of the pod's
+    /// namespace, when links are on), given before the container's own variables.
     pub service_env: Vec<(String, String)>,
     pub memory_bytes: i64,
     pub cpu_millis: i64,
+}
+
+/// One Service's variables, as Docker links named them and kubelet still gives every
+/// container (`USER_SERVICE_SERVICE_HOST`, `USER_SERVICE_PORT_8080_TCP_ADDR`, ...): `ports` as
+/// (name, number, protocol), the first one also the Service's default. Services without a
+/// cluster IP have none.
+pub fn service_link_env(
+    service: &str,
+    cluster_ip: &str,
+    ports: &[(String, u16, String)],
+) -> Vec<(String, String)> {
+    if cluster_ip.is_empty() || cluster_ip == "None" {
+        return Vec::new();
+    }
+    let prefix = service.to_uppercase().replace('-', "_");
+    let mut env = vec![(format!("{prefix}_SERVICE_HOST"), cluster_ip.to_string())];
+    if let Some((_, first, proto)) = ports.first() {
+        env.push((format!("{prefix}_SERVICE_PORT"), first.to_string()));
+        for (name, port, _) in ports.iter().filter(|(n, ..)| !n.is_empty()) {
+            let name = name.to_uppercase().replace('-', "_");
+            env.push((format!("{prefix}_SERVICE_PORT_{name}"), port.to_string()));
+        }
+        env.push((
+            format!("{prefix}_PORT"),
+            format!("{}://{cluster_ip}:{first}", proto.to_lowercase()),
+        ));
+    }
+    for (_, port, proto) in ports {
+        let (upper, lower) = (proto.to_uppercase(), proto.to_lowercase());
+        let base = format!("{prefix}_PORT_{port}_{upper}");
+        env.push((base.clone(), format!("{lower}://{cluster_ip}:{port}")));
+        env.push((format!("{base}_PROTO"), lower));
+        env.push((format!("{base}_PORT"), port.to_string()));
+        env.push((format!("{base}_ADDR"), cluster_ip.to_string()));
+    }
+    env
 }
 
 /// Adds the names of the ConfigMaps and Secrets a container's environment refers to.
@@ -479,6 +516,40 @@ impl Sources {
             ]),
             secrets: BTreeMap::from([("db-creds".into(), data(&[("password", "s3cr3t")]))]),
         }
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::service_link_env;
+
+    #[test]
+    fn service_links_name_the_first_port_and_every_port() {
+        let ports = [
+            ("http".to_string(), 8080, "TCP".to_string()),
+            ("metrics".into(), 9090, "TCP".into()),
+        ];
+        let env = service_link_env("user-service", "10.43.0.20", &ports);
+        let text: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            text,
+            [
+                "USER_SERVICE_SERVICE_HOST=10.43.0.20",
+                "USER_SERVICE_SERVICE_PORT=8080",
+                "USER_SERVICE_SERVICE_PORT_HTTP=8080",
+                "USER_SERVICE_SERVICE_PORT_METRICS=9090",
+                "USER_SERVICE_PORT=tcp://10.43.0.20:8080",
+                "USER_SERVICE_PORT_8080_TCP=tcp://10.43.0.20:8080",
+                "USER_SERVICE_PORT_8080_TCP_PROTO=tcp",
+                "USER_SERVICE_PORT_8080_TCP_PORT=8080",
+                "USER_SERVICE_PORT_8080_TCP_ADDR=10.43.0.20",
+                "USER_SERVICE_PORT_9090_TCP=tcp://10.43.0.20:9090",
+                "USER_SERVICE_PORT_9090_TCP_PROTO=tcp",
+                "USER_SERVICE_PORT_9090_TCP_PORT=9090",
+                "USER_SERVICE_PORT_9090_TCP_ADDR=10.43.0.20",
+            ]
+        );
+        assert!(service_link_env("db", "None", &ports).is_empty());
     }
 }
 

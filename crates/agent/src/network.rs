@@ -21,7 +21,7 @@ use skiff_net::link::{self, PodNetwork};
 use skiff_net::nft::Table;
 use skiff_net::proxy::{self, ServicePort};
 use skiff_net::{dnsserver, ipam};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// The cluster's address ranges, as the agent is told them.
 #[derive(Clone, Debug)]
@@ -55,9 +55,25 @@ async fn pod_cidr(client: &kube::Client, node: &str) -> Ipv4Cidr {
     }
 }
 
+/// Pod addresses as the node's Service rules know them.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Addresses the applied rules send Service traffic to.
+    pub ready: HashSet<Ipv4Addr>,
+    /// Addresses any EndpointSlice lists, in any condition.
+    pub listed: HashSet<Ipv4Addr>,
+}
+
+/// How long a terminating pod keeps running after this node's rules stopped sending it
+/// traffic, for the other nodes to apply the same change.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
 /// The node's network as the pod workers use it.
 pub struct Network {
     pub pods: PodNetwork,
+    /// The cluster's Services, as the proxy last saw them.
+    services: Services,
+    routed: watch::Receiver<Arc<Routed>>,
     /// The cluster DNS Service's address, pods' nameserver.
     pub dns_ip: Ipv4Addr,
     /// The node's own `/etc/resolv.conf`, for pods of dnsPolicy `Default`.
@@ -65,6 +81,56 @@ pub struct Network {
 }
 
 impl Network {
+    /// Waits, for at most `limit`, until Service traffic no longer goes to `ip` (a terminating
+    /// pod): this node's rules changed, then a margin for the other nodes'. A pod no Service
+    /// lists does not wait. Kubernetes leaves this race to each pod's preStop hook.
+    pub async fn leave_endpoints(&self, ip: Ipv4Addr, limit: Duration) {
+        let began = std::time::Instant::now();
+        let mut routed = self.routed.clone();
+        if !routed.borrow().listed.contains(&ip) {
+            return;
+        }
+        let left = async {
+            routed
+                .wait_for(|r| !r.ready.contains(&ip))
+                .await
+                .map(|_| ())
+        };
+        let gone = tokio::time::timeout(limit, left).await;
+        tracing::debug!(%ip, left_rules = gone.is_ok(), waited_ms = began.elapsed().as_millis() as u64, "terminating pod out of the Service rules");
+        tokio::time::sleep(DRAIN_MARGIN.min(limit.saturating_sub(began.elapsed()))).await;
+    }
+
+    /// The variables of the Services of `namespace` (the `kubernetes` Service's come
+    /// separately).
+    pub fn service_env(&self, namespace: &str) -> Vec<(String, String)> {
+        let services = self.services.read().expect("services");
+        let mut env = Vec::new();
+        for ((ns, name), svc) in services.range((namespace.to_string(), String::new())..) {
+            if ns != namespace {
+                break;
+            }
+            if ns == "default" && name == "kubernetes" {
+                continue;
+            }
+            let ports: Vec<(String, u16, String)> = svc["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        p["name"].as_str().unwrap_or("").to_string(),
+                        u16::try_from(p["port"].as_u64()?).ok()?,
+                        p["protocol"].as_str().unwrap_or("TCP").to_string(),
+                    ))
+                })
+                .collect();
+            let ip = svc["spec"]["clusterIP"].as_str().unwrap_or("");
+            env.extend(crate::container::service_link_env(name, ip, &ports));
+        }
+        env
+    }
+
     /// The pod's `/etc/resolv.conf`, by its DNS policy.
     pub fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
         let pod = serde_json::to_value(pod).unwrap_or_default();
@@ -108,8 +174,12 @@ pub async fn start(
         }
     });
     tracing::info!(%dns_addr, "DNS server ready");
+    let (routed_tx, routed) = watch::channel(Arc::new(Routed::default()));
+    let services = Services::default();
     let network = Arc::new(Network {
         pods,
+        services: services.clone(),
+        routed,
         dns_ip: settings
             .service_cidr
             .nth(10)
@@ -125,7 +195,13 @@ pub async fn start(
         masquerade_egress: !isolated,
     });
     tokio::spawn(follow_nodes(client.clone(), network.clone()));
-    tokio::spawn(follow_services(client.clone(), table, zone));
+    tokio::spawn(follow_services(
+        client.clone(),
+        table,
+        zone,
+        routed_tx,
+        services,
+    ));
     Ok(network)
 }
 
@@ -259,10 +335,14 @@ fn owner_of(namespace: &str, slice: &Value) -> Option<(String, String)> {
         .map(|s| (namespace.to_string(), s.to_string()))
 }
 
+/// The cluster's Services by namespace and name, shared by the proxy (which writes them) and
+/// the pod workers (which give their variables to containers).
+type Services = Arc<RwLock<BTreeMap<(String, String), Value>>>;
+
 /// What the proxy knows: Services, their slices, and each Service's ports as last computed.
 #[derive(Default)]
 struct ProxyState {
-    services: HashMap<(String, String), Value>,
+    services: Services,
     /// Slices by the Service they belong to, then by their own name.
     slices: HashMap<(String, String), BTreeMap<String, Value>>,
     /// The Service each slice was filed under.
@@ -276,8 +356,12 @@ impl ProxyState {
         match seen {
             Seen::Service(k, obj) => {
                 match obj {
-                    Some(o) => self.services.insert(k.clone(), o),
-                    None => self.services.remove(&k),
+                    Some(o) => self
+                        .services
+                        .write()
+                        .expect("services")
+                        .insert(k.clone(), o),
+                    None => self.services.write().expect("services").remove(&k),
                 };
                 touched.insert(k);
             }
@@ -300,7 +384,8 @@ impl ProxyState {
             Seen::Relisted(services, listed) => {
                 let listed: HashSet<(String, String)> = listed.into_iter().collect();
                 if services {
-                    self.services.retain(|k, _| listed.contains(k));
+                    let mut services = self.services.write().expect("services");
+                    services.retain(|k, _| listed.contains(k));
                 } else {
                     let gone: Vec<_> = self
                         .slice_owner
@@ -313,15 +398,34 @@ impl ProxyState {
                     }
                 }
                 touched.extend(self.ports.keys().cloned());
-                touched.extend(self.services.keys().cloned());
+                touched.extend(self.services.read().expect("services").keys().cloned());
             }
+        }
+    }
+
+    /// What the rules for `ports` route to, and every address the slices list.
+    fn routed(&self, ports: &[ServicePort]) -> Routed {
+        let listed = self
+            .slices
+            .values()
+            .flat_map(|s| s.values())
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().and_then(|a| a.parse().ok()))
+            .collect();
+        Routed {
+            ready: ports
+                .iter()
+                .flat_map(|p| p.endpoints.iter().map(|(ip, _)| *ip))
+                .collect(),
+            listed,
         }
     }
 
     /// The cluster's DNS records.
     fn zone(&self) -> Zone {
         let mut zone = Zone::default();
-        for (k, svc) in &self.services {
+        for (k, svc) in self.services.read().expect("services").iter() {
             let slices: Vec<&Value> = self
                 .slices
                 .get(k)
@@ -334,7 +438,7 @@ impl ProxyState {
     }
 
     fn recompute(&mut self, k: (String, String)) {
-        match self.services.get(&k) {
+        match self.services.read().expect("services").get(&k) {
             Some(svc) => {
                 let slices: Vec<&Value> = self
                     .slices
@@ -353,7 +457,13 @@ impl ProxyState {
 
 /// The Service proxy: every change of a Service or EndpointSlice recomputes that Service's
 /// ports; changes that arrive together are applied as one transaction.
-async fn follow_services(client: kube::Client, table: Table, zone: Arc<RwLock<Zone>>) {
+async fn follow_services(
+    client: kube::Client,
+    table: Table,
+    zone: Arc<RwLock<Zone>>,
+    routed: watch::Sender<Arc<Routed>>,
+    services: Services,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(watch_into(
         Api::<Service>::all(client.clone()),
@@ -368,7 +478,10 @@ async fn follow_services(client: kube::Client, table: Table, zone: Arc<RwLock<Zo
         false,
     ));
     let table = Arc::new(Mutex::new(table));
-    let mut state = ProxyState::default();
+    let mut state = ProxyState {
+        services,
+        ..ProxyState::default()
+    };
     while let Some(first) = rx.recv().await {
         let mut touched = BTreeSet::new();
         state.take(first, &mut touched);
@@ -392,6 +505,7 @@ async fn follow_services(client: kube::Client, table: Table, zone: Arc<RwLock<Zo
                         took_us = began.elapsed().as_micros() as u64,
                         "service rules applied"
                     );
+                    routed.send_replace(Arc::new(state.routed(&all)));
                     break;
                 }
                 Err(e) => {

@@ -58,6 +58,10 @@ pub fn pod_name(pod: &Pod) -> (String, String) {
     )
 }
 
+/// The longest a terminating pod waits for Service traffic to leave it before its containers
+/// get SIGTERM.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// How long a deleted pod's containers get between SIGTERM and SIGKILL.
 fn grace(pod: &Pod) -> Duration {
     let seconds = pod
@@ -572,7 +576,14 @@ impl Worker {
                 reason: "ErrImagePull".into(),
                 message,
             })?;
-        let facts = &self.facts;
+        let mut facts = self.facts.clone();
+        if let Some(network) = &self.agent.network {
+            // The Services of the pod's namespace as they are when the container starts.
+            facts
+                .service_env
+                .extend(network.service_env(&pod_name(pod).0));
+        }
+        let facts = &facts;
         let env = container::environment(pod, container, sources, facts)
             .map_err(|e| config_error(e.0))?;
         let termination = self
@@ -724,6 +735,15 @@ impl Worker {
     /// the sandbox, the containers' logs and the volumes. Without the pod (it is gone from the
     /// API) there are no hooks to run.
     async fn tear_down(&self, pod: Option<&Pod>, grace: Duration) {
+        let began = Instant::now();
+        let ip = self.facts.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+        if let (Some(network), Some(ip), Some(_)) = (&self.agent.network, ip, pod) {
+            // Requests stop coming before the containers are told to stop.
+            network
+                .leave_endpoints(ip, (grace / 2).min(DRAIN_LIMIT))
+                .await;
+        }
+        let grace = grace.saturating_sub(began.elapsed());
         let observed = self.observe().await;
         let running = observed
             .iter()

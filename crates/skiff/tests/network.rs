@@ -103,7 +103,8 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
     let cluster_ip = cluster.get("service/user-service", "{.spec.clusterIP}");
     let script =
         "for i in $(seq 30); do wget -qO- http://user-service:8080/ || echo failed; done; \
-                  echo; cat /etc/resolv.conf; nslookup api-headless.default.svc.cluster.local; \
+                  echo; echo service-host=$USER_SERVICE_SERVICE_HOST; cat /etc/resolv.conf; \
+                  nslookup api-headless.default.svc.cluster.local; \
                   nslookup example.com; sleep 600";
     apply(server, &busybox_pod("client", "Never", script));
     let mut answers = String::new();
@@ -265,4 +266,105 @@ fn services_reach_replicas_on_every_node_over_host_routes() {
             assert!(body.starts_with("my-api v2.1 api-server-"), "{url}: {body}");
         }
     }
+}
+
+/// The article's Deployment with a server that exits at once on SIGTERM (as most do; busybox
+/// httpd as PID 1 would ignore it) and a readiness probe, so a rollout's losses would show.
+const PROMPT_API: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api-server
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: api
+  template:
+    metadata:
+      labels:
+        app: api
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: server
+        image: my-api:v2.1
+        command: [sh, -c, \"trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]
+        ports:
+        - containerPort: 8080
+        readinessProbe:
+          httpGet:
+            path: /
+            port: 8080
+          periodSeconds: 1
+";
+
+#[test]
+fn a_rolling_update_loses_no_request() {
+    let cluster = LanCluster::start("roll", 2);
+    let server = &cluster.server;
+    apply(server, PROMPT_API);
+    apply(server, USER_SERVICE);
+    eventually("three replicas are available", || {
+        let available = kubectl(
+            server,
+            &[
+                "get",
+                "deployment/api-server",
+                "-o",
+                "jsonpath={.status.availableReplicas}",
+            ],
+        )
+        .stdout;
+        (available != "3").then_some(available)
+    });
+    let script = "while true; do wget -qO- http://user-service:8080/ || echo FAILED; done";
+    apply(server, &pod_on("client", &cluster.nodes[1].name, script));
+    eventually("the client gets answers", || {
+        let logs = kubectl(server, &["logs", "client"]).stdout;
+        (!logs.contains("my-api v2.1")).then_some(logs)
+    });
+
+    kubectl(
+        server,
+        &[
+            "set",
+            "image",
+            "deployment/api-server",
+            "server=my-api:v2.2",
+        ],
+    )
+    .out();
+    kubectl(
+        server,
+        &[
+            "rollout",
+            "status",
+            "deployment/api-server",
+            "--timeout=120s",
+        ],
+    )
+    .out();
+    // The old pods are gone (their draining and SIGTERM included) and the new ones answer.
+    eventually("only the new replicas remain", || {
+        let images = select(
+            server,
+            "pods",
+            "app=api",
+            "{.items[*].spec.containers[0].image}",
+        );
+        (images != "my-api:v2.2 my-api:v2.2 my-api:v2.2").then_some(images)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let logs = kubectl(server, &["logs", "client"]).stdout;
+    let answered = logs.lines().filter(|l| l.starts_with("my-api v2.")).count();
+    assert!(logs.contains("my-api v2.2"), "no answer from v2.2:\n{logs}");
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| !l.starts_with("my-api v2."))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {answered} requests failed: {failed:?}",
+        failed.len()
+    );
 }
