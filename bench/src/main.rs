@@ -5,6 +5,7 @@ mod binary;
 mod controllers;
 mod density;
 mod failover;
+mod network;
 mod nodes;
 mod podstartup;
 mod report;
@@ -89,6 +90,16 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Pod network and Services: proxy rules at 10,000 Services, pod set-up, DNS rate, endpoint
+    /// change to rule live.
+    Network {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller workloads, for a quick look (the figures are not the ones to report).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -132,6 +143,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Failover { out, runs } => {
             runtime.block_on(failover::run(runs))?.write(&out)?;
+        }
+        Command::Network { out, quick } => {
+            runtime
+                .block_on(network::run(network::Sizes::new(quick)))?
+                .write(&out)?;
         }
         Command::StoreMemoryChild { path, count } => {
             runtime.block_on(store::memory_child(&path, count))?;

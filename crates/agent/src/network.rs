@@ -19,8 +19,8 @@ use skiff_api::cidr::Ipv4Cidr;
 use skiff_net::dns::Zone;
 use skiff_net::link::{self, PodNetwork};
 use skiff_net::nft::Table;
-use skiff_net::proxy::{self, ServicePort};
-use skiff_net::{dnsserver, ipam};
+use skiff_net::proxy::{self, HostPort, ServicePort};
+use skiff_net::{dnsserver, holder, ipam};
 use tokio::sync::{mpsc, watch};
 
 /// The cluster's address ranges, as the agent is told them.
@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, watch};
 pub struct NetworkSettings {
     pub cluster_cidr: Ipv4Cidr,
     pub service_cidr: Ipv4Cidr,
+    /// The command that holds the DNS sockets across agent restarts (`skiff net-hold`), given
+    /// the directory to hold them in.
+    pub dns_holder: Vec<std::ffi::OsString>,
 }
 
 /// The pod CIDR the server gave the node, waited for.
@@ -71,6 +74,10 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// The node's network as the pod workers use it.
 pub struct Network {
     pub pods: PodNetwork,
+    /// The node's pods' host ports, by pod uid.
+    host_ports: HostPorts,
+    /// Tells the proxy of changes it does not watch (host ports).
+    proxy: mpsc::UnboundedSender<Seen>,
     /// The cluster's Services, as the proxy last saw them.
     services: Services,
     routed: watch::Receiver<Arc<Routed>>,
@@ -80,7 +87,23 @@ pub struct Network {
     pub node_resolv_conf: String,
 }
 
+/// The node's pods' host ports by pod uid, shared by the workers and the proxy.
+type HostPorts = Arc<Mutex<BTreeMap<String, Vec<HostPort>>>>;
+
 impl Network {
+    /// Opens (or, with none, closes) the host ports of pod `uid`.
+    pub fn set_host_ports(&self, uid: &str, ports: Vec<HostPort>) {
+        let mut all = self.host_ports.lock().expect("host ports");
+        let changed = if ports.is_empty() {
+            all.remove(uid).is_some()
+        } else {
+            all.insert(uid.to_string(), ports.clone()) != Some(ports)
+        };
+        if changed {
+            let _ = self.proxy.send(Seen::HostPorts);
+        }
+    }
+
     /// Waits, for at most `limit`, until Service traffic no longer goes to `ip` (a terminating
     /// pod): this node's rules changed, then a margin for the other nodes'. A pod no Service
     /// lists does not wait. Kubernetes leaves this race to each pod's preStop hook.
@@ -158,6 +181,7 @@ pub async fn start(
         isolated,
         state_dir,
     };
+    let state_dir = config.state_dir.clone();
     let pods = PodNetwork::start(config).await?;
     let node_resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let upstream = if isolated {
@@ -167,17 +191,23 @@ pub async fn start(
     };
     let zone = Arc::new(RwLock::new(Zone::default()));
     let dns_addr = SocketAddr::new(ipam::gateway(&pod_cidr).into(), 53);
-    let mut dns = dnsserver::serve(dns_addr, zone.clone(), upstream).await?;
-    tokio::spawn(async move {
-        if let Err(e) = dns.block_until_done().await {
-            tracing::error!(error = %e, "the DNS server stopped");
-        }
-    });
-    tracing::info!(%dns_addr, "DNS server ready");
+    let (holder_dir, command) = (state_dir.join("dns"), settings.dns_holder.clone());
+    let sockets =
+        crate::worker::blocking(move || holder::dns_sockets(&holder_dir, dns_addr, &command))
+            .await?;
+    let dns = Dns {
+        sockets,
+        upstream,
+        zone: zone.clone(),
+    };
     let (routed_tx, routed) = watch::channel(Arc::new(Routed::default()));
     let services = Services::default();
+    let host_ports = HostPorts::default();
+    let (proxy_tx, proxy_rx) = mpsc::unbounded_channel();
     let network = Arc::new(Network {
         pods,
+        host_ports: host_ports.clone(),
+        proxy: proxy_tx.clone(),
         services: services.clone(),
         routed,
         dns_ip: settings
@@ -195,13 +225,14 @@ pub async fn start(
         masquerade_egress: !isolated,
     });
     tokio::spawn(follow_nodes(client.clone(), network.clone()));
-    tokio::spawn(follow_services(
-        client.clone(),
+    let proxy = Proxy {
         table,
-        zone,
-        routed_tx,
+        dns,
+        routed: routed_tx,
         services,
-    ));
+        host_ports,
+    };
+    tokio::spawn(follow_services(client.clone(), proxy, proxy_tx, proxy_rx));
     Ok(network)
 }
 
@@ -276,6 +307,8 @@ enum Seen {
     Slice((String, String), Option<Value>),
     /// A watch (re)listed: everything of that kind not listed since is gone.
     Relisted(bool, Vec<(String, String)>),
+    /// The node's pods' host ports changed.
+    HostPorts,
 }
 
 fn key(meta: &kube::api::ObjectMeta) -> (String, String) {
@@ -348,6 +381,8 @@ struct ProxyState {
     /// The Service each slice was filed under.
     slice_owner: HashMap<(String, String), (String, String)>,
     ports: BTreeMap<(String, String), Vec<ServicePort>>,
+    /// Whether Services and slices have been listed whole once.
+    listed: (bool, bool),
 }
 
 impl ProxyState {
@@ -381,7 +416,13 @@ impl ProxyState {
                     touched.insert(owner);
                 }
             }
+            Seen::HostPorts => {}
             Seen::Relisted(services, listed) => {
+                if services {
+                    self.listed.0 = true;
+                } else {
+                    self.listed.1 = true;
+                }
                 let listed: HashSet<(String, String)> = listed.into_iter().collect();
                 if services {
                     let mut services = self.services.write().expect("services");
@@ -457,14 +498,55 @@ impl ProxyState {
 
 /// The Service proxy: every change of a Service or EndpointSlice recomputes that Service's
 /// ports; changes that arrive together are applied as one transaction.
-async fn follow_services(
-    client: kube::Client,
-    table: Table,
+/// The node's DNS server before it starts: its sockets, where other names go, its records.
+struct Dns {
+    sockets: (std::net::UdpSocket, std::net::TcpListener),
+    upstream: Vec<SocketAddr>,
     zone: Arc<RwLock<Zone>>,
+}
+
+impl Dns {
+    /// Starts answering (once the records are whole: a query waiting in the socket is better
+    /// than a wrong NXDOMAIN).
+    fn start(self) {
+        let addr = self.sockets.0.local_addr().ok();
+        match dnsserver::serve(self.sockets.0, self.sockets.1, self.zone, self.upstream) {
+            Ok(mut server) => {
+                tracing::info!(?addr, "DNS server answering");
+                tokio::spawn(async move {
+                    if let Err(e) = server.block_until_done().await {
+                        tracing::error!(error = %e, "the DNS server stopped");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "starting the DNS server"),
+        }
+    }
+}
+
+/// What the Service proxy writes to: the node's table, its DNS server, what its rules route
+/// to, the Services (for containers' variables); and the host ports it reads.
+struct Proxy {
+    table: Table,
+    dns: Dns,
     routed: watch::Sender<Arc<Routed>>,
     services: Services,
+    host_ports: HostPorts,
+}
+
+async fn follow_services(
+    client: kube::Client,
+    proxy: Proxy,
+    tx: mpsc::UnboundedSender<Seen>,
+    mut rx: mpsc::UnboundedReceiver<Seen>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Proxy {
+        table,
+        dns,
+        routed,
+        services,
+        host_ports,
+    } = proxy;
     tokio::spawn(watch_into(
         Api::<Service>::all(client.clone()),
         tx.clone(),
@@ -478,6 +560,8 @@ async fn follow_services(
         false,
     ));
     let table = Arc::new(Mutex::new(table));
+    let zone = dns.zone.clone();
+    let mut waiting = Some(dns);
     let mut state = ProxyState {
         services,
         ..ProxyState::default()
@@ -488,12 +572,40 @@ async fn follow_services(
         while let Ok(seen) = rx.try_recv() {
             state.take(seen, &mut touched);
         }
-        for k in touched {
-            state.recompute(k);
+        let before: Vec<ServicePort> = touched
+            .iter()
+            .filter_map(|k| state.ports.get(k))
+            .flatten()
+            .cloned()
+            .collect();
+        for k in &touched {
+            state.recompute(k.clone());
+        }
+        let after: Vec<ServicePort> = touched
+            .iter()
+            .filter_map(|k| state.ports.get(k))
+            .flatten()
+            .cloned()
+            .collect();
+        let stale = proxy::stale_udp(&before, &after);
+        if state.listed != (true, true) {
+            // Half a picture (Services without their endpoints) would reject traffic that the
+            // kernel's rules, left by the last agent, still route well.
+            continue;
         }
         *zone.write().expect("dns zone") = state.zone();
+        if let Some(dns) = waiting.take() {
+            dns.start();
+        }
         let all: Vec<ServicePort> = state.ports.values().flatten().cloned().collect();
-        let rules = proxy::ruleset(&all);
+        let host: Vec<HostPort> = host_ports
+            .lock()
+            .expect("host ports")
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        let rules = proxy::ruleset(&all, &host);
         loop {
             let began = std::time::Instant::now();
             let (table, rules) = (table.clone(), rules.clone());
@@ -506,6 +618,15 @@ async fn follow_services(
                         "service rules applied"
                     );
                     routed.send_replace(Arc::new(state.routed(&all)));
+                    if !stale.is_empty() {
+                        let stale = stale.clone();
+                        let cleared =
+                            crate::worker::blocking(move || skiff_net::nft::clear_flows(&stale))
+                                .await;
+                        if let Err(e) = cleared {
+                            tracing::warn!(error = %e, "clearing UDP flows to removed endpoints");
+                        }
+                    }
                     break;
                 }
                 Err(e) => {

@@ -268,11 +268,13 @@ impl Worker {
         let made = blocking(move || runtime.run_sandbox(&sandbox))
             .await
             .map_err(|e| failed(e.to_string()))?;
-        if let Some(net) = &network {
+        if let (Some(net), Some(ip)) = (&network, address) {
             net.pods
                 .attach(&self.uid, &made.netns)
                 .await
                 .map_err(|e| failed(format!("setting up the pod's network: {e}")))?;
+            let pod_json = serde_json::to_value(pod).unwrap_or_default();
+            net.set_host_ports(&self.uid, skiff_net::proxy::HostPort::of_pod(&pod_json, ip));
         }
         self.facts.pod_ip = match address {
             Some(a) => Some(a.to_string()),
@@ -778,6 +780,7 @@ impl Worker {
             tracing::warn!(pod = %self.uid, error = %e, "removing the pod's volumes");
         }
         if let Some(network) = &self.agent.network {
+            network.set_host_ports(&self.uid, Vec::new());
             if let Err(e) = network.pods.detach(&self.uid).await {
                 tracing::warn!(pod = %self.uid, error = %e, "removing the pod's network");
             }

@@ -28,26 +28,19 @@ struct Handler {
     upstream: Vec<SocketAddr>,
 }
 
-/// Starts the server on `addr` (UDP and TCP). `upstream`: where other names go.
-pub async fn serve(
-    addr: SocketAddr,
+/// Starts the server on `udp` and `tcp` (bound already: see [`crate::holder`]). `upstream`:
+/// where other names go.
+pub fn serve(
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
     zone: Arc<RwLock<Zone>>,
     upstream: Vec<SocketAddr>,
 ) -> Result<Server<impl RequestHandler>, Error> {
-    let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
-        Error::io(
-            "bind DNS (udp) on",
-            std::path::Path::new(&addr.to_string()),
-            e,
-        )
-    })?;
-    let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::io(
-            "bind DNS (tcp) on",
-            std::path::Path::new(&addr.to_string()),
-            e,
-        )
-    })?;
+    let io = |e| Error::io("serve DNS on", std::path::Path::new("the held sockets"), e);
+    udp.set_nonblocking(true).map_err(io)?;
+    tcp.set_nonblocking(true).map_err(io)?;
+    let udp = tokio::net::UdpSocket::from_std(udp).map_err(io)?;
+    let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io)?;
     let mut server = Server::new(Handler { zone, upstream });
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 65535);

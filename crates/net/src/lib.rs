@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod dnsserver;
+pub mod holder;
 pub mod ipam;
 pub mod link;
 pub mod nft;

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::proxy::{self, Ruleset, Settings};
+use crate::proxy::{self, Ruleset, Settings, StaleFlow};
 use crate::Error;
 
 /// The node's table and what it holds now.
@@ -83,6 +83,48 @@ pub fn run(script: &str) -> Result<(), Error> {
             out.status,
             script.lines().count()
         )));
+    }
+    Ok(())
+}
+
+/// Deletes the conntrack entries of UDP flows to removed endpoints (`conntrack -D`; finding
+/// none is no error).
+pub fn clear_flows(flows: &[StaleFlow]) -> Result<(), Error> {
+    for flow in flows {
+        let args: Vec<String> = match flow {
+            StaleFlow::ClusterIp(ip, port, endpoint) => vec![
+                "--orig-dst".into(),
+                ip.to_string(),
+                "--orig-port-dst".into(),
+                port.to_string(),
+                "--dst-nat".into(),
+                endpoint.to_string(),
+            ],
+            StaleFlow::NodePort(port, endpoint) => vec![
+                "--orig-port-dst".into(),
+                port.to_string(),
+                "--dst-nat".into(),
+                endpoint.to_string(),
+            ],
+        };
+        let status = Command::new("conntrack")
+            .args(["-D", "-p", "udp"])
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| {
+                Error::Nft(format!(
+                    "cannot run conntrack ({e}): clearing UDP flows needs the conntrack package"
+                ))
+            })?;
+        // 1: no entry matched.
+        if !matches!(status.code(), Some(0 | 1)) {
+            return Err(Error::Nft(format!(
+                "conntrack -D {}: {status}",
+                args.join(" ")
+            )));
+        }
     }
     Ok(())
 }

@@ -95,6 +95,38 @@ impl ServicePort {
     }
 }
 
+/// A pod's port opened on the node (`hostPort`): connections to any of the node's addresses
+/// on `port` go to the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub pod_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+impl HostPort {
+    /// The host ports of a pod (as JSON) at `pod_ip`.
+    pub fn of_pod(pod: &Value, pod_ip: Ipv4Addr) -> Vec<HostPort> {
+        let containers = pod.pointer("/spec/containers").and_then(Value::as_array);
+        containers
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| {
+                Some(HostPort {
+                    protocol: Protocol::parse(p["protocol"].as_str().unwrap_or(""))?,
+                    port: u16::try_from(p["hostPort"].as_u64()?)
+                        .ok()
+                        .filter(|p| *p > 0)?,
+                    pod_ip,
+                    container_port: u16::try_from(p["containerPort"].as_u64()?).ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The Service's ports as the proxy serves them, endpoints taken from its EndpointSlices
 /// (ready ones; a slice port is matched by name). Services without a cluster IP (headless,
 /// ExternalName) have none.
@@ -168,6 +200,37 @@ pub fn service_ports(service: &Value, slices: &[&Value]) -> Vec<ServicePort> {
     out
 }
 
+/// UDP flows to endpoints a change removed: (the Service's address and port or the node
+/// port, the endpoint). Their conntrack entries would keep sending a client's datagrams to the
+/// old endpoint (UDP has no connection to end), so they are deleted once the rules changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StaleFlow {
+    ClusterIp(Ipv4Addr, u16, Ipv4Addr),
+    NodePort(u16, Ipv4Addr),
+}
+
+/// What `old` sent UDP traffic to that `new` does not.
+pub fn stale_udp(old: &[ServicePort], new: &[ServicePort]) -> Vec<StaleFlow> {
+    let mut stale = Vec::new();
+    for before in old.iter().filter(|p| p.protocol == Protocol::Udp) {
+        let now = new.iter().find(|p| {
+            p.protocol == Protocol::Udp
+                && p.cluster_ip == before.cluster_ip
+                && p.port == before.port
+        });
+        for (ip, _) in &before.endpoints {
+            if now.is_some_and(|n| n.endpoints.iter().any(|(e, _)| e == ip)) {
+                continue;
+            }
+            stale.push(StaleFlow::ClusterIp(before.cluster_ip, before.port, *ip));
+            if let Some(node_port) = before.node_port {
+                stale.push(StaleFlow::NodePort(node_port, *ip));
+            }
+        }
+    }
+    stale
+}
+
 const SERVICES: &str = "services";
 const NODE_PORTS: &str = "nodeports";
 const NO_ENDPOINTS: &str = "no-endpoints";
@@ -192,8 +255,8 @@ impl Ruleset {
     }
 }
 
-/// The rules for `ports`.
-pub fn ruleset(ports: &[ServicePort]) -> Ruleset {
+/// The rules for `ports` and the node's pods' `host_ports`.
+pub fn ruleset(ports: &[ServicePort], host_ports: &[HostPort]) -> Ruleset {
     let mut r = Ruleset::default();
     for name in [
         SERVICES,
@@ -275,6 +338,25 @@ pub fn ruleset(ports: &[ServicePort]) -> Ruleset {
             }
         };
         r.chains.insert(chain, rules);
+    }
+    for hp in host_ports {
+        let proto = hp.protocol.nft();
+        let chain = format!("hp/{proto}/{}", hp.port);
+        r.elements
+            .get_mut(NODE_PORTS)
+            .expect("map")
+            .insert(format!("{proto} . {}", hp.port), format!("goto {chain}"));
+        r.elements
+            .get_mut(HAIRPIN)
+            .expect("set")
+            .insert(format!("{0} . {0}", hp.pod_ip), String::new());
+        r.chains.insert(
+            chain,
+            vec![format!(
+                "meta l4proto {proto} dnat ip to {}:{}",
+                hp.pod_ip, hp.container_port
+            )],
+        );
     }
     r
 }
@@ -499,6 +581,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn ruleset_of(ports: &[ServicePort]) -> Ruleset {
+        ruleset(ports, &[])
+    }
+
     fn settings() -> Settings {
         Settings {
             table: "skiff-n1".into(),
@@ -554,7 +640,7 @@ mod tests {
     fn rules_and_incremental_changes() {
         let s = settings();
         let two = slice(&[("10.42.0.7", true), ("10.42.1.3", true)]);
-        let rules = ruleset(&service_ports(&user_service(), &[&two]));
+        let rules = ruleset_of(&service_ports(&user_service(), &[&two]));
         let script = full(&s, &rules);
         for want in [
             "add table ip skiff-n1\ndelete table ip skiff-n1\nadd table ip skiff-n1\n",
@@ -574,7 +660,7 @@ mod tests {
 
         // One endpoint goes: the Service's chain is rewritten, nothing else.
         let one = slice(&[("10.42.0.7", true)]);
-        let fewer = ruleset(&service_ports(&user_service(), &[&one]));
+        let fewer = ruleset_of(&service_ports(&user_service(), &[&one]));
         assert_eq!(
             diff(&s, &rules, &fewer),
             "flush chain ip skiff-n1 svc/default/user-service/tcp/8080\n\
@@ -583,7 +669,7 @@ mod tests {
         );
 
         // No endpoints left: the address and the node port reject, the chain goes last.
-        let none = ruleset(&service_ports(&user_service(), &[]));
+        let none = ruleset_of(&service_ports(&user_service(), &[]));
         assert_eq!(
             diff(&s, &fewer, &none),
             "flush chain ip skiff-n1 svc/default/user-service/tcp/8080\n\
@@ -597,12 +683,63 @@ mod tests {
     }
 
     #[test]
+    fn host_ports_open_on_the_node() {
+        let pod = json!({"spec": {"containers": [{"ports": [
+            {"containerPort": 8080, "hostPort": 18080},
+            {"containerPort": 9090},
+            {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"}]}]}});
+        let ports = HostPort::of_pod(&pod, "10.42.0.7".parse().unwrap());
+        assert_eq!(ports.len(), 2);
+        let script = full(&settings(), &ruleset(&[], &ports));
+        for want in [
+            "add element ip skiff-n1 nodeports { tcp . 18080 : goto hp/tcp/18080, udp . 5353 : goto hp/udp/5353 }",
+            "add rule ip skiff-n1 hp/tcp/18080 meta l4proto tcp dnat ip to 10.42.0.7:8080",
+            "add rule ip skiff-n1 hp/udp/5353 meta l4proto udp dnat ip to 10.42.0.7:53",
+        ] {
+            assert!(script.contains(want), "{want}\nnot in\n{script}");
+        }
+    }
+
+    #[test]
+    fn removed_udp_endpoints_are_stale_flows() {
+        let dns = |endpoints: &[&str]| ServicePort {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            protocol: Protocol::Udp,
+            cluster_ip: "10.43.0.10".parse().unwrap(),
+            port: 53,
+            node_port: None,
+            endpoints: endpoints.iter().map(|e| (e.parse().unwrap(), 53)).collect(),
+            affinity: None,
+        };
+        let (a, b) = ("10.42.0.1", "10.42.1.1");
+        assert_eq!(
+            stale_udp(&[dns(&[a, b])], &[dns(&[a])]),
+            [StaleFlow::ClusterIp(
+                "10.43.0.10".parse().unwrap(),
+                53,
+                b.parse().unwrap()
+            )]
+        );
+        assert_eq!(stale_udp(&[dns(&[a])], &[dns(&[a, b])]), []);
+        assert_eq!(
+            stale_udp(&[dns(&[a])], &[]).len(),
+            1,
+            "a Service gone leaves its flows stale"
+        );
+        // TCP connections end by themselves.
+        let mut tcp = dns(&[a]);
+        tcp.protocol = Protocol::Tcp;
+        assert_eq!(stale_udp(&[tcp], &[]), []);
+    }
+
+    #[test]
     fn client_ip_affinity_uses_a_set_per_endpoint() {
         let mut svc = user_service();
         svc["spec"]["sessionAffinity"] = json!("ClientIP");
         svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
         let one = slice(&[("10.42.0.7", true)]);
-        let script = full(&settings(), &ruleset(&service_ports(&svc, &[&one])));
+        let script = full(&settings(), &ruleset_of(&service_ports(&svc, &[&one])));
         for want in [
             "add set ip skiff-n1 aff/default/user-service/tcp/8080/10.42.0.7/8080 { type ipv4_addr; flags dynamic,timeout; timeout 60s; }",
             "add rule ip skiff-n1 svc/default/user-service/tcp/8080 ip saddr @aff/default/user-service/tcp/8080/10.42.0.7/8080 goto ep/default/user-service/tcp/8080/10.42.0.7/8080",

@@ -56,6 +56,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         network: skiff_agent::NetworkSettings {
             cluster_cidr: args.cluster_cidr,
             service_cidr: args.service_cidr,
+            dns_holder: crate::up::dns_holder()?,
         },
     };
     let _agent = start_node(&args.node, &args.server, node, started).await?;

@@ -76,6 +76,13 @@ fn main() -> std::process::ExitCode {
     if args.get(1).is_some_and(|a| a == "monitor") {
         return monitor::main(&args[2..]);
     }
+    // So must the holder of the node's DNS sockets (`net-hold DIR`, started by the agent).
+    if args.get(1).is_some_and(|a| a == "net-hold") {
+        match args.get(2) {
+            Some(dir) => skiff_net::holder::hold(std::path::Path::new(dir)),
+            None => return std::process::ExitCode::FAILURE,
+        }
+    }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

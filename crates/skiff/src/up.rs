@@ -134,6 +134,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         network: NetworkSettings {
             cluster_cidr: args.server.cluster_cidr,
             service_cidr: ranges.cidr(),
+            dns_holder: dns_holder()?,
         },
     };
     start_node(&args.node, &running.url, node, started).await?;
@@ -221,6 +222,18 @@ pub async fn start_node(
     Ok(agent)
 }
 
+/// The command holding the node's DNS sockets across agent restarts: this binary's hidden
+/// `net-hold`.
+pub fn dns_holder() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().context("find the skiff binary")?;
+    Ok(vec![exe.into(), "net-hold".into()])
+}
+
+/// Where the agent of `data_dir` keeps its network state (addresses, the DNS holder's files).
+fn network_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("agent/network")
+}
+
 /// Removes the node's bridge and nftables table.
 fn remove_network(node: &str) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -263,6 +276,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
         println!("stopped skiff on {}", args.data_dir.display());
     }
     let stopped = runtime(&args.data_dir, &node, None)?.stop_all(args.grace)?;
+    skiff_net::holder::stop(&network_dir(&args.data_dir).join("dns"));
     let volumes = skiff_agent::volumes::Volumes::new(args.data_dir.join("agent/pods"));
     for uid in volumes.pods() {
         volumes.remove(&uid)?;
@@ -284,6 +298,7 @@ pub fn reset(args: ResetArgs) -> anyhow::Result<()> {
         volumes.remove(&uid)?;
     }
     runtime(&args.data_dir, &node, None)?.reset()?;
+    skiff_net::holder::stop(&network_dir(&args.data_dir).join("dns"));
     if let Err(e) = remove_network(&node) {
         eprintln!("warning: removing node {node}'s network: {e:#}");
     }

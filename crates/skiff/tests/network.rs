@@ -153,6 +153,21 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
     let body = wget_from_node(&format!("http://{gateway}:{node_port}/")).unwrap();
     assert!(body.starts_with("my-api v2.1 api-server-"), "{body}");
 
+    // A pod's hostPort opens on the node (a port of this run's own: clusters of tests running
+    // side by side share this namespace's addresses).
+    let host_port = 20000 + std::process::id() % 10000;
+    let web = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: api\n    image: my-api:v2.1\n    imagePullPolicy: IfNotPresent\n    ports:\n    - containerPort: 8080\n      hostPort: {host_port}\n"
+    );
+    apply(server, &web);
+    cluster.wait_for("the web pod runs", "pod/web", "{.status.phase}", "Running");
+    eventually("the host port answers", || {
+        match wget_from_node(&format!("http://{gateway}:{host_port}/")) {
+            Ok(body) if body == "my-api v2.1 web\n" => None,
+            other => Some(format!("{other:?}")),
+        }
+    });
+
     // Without ready endpoints the cluster IP refuses at once (no timeout).
     kubectl(server, &["scale", "deployment/api-server", "--replicas=0"]).out();
     eventually("the endpoints empty", || {
@@ -182,8 +197,8 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
             .collect();
-        // The client pod keeps its own.
-        (held.len() != 1).then(|| format!("{held:?}"))
+        // The client and web pods keep theirs.
+        (held.len() != 2).then(|| format!("{held:?}"))
     });
 }
 
@@ -366,5 +381,39 @@ fn a_rolling_update_loses_no_request() {
         failed.is_empty(),
         "{} of {answered} requests failed: {failed:?}",
         failed.len()
+    );
+}
+
+#[test]
+fn dns_keeps_answering_while_an_agent_restarts() {
+    let mut cluster = LanCluster::start("dns", 2);
+    let server = &cluster.server;
+    apply(server, USER_SERVICE);
+    let script =
+        "while true; do if nslookup user-service.default.svc.cluster.local >/dev/null 2>&1; \
+                  then echo ok; else echo FAIL; fi; sleep 0.1; done";
+    let node = cluster.nodes[1].name.clone();
+    apply(server, &pod_on("resolver", &node, script));
+    let lines = |server: &SkiffServer| kubectl(server, &["logs", "resolver"]).stdout;
+    eventually("the pod resolves the Service", || {
+        let logs = lines(server);
+        (logs.lines().filter(|l| *l == "ok").count() < 5).then_some(logs)
+    });
+    assert!(!lines(server).contains("FAIL"), "{}", lines(server));
+
+    // SIGKILL of the pod's node agent, a pause, a new agent: the pod's lookups go on.
+    let url = server.url();
+    let ranges = cluster.ranges.clone();
+    let before = lines(&cluster.server).lines().count();
+    drop(cluster.nodes[1].agent.take());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cluster.nodes[1].start(&url, &ranges, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let logs = lines(&cluster.server);
+    let during: Vec<&str> = logs.lines().skip(before).collect();
+    assert!(during.len() >= 10, "the pod stopped asking: {during:?}");
+    assert!(
+        during.iter().all(|l| *l == "ok"),
+        "lookups failed while the agent restarted: {during:?}"
     );
 }

@@ -314,7 +314,7 @@ spec:
   - name: main
     image: busybox
     imagePullPolicy: IfNotPresent
-    command: [sh, -c, "touch /tmp/ready; sleep 4; rm /tmp/ready; sleep 600"]
+    command: [sh, -c, "touch /tmp/ready; sleep 12; rm /tmp/ready; sleep 600"]
     readinessProbe:
       exec: {command: [test, -f, /tmp/ready]}
       periodSeconds: 1

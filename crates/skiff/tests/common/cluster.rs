@@ -305,7 +305,7 @@ impl LanCluster {
                 data,
                 agent: None,
             };
-            node.start(&cluster, &["--token", &token]);
+            node.start(&cluster.server.url(), &cluster.ranges, &["--token", &token]);
             cluster.nodes.push(node);
         }
         cluster
@@ -313,15 +313,16 @@ impl LanCluster {
 }
 
 impl LanNode {
-    /// Starts the node's agent (`extra`: the token the first time).
-    pub fn start(&mut self, cluster: &LanCluster, extra: &[&str]) {
+    /// Starts the node's agent on the cluster's `server` and `ranges` (`extra`: the token the
+    /// first time).
+    pub fn start(&mut self, server: &str, ranges: &[String; 4], extra: &[&str]) {
         let mut args = vec!["--isolated"];
-        args.extend(cluster.ranges.iter().map(String::as_str));
+        args.extend(ranges.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let agent = skiff_testkit::SkiffAgent::start_on(
             Path::new(SKIFF),
             &self.host,
-            &cluster.server.url(),
+            server,
             self.data.path(),
             &self.name,
             &args,
