@@ -18,6 +18,7 @@ use serde_json::json;
 use skiff_net::dns::Zone;
 use skiff_net::nft::Table;
 use skiff_net::proxy::{self, Protocol, ServicePort};
+use skiff_net::rules::{Change, Ruleset};
 
 use crate::nodes::Cluster;
 use crate::report::{ms, percentile, Better, Report};
@@ -104,19 +105,31 @@ fn in_new_netns<T: Send + 'static>(
 fn proxy_figures(report: &mut Report, sizes: &Sizes) -> anyhow::Result<()> {
     let (services, endpoints, changes) = (sizes.services, sizes.endpoints, sizes.changes);
     let (full, mut incremental) = in_new_netns(move || {
-        let mut ports: Vec<ServicePort> = (0..services)
-            .map(|i| service_port(i, endpoints, 0))
-            .collect();
         let mut table = Table::new(settings());
+        let mut rules = Ruleset::default();
+        // What the agent does: each Service into the rules, then one write.
         let began = Instant::now();
-        table.apply(proxy::ruleset(&ports, &[]))?;
+        let mut change = Change::default();
+        for i in 0..services {
+            rules.set_service(
+                &format!("default/svc-{i}"),
+                &[service_port(i, endpoints, 0)],
+                &mut change,
+            );
+        }
+        table.apply(&change, &rules)?;
         let full = began.elapsed();
         let mut incremental = Vec::new();
-        for change in 1..=changes {
-            let i = change * 7919 % services;
-            ports[i] = service_port(i, endpoints, change);
+        for generation in 1..=changes {
+            let i = generation * 7919 % services;
             let began = Instant::now();
-            table.apply(proxy::ruleset(&ports, &[]))?;
+            let mut change = Change::default();
+            rules.set_service(
+                &format!("default/svc-{i}"),
+                &[service_port(i, endpoints, generation)],
+                &mut change,
+            );
+            table.apply(&change, &rules)?;
             incremental.push(began.elapsed());
         }
         Ok((full, incremental))

@@ -20,6 +20,7 @@ use skiff_net::dns::Zone;
 use skiff_net::link::{self, PodNetwork};
 use skiff_net::nft::Table;
 use skiff_net::proxy::{self, HostPort, ServicePort};
+use skiff_net::rules::{Change, Ruleset};
 use skiff_net::{dnsserver, holder, ipam};
 use tokio::sync::{mpsc, watch};
 
@@ -74,8 +75,8 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// The node's network as the pod workers use it.
 pub struct Network {
     pub pods: PodNetwork,
-    /// The node's pods' host ports, by pod uid.
-    host_ports: HostPorts,
+    /// The node's pods' addresses and host ports, by pod uid.
+    local_pods: LocalPods,
     /// Tells the proxy of changes it does not watch (host ports).
     proxy: mpsc::UnboundedSender<Seen>,
     /// The cluster's Services, as the proxy last saw them.
@@ -87,20 +88,19 @@ pub struct Network {
     pub node_resolv_conf: String,
 }
 
-/// The node's pods' host ports by pod uid, shared by the workers and the proxy.
-type HostPorts = Arc<Mutex<BTreeMap<String, Vec<HostPort>>>>;
+/// The node's pods' addresses and host ports by pod uid, shared by the workers and the proxy.
+type LocalPods = Arc<Mutex<BTreeMap<String, (Ipv4Addr, Vec<HostPort>)>>>;
 
 impl Network {
-    /// Opens (or, with none, closes) the host ports of pod `uid`.
-    pub fn set_host_ports(&self, uid: &str, ports: Vec<HostPort>) {
-        let mut all = self.host_ports.lock().expect("host ports");
-        let changed = if ports.is_empty() {
-            all.remove(uid).is_some()
-        } else {
-            all.insert(uid.to_string(), ports.clone()) != Some(ports)
+    /// Notes pod `uid`'s address and opens its host ports; with None, forgets them.
+    pub fn set_local_pod(&self, uid: &str, pod: Option<(Ipv4Addr, Vec<HostPort>)>) {
+        let mut all = self.local_pods.lock().expect("local pods");
+        let changed = match pod {
+            None => all.remove(uid).is_some(),
+            Some(pod) => all.insert(uid.to_string(), pod.clone()) != Some(pod),
         };
         if changed {
-            let _ = self.proxy.send(Seen::HostPorts);
+            let _ = self.proxy.send(Seen::LocalPods);
         }
     }
 
@@ -202,11 +202,11 @@ pub async fn start(
     };
     let (routed_tx, routed) = watch::channel(Arc::new(Routed::default()));
     let services = Services::default();
-    let host_ports = HostPorts::default();
+    let local_pods = LocalPods::default();
     let (proxy_tx, proxy_rx) = mpsc::unbounded_channel();
     let network = Arc::new(Network {
         pods,
-        host_ports: host_ports.clone(),
+        local_pods: local_pods.clone(),
         proxy: proxy_tx.clone(),
         services: services.clone(),
         routed,
@@ -230,7 +230,7 @@ pub async fn start(
         dns,
         routed: routed_tx,
         services,
-        host_ports,
+        local_pods,
     };
     tokio::spawn(follow_services(client.clone(), proxy, proxy_tx, proxy_rx));
     Ok(network)
@@ -307,8 +307,8 @@ enum Seen {
     Slice((String, String), Option<Value>),
     /// A watch (re)listed: everything of that kind not listed since is gone.
     Relisted(bool, Vec<(String, String)>),
-    /// The node's pods' host ports changed.
-    HostPorts,
+    /// The node's pods (addresses, host ports) changed.
+    LocalPods,
 }
 
 fn key(meta: &kube::api::ObjectMeta) -> (String, String) {
@@ -416,7 +416,7 @@ impl ProxyState {
                     touched.insert(owner);
                 }
             }
-            Seen::HostPorts => {}
+            Seen::LocalPods => {}
             Seen::Relisted(services, listed) => {
                 if services {
                     self.listed.0 = true;
@@ -444,8 +444,8 @@ impl ProxyState {
         }
     }
 
-    /// What the rules for `ports` route to, and every address the slices list.
-    fn routed(&self, ports: &[ServicePort]) -> Routed {
+    /// What the rules route to, and every address the slices list.
+    fn routed(&self) -> Routed {
         let listed = self
             .slices
             .values()
@@ -455,8 +455,10 @@ impl ProxyState {
             .filter_map(|a| a.as_str().and_then(|a| a.parse().ok()))
             .collect();
         Routed {
-            ready: ports
-                .iter()
+            ready: self
+                .ports
+                .values()
+                .flatten()
                 .flat_map(|p| p.endpoints.iter().map(|(ip, _)| *ip))
                 .collect(),
             listed,
@@ -525,13 +527,13 @@ impl Dns {
 }
 
 /// What the Service proxy writes to: the node's table, its DNS server, what its rules route
-/// to, the Services (for containers' variables); and the host ports it reads.
+/// to, the Services (for containers' variables); and the node's pods it reads.
 struct Proxy {
     table: Table,
     dns: Dns,
     routed: watch::Sender<Arc<Routed>>,
     services: Services,
-    host_ports: HostPorts,
+    local_pods: LocalPods,
 }
 
 async fn follow_services(
@@ -545,7 +547,7 @@ async fn follow_services(
         dns,
         routed,
         services,
-        host_ports,
+        local_pods,
     } = proxy;
     tokio::spawn(watch_into(
         Api::<Service>::all(client.clone()),
@@ -559,80 +561,68 @@ async fn follow_services(
         Seen::Slice,
         false,
     ));
-    let table = Arc::new(Mutex::new(table));
+    let mut table = table;
     let zone = dns.zone.clone();
     let mut waiting = Some(dns);
     let mut state = ProxyState {
         services,
         ..ProxyState::default()
     };
+    let mut rules = Ruleset::default();
     while let Some(first) = rx.recv().await {
         let mut touched = BTreeSet::new();
         state.take(first, &mut touched);
         while let Ok(seen) = rx.try_recv() {
             state.take(seen, &mut touched);
         }
-        let before: Vec<ServicePort> = touched
-            .iter()
-            .filter_map(|k| state.ports.get(k))
-            .flatten()
-            .cloned()
-            .collect();
+        let mut change = Change::default();
+        let mut before = Vec::new();
+        let mut after = Vec::new();
         for k in &touched {
+            before.extend(state.ports.get(k).into_iter().flatten().cloned());
             state.recompute(k.clone());
+            let ports = state.ports.get(k).map(Vec::as_slice).unwrap_or_default();
+            after.extend(ports.iter().cloned());
+            rules.set_service(&format!("{}/{}", k.0, k.1), ports, &mut change);
         }
-        let after: Vec<ServicePort> = touched
-            .iter()
-            .filter_map(|k| state.ports.get(k))
-            .flatten()
-            .cloned()
-            .collect();
-        let stale = proxy::stale_udp(&before, &after);
+        let (addresses, host): (Vec<Ipv4Addr>, Vec<HostPort>) = {
+            let local = local_pods.lock().expect("local pods");
+            (
+                local.values().map(|(ip, _)| *ip).collect(),
+                local
+                    .values()
+                    .flat_map(|(_, ports)| ports.iter().cloned())
+                    .collect(),
+            )
+        };
+        rules.set_local_pods(&addresses, &mut change);
+        rules.set_host_ports(&host, &mut change);
         if state.listed != (true, true) {
             // Half a picture (Services without their endpoints) would reject traffic that the
             // kernel's rules, left by the last agent, still route well.
             continue;
         }
+        let stale = proxy::stale_udp(&before, &after);
+        let began = std::time::Instant::now();
+        // On this worker thread: the change refers to the rules, which are not copied.
+        while let Err(e) = tokio::task::block_in_place(|| table.apply(&change, &rules)) {
+            tracing::error!(error = %e, "applying the Service rules; trying again in a second");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tracing::debug!(
+            took_us = began.elapsed().as_micros() as u64,
+            "service rules applied"
+        );
+        routed.send_replace(Arc::new(state.routed()));
         *zone.write().expect("dns zone") = state.zone();
         if let Some(dns) = waiting.take() {
             dns.start();
         }
-        let all: Vec<ServicePort> = state.ports.values().flatten().cloned().collect();
-        let host: Vec<HostPort> = host_ports
-            .lock()
-            .expect("host ports")
-            .values()
-            .flatten()
-            .cloned()
-            .collect();
-        let rules = proxy::ruleset(&all, &host);
-        loop {
-            let began = std::time::Instant::now();
-            let (table, rules) = (table.clone(), rules.clone());
-            match crate::worker::blocking(move || table.lock().expect("nft table").apply(rules))
-                .await
-            {
-                Ok(()) => {
-                    tracing::debug!(
-                        took_us = began.elapsed().as_micros() as u64,
-                        "service rules applied"
-                    );
-                    routed.send_replace(Arc::new(state.routed(&all)));
-                    if !stale.is_empty() {
-                        let stale = stale.clone();
-                        let cleared =
-                            crate::worker::blocking(move || skiff_net::nft::clear_flows(&stale))
-                                .await;
-                        if let Err(e) = cleared {
-                            tracing::warn!(error = %e, "clearing UDP flows to removed endpoints");
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "applying the Service rules; trying again in a second");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+        if !stale.is_empty() {
+            let cleared =
+                crate::worker::blocking(move || skiff_net::nft::clear_flows(&stale)).await;
+            if let Err(e) = cleared {
+                tracing::warn!(error = %e, "clearing UDP flows to removed endpoints");
             }
         }
     }

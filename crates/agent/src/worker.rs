@@ -274,7 +274,8 @@ impl Worker {
                 .await
                 .map_err(|e| failed(format!("setting up the pod's network: {e}")))?;
             let pod_json = serde_json::to_value(pod).unwrap_or_default();
-            net.set_host_ports(&self.uid, skiff_net::proxy::HostPort::of_pod(&pod_json, ip));
+            let host_ports = skiff_net::proxy::HostPort::of_pod(&pod_json, ip);
+            net.set_local_pod(&self.uid, Some((ip, host_ports)));
         }
         self.facts.pod_ip = match address {
             Some(a) => Some(a.to_string()),
@@ -780,7 +781,7 @@ impl Worker {
             tracing::warn!(pod = %self.uid, error = %e, "removing the pod's volumes");
         }
         if let Some(network) = &self.agent.network {
-            network.set_host_ports(&self.uid, Vec::new());
+            network.set_local_pod(&self.uid, None);
             if let Err(e) = network.pods.detach(&self.uid).await {
                 tracing::warn!(pod = %self.uid, error = %e, "removing the pod's network");
             }

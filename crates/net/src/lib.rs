@@ -1,7 +1,8 @@
 //! Skiff's node network: pods' interfaces on the node's bridge with host-local addresses and
 //! routes to the other nodes' pods ([`link`], [`ipam`]), and Services in the kernel through
-//! nftables ([`proxy`]: the rules as a pure function of Services and endpoints, applied in
-//! one transaction per change by [`nft`]).
+//! nftables ([`proxy`]: what Services and endpoints ask for; [`rules`]: the table as text, by
+//! parts; [`nft`]: applied, a change in one transaction), cluster DNS ([`dns`], [`dnsserver`],
+//! [`holder`]).
 
 pub mod dns;
 pub mod dnsserver;
@@ -10,6 +11,7 @@ pub mod ipam;
 pub mod link;
 pub mod nft;
 pub mod proxy;
+pub mod rules;
 
 use std::path::{Path, PathBuf};
 

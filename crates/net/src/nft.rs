@@ -1,24 +1,31 @@
 //! Applies the proxy's rules with `nft -f -`: the first time (and after a failure) the whole
-//! table in one transaction, then only what changed, each change one transaction.
+//! table, written beside the old one and switched in one step, then only what changed, each
+//! change one transaction; and clears stale UDP flows with `conntrack`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::proxy::{self, Ruleset, Settings, StaleFlow};
+use crate::proxy::{Settings, StaleFlow};
+use crate::rules::{self, Change, Ruleset};
 use crate::Error;
 
-/// The node's table and what it holds now.
+/// The node's table: `<name>-a` or `<name>-b`, whichever was written whole last.
 pub struct Table {
     settings: Settings,
-    /// What the kernel holds, as far as this process knows; None forces a full write.
-    applied: Option<Ruleset>,
+    /// The table this process wrote and keeps changing; None forces a whole write.
+    current: Option<String>,
+}
+
+/// The two names a node's table takes in turn.
+fn names(base: &str) -> [String; 2] {
+    [format!("{base}-a"), format!("{base}-b")]
 }
 
 impl Table {
     pub fn new(settings: Settings) -> Table {
         Table {
             settings,
-            applied: None,
+            current: None,
         }
     }
 
@@ -26,33 +33,67 @@ impl Table {
         &self.settings
     }
 
-    /// Makes the table hold `rules`. A failed incremental change is retried as a full write.
-    pub fn apply(&mut self, rules: Ruleset) -> Result<(), Error> {
-        if let Some(applied) = &self.applied {
-            let change = proxy::diff(&self.settings, applied, &rules);
-            if change.is_empty() {
+    /// Applies `change` (which brought the rules to `rules`); a change that fails, or a first
+    /// write, writes `rules` whole.
+    pub fn apply(&mut self, change: &Change, rules: &Ruleset) -> Result<(), Error> {
+        if let Some(table) = &self.current {
+            let script = rules::diff(table, change);
+            if script.is_empty() {
                 return Ok(());
             }
-            match run(&change) {
-                Ok(()) => {
-                    self.applied = Some(rules);
-                    return Ok(());
-                }
+            match run(&script) {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "incremental nftables change failed; rewriting the table")
                 }
             }
         }
-        self.applied = None;
-        run(&proxy::full(&self.settings, &rules))?;
-        self.applied = Some(rules);
+        self.write_all(rules)
+    }
+
+    /// Writes `rules` whole into the name not in use, then removes the other (a restarted
+    /// agent replaces its predecessor's table without a moment of no rules).
+    pub fn write_all(&mut self, rules: &Ruleset) -> Result<(), Error> {
+        let [a, b] = names(&self.settings.table);
+        let in_use = match &self.current {
+            Some(current) => current.clone(),
+            None if list_tables()?.contains(&a) => a.clone(),
+            None => b.clone(),
+        };
+        let (new, old) = if in_use == a { (b, a) } else { (a, b) };
+        self.current = None;
+        for transaction in rules::full(&self.settings, &new, &old, rules) {
+            run(&transaction)?;
+        }
+        self.current = Some(new);
         Ok(())
     }
 }
 
-/// Removes the table named `table` (a missing one is no error).
-pub fn remove(table: &str) -> Result<(), Error> {
-    run(&format!("add table ip {table}\ndelete table ip {table}\n"))
+/// The ip tables the kernel holds, by name.
+fn list_tables() -> Result<Vec<String>, Error> {
+    let out = Command::new("nft")
+        .args(["list", "tables", "ip"])
+        .output()
+        .map_err(|e| {
+            Error::Nft(format!(
+                "cannot run nft ({e}): Services need the nftables package's `nft` command"
+            ))
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table ip "))
+        .map(|n| n.trim().to_string())
+        .collect())
+}
+
+/// Removes the node's tables named after `base` (missing ones are no error).
+pub fn remove(base: &str) -> Result<(), Error> {
+    let mut script = String::new();
+    for table in [base.to_string()].into_iter().chain(names(base)) {
+        script.push_str(&format!("add table ip {table}\ndelete table ip {table}\n"));
+    }
+    run(&script)
 }
 
 /// Runs one transaction.
