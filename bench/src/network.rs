@@ -323,7 +323,7 @@ async fn endpoint_change_figures(report: &mut Report, sizes: &Sizes) -> anyhow::
     let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
     let table = skiff_net::link::bridge_name(&node.name);
     let mut monitor = Command::new("nft")
-        .args(["monitor", "rules"])
+        .args(["monitor"])
         .stdout(Stdio::piped())
         .spawn()
         .context("nft (Debian package nftables) is needed")?;
