@@ -535,6 +535,42 @@ impl Registry {
     }
 
     /// Makes sure a stored object exists, creating it from `obj` when absent.
+    /// Creates `obj`, or makes the existing one's `fields` (top-level, absent ones removed)
+    /// those of `obj` (the server's own objects, kept as it says at every start).
+    pub async fn put(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        obj: Value,
+        fields: &[&str],
+    ) -> Result<(), ApiError> {
+        let name = object::name(&obj).to_string();
+        match self.create(kind, namespace, obj.clone(), false).await {
+            Err(e) if e.reason == "AlreadyExists" => {
+                let target = Target {
+                    kind,
+                    namespace,
+                    name: &name,
+                };
+                let mut current = self.get(&target).await?;
+                for field in fields {
+                    match obj.get(*field) {
+                        Some(v) => current[*field] = v.clone(),
+                        None => {
+                            if let Some(map) = current.as_object_mut() {
+                                map.remove(*field);
+                            }
+                        }
+                    }
+                }
+                self.update(&target, current, Endpoint::Main, false)
+                    .await
+                    .map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
     pub async fn ensure(
         &self,
         kind: &'static Kind,

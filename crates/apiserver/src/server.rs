@@ -71,8 +71,8 @@ pub struct Api {
     pub cache: WatchCache,
     /// The cluster CA: its certificate for every namespace, its key for certificate requests.
     pub pki: Arc<Pki>,
-    /// The port the API listens on (the `kubernetes` Service's target).
-    port: u16,
+    /// Where the API listens (the `kubernetes` Service's endpoint and target port).
+    listen: SocketAddr,
     /// TLS toward node agents (logs), with the API server's client certificate.
     pub kubelet_client: Arc<rustls::ClientConfig>,
 }
@@ -145,6 +145,44 @@ impl Api {
             .await
     }
 
+    /// The `kubernetes` Service's endpoints: this server's address, when pods can reach it (a
+    /// loopback or wildcard listen address is no endpoint: the Service then refuses).
+    /// FIXME(issue 9): a wildcard address could list the machine's addresses; several servers
+    /// on one etcd overwrite each other's (Kubernetes' endpoint reconciler merges them).
+    async fn kubernetes_endpoints(&self) -> Result<(), ApiError> {
+        let ip = self.listen.ip();
+        let usable = !ip.is_loopback() && !ip.is_unspecified() && ip.is_ipv4();
+        let port = self.listen.port();
+        let labels = json!({"kubernetes.io/service-name": "kubernetes",
+                            "endpointslice.kubernetes.io/managed-by": "skiff-apiserver"});
+        let mut endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}});
+        let mut slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "labels": labels},
+            "addressType": "IPv4",
+            "endpoints": [],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+        if usable {
+            endpoints["subsets"] = json!([{"addresses": [{"ip": ip.to_string()}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+            slice["endpoints"] =
+                json!([{"addresses": [ip.to_string()], "conditions": {"ready": true}}]);
+        }
+        let slices =
+            kinds::find("discovery.k8s.io", "v1", "endpointslices").expect("a served kind");
+        self.registry
+            .put(
+                kind("", "endpoints"),
+                Some("default"),
+                endpoints,
+                &["subsets"],
+            )
+            .await?;
+        self.registry
+            .put(slices, Some("default"), slice, &["endpoints", "ports"])
+            .await
+    }
+
     /// The system namespaces, the CA ConfigMap in every namespace, and the removal of
     /// namespaces whose deletion a previous run did not finish.
     async fn bootstrap(&self) -> Result<(), ApiError> {
@@ -160,12 +198,13 @@ impl Api {
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {
                 "clusterIP": self.registry.ranges.first_ip().to_string(),
-                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": self.port}],
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": self.listen.port()}],
             },
         });
         self.registry
             .ensure(kind("", "services"), Some("default"), kubernetes)
             .await?;
+        self.kubernetes_endpoints().await?;
         // Cluster DNS at the range's tenth address: every node answers it, so its endpoints
         // are the nodes' DNS servers (the endpoints controller lists them), not pods.
         let dns_port = |name: &str, protocol: &str| json!({"name": name, "port": 53, "protocol": protocol, "targetPort": 53});
@@ -433,7 +472,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         },
         cache: WatchCache::new(store, config.watch_history),
         pki: pki.clone(),
-        port: addr.port(),
+        listen: addr,
         kubelet_client,
     });
     // Every kind's cache from the start, so that watches can resume from any revision since.

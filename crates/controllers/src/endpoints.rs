@@ -400,6 +400,14 @@ async fn sync(cluster: &dyn Cluster, namespace: &str, name: &str) -> Result<(), 
         })
         .collect();
     let is_dns = (namespace, name) == DNS_SERVICE;
+    if service
+        .as_ref()
+        .is_some_and(|s| !is_dns && selector(s).is_none())
+    {
+        // A Service without a selector has endpoints kept by someone else (the API server
+        // keeps `kubernetes`'s).
+        return Ok(());
+    }
     let (want_endpoints, want_slices) = match service
         .as_ref()
         .filter(|s| is_dns || selector(s).is_some())

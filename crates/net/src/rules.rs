@@ -316,6 +316,9 @@ fn base(table: &str, s: &Settings, out: &mut String) {
             "ct status dnat ip saddr != {cluster} snat ip to {}",
             crate::ipam::gateway(&s.pod_cidr)
         ),
+        // Service traffic sent to an endpoint outside the pods (the API server): it leaves as
+        // the node, whose address the endpoint can answer.
+        format!("ct status dnat ip daddr != {cluster} masquerade"),
     ];
     if s.masquerade_egress {
         postrouting.push(format!(

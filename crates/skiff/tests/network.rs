@@ -240,7 +240,9 @@ fn services_reach_replicas_on_every_node_over_host_routes() {
     }
 
     // From a pod on each node, by name: every replica answers, on this node and the other.
-    let script = "for i in $(seq 30); do wget -qO- http://user-service:8080/ || echo failed; done; echo done; sleep 600";
+    let script = "for i in $(seq 30); do wget -qO- http://user-service:8080/ || echo failed; done; \
+                  nc -w 2 kubernetes.default.svc.cluster.local 443 </dev/null && echo api-reachable; \
+                  echo done; sleep 600";
     for (i, node) in cluster.nodes.iter().enumerate() {
         apply(server, &pod_on(&format!("client-{i}"), &node.name, script));
     }
@@ -252,6 +254,8 @@ fn services_reach_replicas_on_every_node_over_host_routes() {
             (!answers.contains("done")).then(|| answers.clone())
         });
         assert!(!answers.contains("failed"), "client-{i}:\n{answers}");
+        // The API server, listening on the LAN, is the `kubernetes` Service's endpoint.
+        assert!(answers.contains("api-reachable"), "client-{i}:\n{answers}");
         for name in names.split_whitespace() {
             assert!(
                 answers.contains(&format!(" {name}\n")),
