@@ -8,6 +8,7 @@ pub mod dns;
 pub mod dnsserver;
 pub mod holder;
 pub mod ipam;
+mod libnft;
 pub mod link;
 pub mod nft;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! Applies the proxy's rules with `nft -f -`: the first time (and after a failure) the whole
+//! Applies the proxy's rules (through libnftables, or `nft -f -`): the first time (and after a failure) the whole
 //! table, written beside the old one and switched in one step, then only what changed, each
 //! change one transaction; and clears stale UDP flows with `conntrack`.
 
@@ -14,6 +14,8 @@ pub struct Table {
     settings: Settings,
     /// The table this process wrote and keeps changing; None forces a whole write.
     current: Option<String>,
+    /// libnftables in this process, if the machine has it; otherwise `nft` runs each script.
+    lib: Option<crate::libnft::Context>,
 }
 
 /// The two names a node's table takes in turn.
@@ -22,10 +24,23 @@ fn names(base: &str) -> [String; 2] {
 }
 
 impl Table {
+    /// The node's table, changed from the calling thread's network namespace.
     pub fn new(settings: Settings) -> Table {
+        let lib = crate::libnft::Context::open();
+        if lib.is_none() {
+            tracing::info!("libnftables not found: the nft command applies each change");
+        }
         Table {
             settings,
             current: None,
+            lib,
+        }
+    }
+
+    fn exec(&mut self, script: &str) -> Result<(), Error> {
+        match &mut self.lib {
+            Some(lib) => lib.run(script),
+            None => run(script),
         }
     }
 
@@ -41,7 +56,7 @@ impl Table {
             if script.is_empty() {
                 return Ok(());
             }
-            match run(&script) {
+            match self.exec(&script) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "incremental nftables change failed; rewriting the table")
@@ -63,7 +78,7 @@ impl Table {
         let (new, old) = if in_use == a { (b, a) } else { (a, b) };
         self.current = None;
         for transaction in rules::full(&self.settings, &new, &old, rules) {
-            run(&transaction)?;
+            self.exec(&transaction)?;
         }
         self.current = Some(new);
         Ok(())
