@@ -153,6 +153,20 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
     let body = wget_from_node(&format!("http://{gateway}:{node_port}/")).unwrap();
     assert!(body.starts_with("my-api v2.1 api-server-"), "{body}");
 
+    // ClientIP affinity: one client's requests all land on one replica.
+    let sticky = "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  selector:\n    app: api\n  sessionAffinity: ClientIP\n  ports:\n  - port: 8080\n";
+    apply(server, sticky);
+    let script = "sleep 1; for i in $(seq 12); do wget -qO- http://sticky:8080/ || echo failed; done; echo done; sleep 600";
+    apply(server, &busybox_pod("sticky-client", "Never", script));
+    let mut answers = String::new();
+    eventually("the sticky client's requests are answered", || {
+        answers = kubectl(server, &["logs", "sticky-client"]).stdout;
+        (!answers.contains("done")).then(|| answers.clone())
+    });
+    let replicas: BTreeSet<&str> = answers.lines().filter(|l| *l != "done").collect();
+    assert_eq!(replicas.len(), 1, "{answers}");
+    assert!(!answers.contains("failed"), "{answers}");
+
     // A pod's hostPort opens on the node (a port of this run's own: clusters of tests running
     // side by side share this namespace's addresses).
     let host_port = 20000 + std::process::id() % 10000;
@@ -197,8 +211,8 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
             .collect();
-        // The client and web pods keep theirs.
-        (held.len() != 2).then(|| format!("{held:?}"))
+        // The clients and the web pod keep theirs.
+        (held.len() != 3).then(|| format!("{held:?}"))
     });
 }
 
