@@ -155,9 +155,8 @@ impl Network {
     }
 
     /// The pod's `/etc/resolv.conf`, by its DNS policy.
-    pub fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
-        let pod = serde_json::to_value(pod).unwrap_or_default();
-        skiff_net::dns::resolv_conf(&pod, self.dns_ip, &self.node_resolv_conf)
+    pub fn resolv_conf(&self, pod: &Value) -> String {
+        skiff_net::dns::resolv_conf(pod, self.dns_ip, &self.node_resolv_conf)
     }
 }
 

@@ -233,6 +233,8 @@ impl Worker {
             message,
         };
         let (namespace, name) = pod_name(pod);
+        // The pod as JSON, for the network's pure functions (resolv.conf, host ports).
+        let pod_json = serde_json::to_value(pod).unwrap_or_default();
         let spec = pod.spec.as_ref();
         let hostname = spec
             .and_then(|s| s.hostname.clone())
@@ -260,7 +262,7 @@ impl Worker {
                 .agent
                 .network
                 .as_ref()
-                .map(|n| n.resolv_conf(pod))
+                .map(|n| n.resolv_conf(&pod_json))
                 .unwrap_or_default(),
             hostname,
         };
@@ -273,7 +275,6 @@ impl Worker {
                 .attach(&self.uid, &made.netns)
                 .await
                 .map_err(|e| failed(format!("setting up the pod's network: {e}")))?;
-            let pod_json = serde_json::to_value(pod).unwrap_or_default();
             let host_ports = skiff_net::proxy::HostPort::of_pod(&pod_json, ip);
             net.set_local_pod(&self.uid, Some((ip, host_ports)));
         }

@@ -75,12 +75,10 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-
-    /// `ADDRESS/PREFIX`; host bits set in the address are an error, as Kubernetes' CIDR
-    /// fields refuse them.
-    fn from_str(s: &str) -> Result<Ipv4Cidr, String> {
+impl Ipv4Cidr {
+    /// `ADDRESS/PREFIX`, host bits in the address cleared (as Kubernetes reads its servers'
+    /// range flags).
+    pub fn parse_any(s: &str) -> Result<Ipv4Cidr, String> {
         let (addr, len) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
@@ -92,8 +90,19 @@ impl FromStr for Ipv4Cidr {
             .ok()
             .filter(|p| *p <= 32)
             .ok_or_else(|| format!("{s:?}: the prefix must be 0 to 32"))?;
-        let cidr = Ipv4Cidr::new(addr, prefix).expect("the prefix was checked");
-        if cidr.network() != addr {
+        Ok(Ipv4Cidr::new(addr, prefix).expect("the prefix was checked"))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    /// `ADDRESS/PREFIX`; host bits set in the address are an error, as Kubernetes' CIDR
+    /// fields refuse them.
+    fn from_str(s: &str) -> Result<Ipv4Cidr, String> {
+        let cidr = Ipv4Cidr::parse_any(s)?;
+        let given = s.split_once('/').map_or(s, |(a, _)| a);
+        if cidr.network().to_string() != given {
             return Err(format!("{s:?} has host bits set (the network is {cidr})"));
         }
         Ok(cidr)

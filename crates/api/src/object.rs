@@ -53,6 +53,15 @@ pub fn timestamp(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Whether the object's `status.conditions` has `kind` with status `True`.
+pub fn condition_true(obj: &Value, kind: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == kind && c["status"] == "True")
+}
+
 /// Puts `condition` into `status.conditions`, replacing the one of the same `type` (and making
 /// `status` and the list when missing).
 pub fn set_condition(obj: &mut Value, condition: Value) {

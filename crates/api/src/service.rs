@@ -29,24 +29,17 @@ impl Default for ServiceRanges {
 impl ServiceRanges {
     /// `cidr` like `10.43.0.0/16` (a /8 to a /28), `ports` like `30000-32767`.
     pub fn parse(cidr: &str, ports: &str) -> Result<ServiceRanges, String> {
-        let (addr, len) = cidr
-            .split_once('/')
-            .ok_or_else(|| format!("service CIDR {cidr:?} is not ADDRESS/PREFIX"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|e| format!("service CIDR {cidr:?}: {e}"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| (8..=28).contains(p))
-            .ok_or_else(|| format!("service CIDR {cidr:?}: the prefix must be 8 to 28"))?;
+        let range = Ipv4Cidr::parse_any(cidr).map_err(|e| format!("service CIDR {e}"))?;
+        if !(8..=28).contains(&range.prefix()) {
+            return Err(format!("service CIDR {cidr:?}: the prefix must be 8 to 28"));
+        }
         let (low, high) = ports
             .split_once('-')
             .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
             .filter(|(a, b)| a <= b && *a > 0)
             .ok_or_else(|| format!("node port range {ports:?} is not LOW-HIGH"))?;
         Ok(ServiceRanges {
-            cidr: Ipv4Cidr::new(addr, prefix).expect("the prefix was checked"),
+            cidr: range,
             ports: (low, high),
         })
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use skiff_api::object::{selector_from_json, Filter};
+use skiff_api::object::{condition_true, selector_from_json, Filter};
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
@@ -77,14 +77,6 @@ fn resolve(ports: &[PortSpec<'_>], pod: &Value) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn is_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 /// A stable short suffix for a slice of a port set.
 fn suffix(ports: &[(String, String, u64)]) -> String {
     let mut h: u32 = 0x811c_9dc5;
@@ -124,7 +116,7 @@ pub fn desired(service: &Value, pods: &[Value]) -> (Value, Vec<Value>) {
             continue;
         }
         let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
-        let serving = is_ready(pod);
+        let serving = condition_true(pod, "Ready");
         let ready = publish_not_ready || (serving && !terminating);
         let node = text(pod, "/spec/nodeName");
         let target = json!({
@@ -223,12 +215,7 @@ pub fn node_dns(service: &Value, nodes: &[Value]) -> (Value, Vec<Value>) {
         .iter()
         .filter_map(|node| {
             let cidr: skiff_api::cidr::Ipv4Cidr = text(node, "/spec/podCIDR").parse().ok()?;
-            let ready = node
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let ready = condition_true(node, "Ready");
             let name = text(node, "/metadata/name");
             Some(json!({
                 "metadata": {"name": name, "uid": text(node, "/metadata/uid")},

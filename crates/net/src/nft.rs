@@ -44,10 +44,6 @@ impl Table {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Applies `change` (which brought the rules to `rules`); a change that fails, or a first
     /// write, writes `rules` whole.
     pub fn apply(&mut self, change: &Change, rules: &Ruleset) -> Result<(), Error> {
@@ -90,11 +86,10 @@ fn list_tables() -> Result<Vec<String>, Error> {
     let out = Command::new("nft")
         .args(["list", "tables", "ip"])
         .output()
-        .map_err(|e| {
-            Error::Nft(format!(
-                "cannot run nft ({e}): Services need the nftables package's `nft` command"
-            ))
-        })?;
+        .map_err(missing(
+            "nft",
+            "Services need the nftables package's `nft` command",
+        ))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("table ip "))
@@ -111,6 +106,11 @@ pub fn remove(base: &str) -> Result<(), Error> {
     run(&script)
 }
 
+/// The error of a command that could not be started, saying what needs it.
+fn missing(tool: &'static str, need: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::Nft(format!("cannot run {tool} ({e}): {need}"))
+}
+
 /// Runs one transaction.
 pub fn run(script: &str) -> Result<(), Error> {
     let mut child = Command::new("nft")
@@ -119,11 +119,10 @@ pub fn run(script: &str) -> Result<(), Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            Error::Nft(format!(
-                "cannot run nft ({e}): Services need the nftables package's `nft` command"
-            ))
-        })?;
+        .map_err(missing(
+            "nft",
+            "Services need the nftables package's `nft` command",
+        ))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let written = stdin.write_all(script.as_bytes());
     drop(stdin);
@@ -169,11 +168,10 @@ pub fn clear_flows(flows: &[StaleFlow]) -> Result<(), Error> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(|e| {
-                Error::Nft(format!(
-                    "cannot run conntrack ({e}): clearing UDP flows needs the conntrack package"
-                ))
-            })?;
+            .map_err(missing(
+                "conntrack",
+                "clearing UDP flows needs the conntrack package",
+            ))?;
         // 1: no entry matched.
         if !matches!(status.code(), Some(0 | 1)) {
             return Err(Error::Nft(format!(

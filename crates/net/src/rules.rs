@@ -161,10 +161,6 @@ impl Change {
 }
 
 impl Ruleset {
-    pub fn chain_count(&self) -> usize {
-        self.parts.values().map(|p| p.chains.len()).sum()
-    }
-
     fn set_part(&mut self, key: &str, part: Option<Part>, change: &mut Change) {
         let old = match part {
             Some(part) => self.parts.insert(key.to_string(), part.clone()),

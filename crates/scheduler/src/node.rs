@@ -51,12 +51,7 @@ impl NodeInfo {
             .pointer("/spec/taints")
             .and_then(|t| serde_json::from_value(t.clone()).ok())
             .unwrap_or_default();
-        let ready = node
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let ready = skiff_api::object::condition_true(node, "Ready");
         if !ready
             && !taints
                 .iter()

@@ -216,6 +216,15 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
     });
 }
 
+/// Waits until the api-server Deployment has its three replicas available.
+fn wait_available(server: &SkiffServer) {
+    eventually("three replicas are available", || {
+        let path = "jsonpath={.status.availableReplicas}";
+        let available = kubectl(server, &["get", "deployment/api-server", "-o", path]).stdout;
+        (available != "3").then_some(available)
+    });
+}
+
 /// A busybox pod on `node` running `script`.
 fn pod_on(name: &str, node: &str, script: &str) -> String {
     busybox_pod(name, "Never", script).replace("spec:\n", &format!("spec:\n  nodeName: {node}\n"))
@@ -231,19 +240,7 @@ fn services_reach_replicas_on_every_node_over_host_routes() {
     )
     .out();
     apply(server, USER_SERVICE);
-    eventually("three replicas are available", || {
-        let available = kubectl(
-            server,
-            &[
-                "get",
-                "deployment/api-server",
-                "-o",
-                "jsonpath={.status.availableReplicas}",
-            ],
-        )
-        .stdout;
-        (available != "3").then_some(available)
-    });
+    wait_available(server);
     let placed = select(server, "pods", "app=api", "{.items[*].spec.nodeName}");
     for node in &cluster.nodes {
         assert!(
@@ -337,19 +334,7 @@ fn a_rolling_update_loses_no_request() {
     let server = &cluster.server;
     apply(server, PROMPT_API);
     apply(server, USER_SERVICE);
-    eventually("three replicas are available", || {
-        let available = kubectl(
-            server,
-            &[
-                "get",
-                "deployment/api-server",
-                "-o",
-                "jsonpath={.status.availableReplicas}",
-            ],
-        )
-        .stdout;
-        (available != "3").then_some(available)
-    });
+    wait_available(server);
     let script = "while true; do wget -qO- http://user-service:8080/ || echo FAILED; done";
     apply(server, &pod_on("client", &cluster.nodes[1].name, script));
     eventually("the client gets answers", || {

@@ -132,10 +132,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             let dir = server.stop();
-            let _ = Command::new(SKIFF)
-                .args(["reset", "--node-name", &self.node, "--data-dir"])
-                .arg(dir.path())
-                .status();
+            reset(&self.node, dir.path(), None);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -216,11 +213,26 @@ impl SecondNode {
 
 impl Drop for SecondNode {
     fn drop(&mut self) {
-        let _ = Command::new(SKIFF)
-            .args(["reset", "--node-name", &self.name, "--data-dir"])
-            .arg(self.data.path())
-            .status();
+        reset(&self.name, self.data.path(), None);
     }
+}
+
+/// `skiff reset` of node `name` on `dir` (in the host's network namespace, for a LAN host: its
+/// bridge and table are there), whatever the test did.
+fn reset(name: &str, dir: &Path, host: Option<&skiff_testkit::hosts::Host>) {
+    let mut command = match host {
+        Some(host) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", host.netns_path().display()))
+                .arg(SKIFF);
+            c
+        }
+        None => Command::new(SKIFF),
+    };
+    let _ = command
+        .args(["reset", "--node-name", name, "--data-dir"])
+        .arg(dir)
+        .status();
 }
 
 /// The monitors (and so the containers) running under `dir`.
@@ -335,11 +347,6 @@ impl LanNode {
 impl Drop for LanNode {
     fn drop(&mut self) {
         drop(self.agent.take());
-        let _ = Command::new("nsenter")
-            .arg(format!("--net={}", self.host.netns_path().display()))
-            .arg(SKIFF)
-            .args(["reset", "--node-name", &self.name, "--data-dir"])
-            .arg(self.data.path())
-            .status();
+        reset(&self.name, self.data.path(), Some(&self.host));
     }
 }
