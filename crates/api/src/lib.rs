@@ -5,12 +5,13 @@
 //! ([`kinds`]) and their Rust types' schemas ([`schema`]), objects held as JSON ([`object`]),
 //! what the server does to an object on create and update ([`strategy`], with [`defaults`] and
 //! [`validation`]), conversions between served versions ([`conversion`]), patches ([`patch`],
-//! [`strategic`]), Services' addresses ([`service`]), IPv4 networks ([`cidr`]), resource quantities ([`quantity`]) and
+//! [`strategic`]), Services' addresses ([`service`]), IPv4 networks ([`cidr`]), PodDisruptionBudgets ([`disruption`]), resource quantities ([`quantity`]) and
 //! `kubectl get` columns ([`table`]).
 
 pub mod cidr;
 pub mod conversion;
 pub mod defaults;
+pub mod disruption;
 pub mod field_selector;
 pub mod kinds;
 pub mod label_selector;

@@ -166,6 +166,13 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
             AGE,
         ],
         ("coordination.k8s.io", "Lease") => &[NAME, col("Holder", "string", "Who holds it."), AGE],
+        ("policy", "PodDisruptionBudget") => &[
+            NAME,
+            col("Min Available", "string", "Pods that must stay available."),
+            col("Max Unavailable", "string", "Pods that may be unavailable."),
+            col("Allowed Disruptions", "integer", "Evictions allowed now."),
+            AGE,
+        ],
         _ => &[NAME, AGE],
     };
     own.to_vec()
@@ -617,6 +624,20 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
         }
         ("coordination.k8s.io", "Lease") => {
             vec![name, json!(text(obj, "/spec/holderIdentity")), created]
+        }
+        ("policy", "PodDisruptionBudget") => {
+            let bound = |field: &str| match obj.pointer(field) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(bound("/spec/minAvailable")),
+                json!(bound("/spec/maxUnavailable")),
+                json!(int(obj, "/status/disruptionsAllowed")),
+                created,
+            ]
         }
         _ => vec![name, created],
     }

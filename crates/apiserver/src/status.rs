@@ -9,6 +9,7 @@ use skiff_store::StoreError;
 pub struct Cause {
     pub reason: &'static str,
     pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub field: String,
 }
 

@@ -2,12 +2,14 @@
 //! workload kinds, `binding` and `eviction` of pods.
 
 use serde_json::{json, Value};
-use skiff_api::object::{self, selector_from_json};
+use skiff_api::disruption;
+use skiff_api::kinds;
+use skiff_api::object::{self, selector_from_json, Filter};
 use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
 
 use crate::registry::{DeleteOptions, Registry, Target};
-use crate::status::ApiError;
+use crate::status::{ApiError, Cause, Details};
 
 /// The `autoscaling/v1` Scale of a workload object.
 pub fn scale_of(obj: &Value) -> Result<Value, ApiError> {
@@ -162,8 +164,10 @@ pub async fn bind(
         .await
 }
 
-/// `pods/eviction`: deletes the pod as its Eviction's options say.
-// FIXME(issue 11): PodDisruptionBudgets are not consulted until their controller exists.
+/// `pods/eviction`: deletes the pod as its Eviction's options say, unless the one
+/// PodDisruptionBudget covering it allows no disruption now (429, as Kubernetes answers, with
+/// the budget's reason as the cause); an allowed eviction first takes one of the budget's
+/// disruptions and records the pod in its `disruptedPods`.
 pub async fn evict(
     registry: &Registry,
     target: &Target<'_>,
@@ -174,10 +178,79 @@ pub async fn evict(
         .cloned()
         .unwrap_or(Value::Null);
     let delete = DeleteOptions::from_json(&options)?;
+    let pod = registry.get(target).await?;
+    if !disruption::ignores_budgets(&pod) {
+        let budgets = kinds::find("policy", "v1", "poddisruptionbudgets").expect("a served kind");
+        let covering: Vec<Value> = registry
+            .list(
+                budgets,
+                target.namespace,
+                &Filter::default(),
+                None,
+                None,
+                None,
+            )
+            .await?
+            .items
+            .into_iter()
+            .filter(|pdb| disruption::covers(pdb, &pod))
+            .collect();
+        if covering.len() > 1 {
+            return Err(ApiError::internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        if let Some(pdb) = covering.first() {
+            let budget = Target {
+                kind: budgets,
+                namespace: target.namespace,
+                name: object::name(pdb),
+            };
+            let take = |obj: &mut Value| {
+                let now = jiff::Timestamp::now();
+                match disruption::evict(obj, &pod, now).map_err(|r| refused(&budget, r))? {
+                    Some(status) if !delete.dry_run => obj["status"] = status,
+                    _ => {}
+                }
+                Ok(())
+            };
+            registry.modify(&budget, take).await?;
+        }
+    }
     registry.delete(target, &delete).await?;
     Ok(
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     )
+}
+
+/// A refused eviction as Kubernetes answers it.
+fn refused(budget: &Target<'_>, refusal: disruption::Refusal) -> ApiError {
+    match refusal {
+        disruption::Refusal::TooManyRequests(cause) => {
+            ApiError::new(429, "TooManyRequests", disruption::DENIED).with_details(Details {
+                causes: vec![Cause {
+                    reason: "DisruptionBudget",
+                    message: cause,
+                    field: String::new(),
+                }],
+                ..Details::default()
+            })
+        }
+        disruption::Refusal::Forbidden(why) => ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "poddisruptionbudgets.policy {:?} is forbidden: {why}",
+                budget.name
+            ),
+        )
+        .with_details(Details {
+            name: budget.name.to_string(),
+            group: "policy",
+            kind: "poddisruptionbudgets",
+            ..Details::default()
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! rollout arithmetic of Deployments ([`rollout`]). The [`scheduler`]'s loop runs here too,
 //! around the pure core of `skiff-scheduler`, the [`nodelifecycle`] controller (unreachable
 //! nodes tainted, their pods evicted), [`nodeipam`] (each node's pod CIDR) and [`endpoints`]
-//! (Services' Endpoints and EndpointSlices).
+//! (Services' Endpoints and EndpointSlices) and [`disruption`] (PodDisruptionBudgets' status).
 
 pub mod cluster;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod leader;

@@ -228,8 +228,8 @@ pub struct Settings {
     pub node_ipam: crate::nodeipam::Settings,
 }
 
-/// Starts the controllers, the scheduler, the node lifecycle, node IPAM and endpoints
-/// controllers: leader election as `identity`, one feed per watched kind, workers that work
+/// Starts the controllers, the scheduler, the node lifecycle, node IPAM, endpoints and
+/// disruption controllers: leader election as `identity`, one feed per watched kind, workers that work
 /// while this server leads, and the expiry of old events.
 pub fn start(cluster: Arc<dyn Cluster>, identity: String, settings: Settings) {
     let queue = Queue::default();
@@ -238,6 +238,7 @@ pub fn start(cluster: Arc<dyn Cluster>, identity: String, settings: Settings) {
     crate::nodelifecycle::start(cluster.clone(), leader.clone(), settings.node_lifecycle);
     crate::nodeipam::start(cluster.clone(), leader.clone(), settings.node_ipam);
     crate::endpoints::start(cluster.clone(), leader.clone());
+    crate::disruption::start(cluster.clone(), leader.clone());
     let events = Arc::new(Recorders {
         replicaset: Recorder::new("replicaset-controller"),
         deployment: Recorder::new("deployment-controller"),

@@ -179,6 +179,135 @@ fn replicas_spread_and_cordon_and_drain_move_them() {
 }
 
 #[test]
+fn drain_stops_at_a_disruption_budget() {
+    let server = server();
+    let _nodes = HollowNodes::start(
+        &server,
+        HollowConfig {
+            count: 3,
+            ..HollowConfig::default()
+        },
+    );
+    apply(&server, &deployment("web", 3, "100m", ""));
+    eventually("a replica on each node", || {
+        let mut nodes: Vec<String> = placement(&server, "app=web")
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        nodes.sort();
+        (nodes != ["hollow-0", "hollow-1", "hollow-2"]).then(|| format!("{nodes:?}"))
+    });
+    apply(
+        &server,
+        "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 3
+  selector: {matchLabels: {app: web}}
+",
+    );
+    let budget = |server: &skiff_testkit::SkiffServer| {
+        json(&kubectl(server, &["get", "pdb", "web", "-o", "json"]).out())["status"].clone()
+    };
+    eventually(
+        "the budget counts three healthy pods and allows no disruption",
+        || {
+            let status = budget(&server);
+            let counted = (status["currentHealthy"] == 3 && status["desiredHealthy"] == 3)
+                && (status["expectedPods"] == 3 && status["disruptionsAllowed"] == 0);
+            (!counted).then(|| status.to_string())
+        },
+    );
+    let listed = kubectl(&server, &["get", "pdb"]).out();
+    let header: Vec<&str> = listed
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ],
+        "{listed}"
+    );
+    let row: Vec<&str> = listed
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "3", "N/A", "0"], "{listed}");
+
+    // The drain cordons the node, then every eviction is refused until its time is up.
+    let on_first = placement(&server, "app=web")
+        .into_iter()
+        .find(|(_, n)| n == "hollow-0")
+        .map(|(p, _)| p)
+        .unwrap();
+    let refused = kubectl(&server, &["drain", "hollow-0", "--timeout=8s"]).err();
+    assert!(
+        refused.contains(&format!(
+            "error when evicting pods/\"{on_first}\" -n \"default\""
+        )) && refused.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{refused}"
+    );
+    assert!(placement(&server, "app=web").contains(&(on_first.clone(), "hollow-0".to_string())));
+    // The API's answer itself: 429 with the budget's reason as the cause.
+    let eviction = format!(
+        "{{\"apiVersion\": \"policy/v1\", \"kind\": \"Eviction\", \"metadata\": {{\"name\": \"{on_first}\"}}}}"
+    );
+    let path = format!("/api/v1/namespaces/default/pods/{on_first}/eviction");
+    let answer = kubectl_stdin(&server, &["create", "--raw", &path, "-f", "-"], &eviction).err();
+    assert!(
+        answer.contains(
+            "Error from server (TooManyRequests): Cannot evict pod as it would violate the pod's disruption budget."
+        ),
+        "{answer}"
+    );
+
+    // A budget that allows one disruption lets the drain through; the replica moves.
+    apply(
+        &server,
+        "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+",
+    );
+    eventually("the budget allows one disruption", || {
+        let status = budget(&server);
+        (status["disruptionsAllowed"] != 1).then(|| status.to_string())
+    });
+    let drained = kubectl(&server, &["drain", "hollow-0", "--timeout=60s"]).out();
+    assert!(
+        drained.contains(&format!("pod/{on_first} evicted")),
+        "{drained}"
+    );
+    eventually(
+        "three replicas on the other nodes, the budget met again",
+        || {
+            let placed = placement(&server, "app=web");
+            let status = budget(&server);
+            let moved = placed.len() == 3 && placed.iter().all(|(_, n)| n != "hollow-0");
+            (!moved || status["currentHealthy"] != 3 || status["disruptionsAllowed"] != 1)
+                .then(|| format!("{placed:?} {status}"))
+        },
+    );
+}
+
+#[test]
 fn a_high_priority_pod_preempts_lower_ones() {
     let server = server();
     let _nodes = HollowNodes::start(
