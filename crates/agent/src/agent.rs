@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::container::NodeFacts;
 use crate::events::Recorder;
+use crate::local::Local;
 use crate::logs::ServingTls;
 use crate::node::{self, Machine, NodeIdentity};
 use crate::plan::Backoff;
@@ -28,6 +29,8 @@ use crate::worker::{self, pod_name};
 pub enum AgentError {
     #[error("registering node {node}: {source}")]
     Register { node: String, source: kube::Error },
+    #[error("registering node {node}: the server did not answer within {waited:?}")]
+    RegisterTimeout { node: String, waited: Duration },
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -74,6 +77,8 @@ pub struct Agent {
     pub events: Recorder,
     /// The node's pod network, when it has one.
     pub network: Option<Arc<crate::network::Network>>,
+    /// What the API last said of the node's pods, for a restart while the server is away.
+    pub local: Local,
     /// The uid of each pod of the node by namespace and name, for the log endpoint.
     pods: Mutex<HashMap<(String, String), Pod>>,
     /// How each worker is woken when the relist sees its containers change, by pod uid.
@@ -265,12 +270,39 @@ pub async fn start(
     })?;
     config.node.port = addr.port();
     let machine = Machine::read(&config.data_dir);
-    node::register(&client, &config.node, &machine)
-        .await
-        .map_err(|source| AgentError::Register {
-            node: config.node.name.clone(),
-            source,
-        })?;
+    let local = Local::new(config.data_dir.join(crate::local::DIR));
+    let registered = tokio::time::timeout(
+        REGISTER_WAIT,
+        node::register(&client, &config.node, &machine),
+    )
+    .await;
+    let node_name = config.node.name.clone();
+    let offline = match registered {
+        Ok(Ok(())) => {
+            local.set_registered();
+            false
+        }
+        Ok(Err(e)) if local.registered() => {
+            tracing::warn!(node = %node_name, error = %e, "the server is out of reach; running the node's pods as last told");
+            true
+        }
+        Err(_) if local.registered() => {
+            tracing::warn!(node = %node_name, "the server does not answer; running the node's pods as last told");
+            true
+        }
+        Ok(Err(source)) => {
+            return Err(AgentError::Register {
+                node: node_name,
+                source,
+            })
+        }
+        Err(_) => {
+            return Err(AgentError::RegisterTimeout {
+                node: node_name,
+                waited: REGISTER_WAIT,
+            })
+        }
+    };
     let network = match &config.network {
         Some(settings) => Some(
             crate::network::start(
@@ -280,6 +312,7 @@ pub async fn start(
                 settings,
                 config.isolated,
                 config.data_dir.join("network"),
+                &local,
             )
             .await?,
         ),
@@ -301,23 +334,48 @@ pub async fn start(
         facts,
         events: Recorder::new(client.clone(), &config.node.name),
         network,
+        local,
         pods: Mutex::new(HashMap::new()),
         wakers: Mutex::new(HashMap::new()),
         config,
     });
-    tokio::spawn(node::heartbeat(
+    let heartbeat = node::heartbeat(
         client,
         agent.config.node.clone(),
         machine,
         agent.config.lease_interval,
         agent.config.lease_duration,
         agent.config.status_every,
-    ));
+    );
+    if offline {
+        tokio::spawn(register_later(agent.clone(), heartbeat));
+    } else {
+        tokio::spawn(heartbeat);
+    }
     tokio::spawn(crate::logs::serve(listener, tls, agent.clone()));
-    tokio::spawn(follow_pods(agent.clone()));
+    tokio::spawn(follow_pods(agent.clone(), offline));
     tokio::spawn(prune(agent.clone()));
     tokio::spawn(relist(agent.clone()));
     Ok(Running { agent, addr })
+}
+
+/// How long the agent waits for the server at start before running from its local record.
+const REGISTER_WAIT: Duration = Duration::from_secs(5);
+
+/// Registers the node once the server answers again, then keeps its heartbeat.
+async fn register_later(agent: Arc<Agent>, heartbeat: impl std::future::Future<Output = ()>) {
+    let machine = Machine::read(&agent.config.data_dir);
+    loop {
+        let attempt = node::register(&agent.client, &agent.config.node, &machine);
+        match tokio::time::timeout(REGISTER_WAIT, attempt).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => tracing::debug!(error = %e, "registering the node"),
+            Err(_) => tracing::debug!("registering the node: no answer"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::info!(node = %agent.config.node.name, "the server answers again; node registered");
+    heartbeat.await
 }
 
 /// How often every container of the node is listed to notice exits.
@@ -368,12 +426,19 @@ async fn prune(agent: Arc<Agent>) {
     }
 }
 
-/// One watch of the node's pods, each handed to its worker.
-async fn follow_pods(agent: Arc<Agent>) {
+/// One watch of the node's pods, each handed to its worker. `offline`: the server is out of
+/// reach, so the pods of the local record run until the API's list says otherwise.
+async fn follow_pods(agent: Arc<Agent>, offline: bool) {
     let pods: Api<Pod> = Api::all(agent.client.clone());
     let selector = format!("spec.nodeName={}", agent.config.node.name);
     let mut events = watcher(pods, watcher::Config::default().fields(&selector)).boxed();
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    if offline {
+        for pod in agent.local.pods() {
+            tracing::info!(pod = ?pod_name(&pod), "running the pod as last told");
+            route(&agent, &mut workers, pod);
+        }
+    }
     let mut listed: HashSet<String> = HashSet::new();
     while let Some(event) = events.next().await {
         match event {
@@ -434,6 +499,9 @@ fn route(agent: &Arc<Agent>, workers: &mut HashMap<String, watch::Sender<Option<
         .lock()
         .expect("pods lock")
         .insert(pod_name(&pod), pod.clone());
+    if pod.metadata.deletion_timestamp.is_none() {
+        agent.local.keep_pod(&pod);
+    }
     if let Some(tx) = workers.get(&uid) {
         if !tx.is_closed() {
             tx.send_replace(Some(pod));

@@ -212,6 +212,9 @@ pub async fn client(server: &str, ca: &str, auth: Auth<'_>) -> Result<kube::Clie
     multiplexed(config).map_err(|e| bad(e.to_string()))
 }
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A kube client that speaks HTTP/2 when the server offers it, as client-go does: every
 /// request and watch of the node shares one connection (kube's default client speaks HTTP/1.1
 /// only and keeps a connection per concurrent request: about a hundred for a hundred pods).
@@ -223,13 +226,22 @@ fn multiplexed(config: kube::Config) -> Result<kube::Client, kube::Error> {
     http.enforce_http(false);
     // Small frames of many streams share the connection: Nagle's delay would hold them.
     http.set_nodelay(true);
+    // A server out of reach fails a request in seconds rather than after the kernel's SYN
+    // retries (about two minutes), so the agent can run from its local record meanwhile.
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.rustls_client_config()?)
         .https_only()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+    // Pings find a connection whose peer vanished (a cut link, a server machine gone) so that
+    // watches reconnect instead of waiting on it for the kernel's retransmissions (~15 min).
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(KEEP_ALIVE)
+        .http2_keep_alive_timeout(KEEP_ALIVE)
+        .http2_keep_alive_while_idle(true)
         .build(https);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())

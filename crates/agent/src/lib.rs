@@ -4,13 +4,15 @@
 //!
 //! Decisions are pure ([`plan`], [`status`], [`container`], [`probe`]); [`agent`] and [`worker`]
 //! are the shell that watches the API and drives the runtime, [`prober`] runs probes and hooks,
-//! [`events`] records what happened, [`volumes`] and [`logs`] are its files, [`network`] runs
+//! [`events`] records what happened, [`volumes`] and [`logs`] are its files, [`local`] its
+//! record of the node's pods for restarts while the server is away, [`network`] runs
 //! the node's pod network and Service proxy.
 
 pub mod agent;
 pub mod container;
 pub mod events;
 pub mod join;
+pub mod local;
 pub mod logs;
 pub mod network;
 pub mod node;

@@ -24,6 +24,8 @@ use skiff_net::rules::{Change, Ruleset};
 use skiff_net::{dnsserver, holder, ipam};
 use tokio::sync::{mpsc, watch};
 
+use crate::local::Local;
+
 /// The cluster's address ranges, as the agent is told them.
 #[derive(Clone, Debug)]
 pub struct NetworkSettings {
@@ -34,22 +36,28 @@ pub struct NetworkSettings {
     pub dns_holder: Vec<std::ffi::OsString>,
 }
 
-/// The pod CIDR the server gave the node, waited for.
-async fn pod_cidr(client: &kube::Client, node: &str) -> Ipv4Cidr {
+/// The pod CIDR the server gave the node, waited for; the one recorded locally when the server
+/// does not answer (an agent restarted while the server is away).
+async fn pod_cidr(client: &kube::Client, node: &str, local: &Local) -> Ipv4Cidr {
     let nodes: Api<Node> = Api::all(client.clone());
+    let recorded = local.pod_cidr().and_then(|c| c.parse::<Ipv4Cidr>().ok());
     let mut told = false;
     loop {
-        match nodes.get(node).await {
-            Ok(n) => {
-                if let Some(cidr) = n
-                    .spec
-                    .and_then(|s| s.pod_cidr)
-                    .and_then(|c| c.parse::<Ipv4Cidr>().ok())
-                {
-                    return cidr;
+        match tokio::time::timeout(Duration::from_secs(3), nodes.get(node)).await {
+            Ok(Ok(n)) => {
+                if let Some(cidr) = n.spec.and_then(|s| s.pod_cidr) {
+                    if let Ok(parsed) = cidr.parse::<Ipv4Cidr>() {
+                        local.set_pod_cidr(&cidr);
+                        return parsed;
+                    }
                 }
             }
-            Err(e) => tracing::warn!(%node, error = %e, "reading the node for its pod CIDR"),
+            Ok(Err(e)) => tracing::warn!(%node, error = %e, "reading the node for its pod CIDR"),
+            Err(_) => tracing::warn!(%node, "reading the node for its pod CIDR: no answer"),
+        }
+        if let Some(cidr) = recorded {
+            tracing::info!(%node, %cidr, "the server is out of reach; using the pod CIDR recorded");
+            return cidr;
         }
         if !told {
             tracing::info!(%node, "waiting for the server to give the node a pod CIDR");
@@ -169,8 +177,9 @@ pub async fn start(
     settings: &NetworkSettings,
     isolated: bool,
     state_dir: PathBuf,
+    local: &Local,
 ) -> Result<Arc<Network>, skiff_net::Error> {
-    let pod_cidr = pod_cidr(client, node).await;
+    let pod_cidr = pod_cidr(client, node, local).await;
     let config = link::Config {
         node: node.to_string(),
         pod_cidr,

@@ -209,8 +209,16 @@ pub async fn heartbeat(
 ) {
     let mut last_status = tokio::time::Instant::now();
     loop {
-        if let Err(e) = renew_lease(&client, &id.name, lease_duration).await {
-            tracing::warn!(node = %id.name, error = %e, "renewing the node lease");
+        // A renewal that hangs (the server out of reach) must not hold up the next ones.
+        match tokio::time::timeout(
+            lease_duration,
+            renew_lease(&client, &id.name, lease_duration),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(node = %id.name, error = %e, "renewing the node lease"),
+            Err(_) => tracing::warn!(node = %id.name, "renewing the node lease: no answer"),
         }
         if last_status.elapsed() >= status_every {
             last_status = tokio::time::Instant::now();

@@ -49,6 +49,9 @@ struct Worker {
     streaks: plan::Streaks,
     /// The back-off waits a BackOff event was recorded for, by container and end.
     backoff_told: BTreeSet<(String, Timestamp)>,
+    /// The ConfigMaps and Secrets as last read, used while the API cannot be read (a crashed
+    /// container restarts with them while the node is cut off).
+    known: Sources,
 }
 
 pub fn pod_name(pod: &Pod) -> (String, String) {
@@ -118,6 +121,7 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
         probes: PodProbes::default(),
         streaks: plan::Streaks::default(),
         backoff_told: BTreeSet::new(),
+        known: Sources::default(),
     };
     loop {
         let current = pod.borrow_and_update().clone();
@@ -126,11 +130,13 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
                 // Deleted without a grace period we saw: end it as a forced deletion does.
                 let grace = Duration::from_secs(2);
                 worker.tear_down(None, grace).await;
+                worker.agent.local.forget_pod(&worker.uid);
                 return;
             }
             Some(p) if p.metadata.deletion_timestamp.is_some() => {
                 worker.tear_down(Some(&p), grace(&p)).await;
                 worker.finish_deletion(&p).await;
+                worker.agent.local.forget_pod(&worker.uid);
                 return;
             }
             Some(p) => worker.sync(&p).await,
@@ -175,8 +181,9 @@ impl Worker {
         }
     }
 
-    /// The ConfigMaps and Secrets the pod refers to, read from the API now.
-    async fn sources(&self, pod: &Pod) -> Sources {
+    /// The ConfigMaps and Secrets the pod refers to, read from the API now; those that cannot
+    /// be read (the server is out of reach) as last read.
+    async fn sources(&mut self, pod: &Pod) -> Sources {
         let (namespace, _) = pod_name(pod);
         let (config_maps, secrets) = crate::volumes::references(pod);
         let mut sources = Sources::default();
@@ -200,7 +207,7 @@ impl Worker {
                 }),
                 Err(e) => {
                     tracing::warn!(%namespace, configmap = %name, error = %e, "reading a ConfigMap");
-                    None
+                    self.known.config_maps.get(&name).cloned().flatten()
                 }
             };
             sources.config_maps.insert(name, data);
@@ -217,11 +224,12 @@ impl Worker {
                 }),
                 Err(e) => {
                     tracing::warn!(%namespace, secret = %name, error = %e, "reading a Secret");
-                    None
+                    self.known.secrets.get(&name).cloned().flatten()
                 }
             };
             sources.secrets.insert(name, data);
         }
+        self.known = sources.clone();
         sources
     }
 

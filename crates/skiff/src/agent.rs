@@ -46,7 +46,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let credentials = join::credentials(&args.server, token.as_ref(), &name, &ip, &pki_dir)
         .await
         .with_context(|| format!("joining {} as node {name}", args.server))?;
-    let api_service = kubernetes_service(&args.server, &credentials).await;
+    // Recorded for a restart while the server is out of reach.
+    let local =
+        skiff_agent::local::Local::new(args.data_dir.join("agent").join(skiff_agent::local::DIR));
+    let api_service = match kubernetes_service(&args.server, &credentials).await {
+        Some(service) => {
+            local.set_api_service(&service);
+            Some(service)
+        }
+        None => local.api_service(),
+    };
     let node = Node {
         name,
         ip,
@@ -75,11 +84,16 @@ async fn kubernetes_service(server: &str, c: &join::Credentials) -> Option<(Stri
         key: &c.client_key,
     };
     let client = join::client(server, &c.ca, auth).await.ok()?;
-    let service = Api::<Service>::namespaced(client, "default")
-        .get("kubernetes")
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "reading the kubernetes Service"))
-        .ok()?;
+    let services = Api::<Service>::namespaced(client, "default");
+    let service = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        services.get("kubernetes"),
+    )
+    .await
+    .map_err(|_| tracing::warn!("reading the kubernetes Service: no answer"))
+    .ok()?
+    .map_err(|e| tracing::warn!(error = %e, "reading the kubernetes Service"))
+    .ok()?;
     let spec = service.spec?;
     let port = spec.ports?.first()?.port;
     Some((spec.cluster_ip?, u16::try_from(port).ok()?))

@@ -39,11 +39,9 @@ fn ready_replicas(server: &SkiffServer) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
-    let cluster = LanCluster::start("cut", 3);
-    let server = &cluster.server;
-    // Spread over the nodes (softly: the replacement must be allowed two on one node).
+/// The article's Deployment spread over the nodes (softly: a replacement must be allowed two
+/// on one node), a Ready replica on each.
+fn spread_api_server(cluster: &LanCluster) {
     let spread = std::fs::read_to_string(example("api-server.yaml"))
         .unwrap()
         .replace(
@@ -51,14 +49,139 @@ fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
             "    spec:\n      topologySpreadConstraints:\n      - maxSkew: 1\n        topologyKey: kubernetes.io/hostname\n        whenUnsatisfiable: ScheduleAnyway\n        labelSelector:\n          matchLabels:\n            app: api\n      containers:",
         );
     assert!(spread.contains("topologySpreadConstraints"), "{spread}");
-    apply(server, &spread);
-    apply(server, USER_SERVICE);
+    apply(&cluster.server, &spread);
     eventually("a Ready replica on every node", || {
-        let mut nodes = ready_replicas(server);
+        let mut nodes = ready_replicas(&cluster.server);
         nodes.sort();
         let want: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
         (nodes != want).then(|| format!("{nodes:?}"))
     });
+}
+
+/// The api-server's pods: `name uid node restarts ready` each.
+fn replicas(server: &SkiffServer) -> Vec<String> {
+    let path = "{range .items[*]}{.metadata.name} {.metadata.uid} {.spec.nodeName} {.status.containerStatuses[0].restartCount} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}";
+    let mut lines: Vec<String> = jsonpath(server, &["get", "pods", "-l", "app=api"], path)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The processes named `comm` in the containers of the node whose data directory is `dir`.
+fn container_processes(dir: &std::path::Path, comm: &str) -> Vec<u32> {
+    let monitors = monitors_under(dir);
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter(|pid| {
+            let mut at = *pid;
+            while let Some(up) = parent(at).filter(|p| *p > 1) {
+                if monitors.contains(&up) {
+                    return true;
+                }
+                at = up;
+            }
+            false
+        })
+        .collect()
+}
+
+#[test]
+fn a_server_away_for_a_minute_evicts_nothing_and_an_agent_restarted_meanwhile_keeps_its_pods() {
+    let mut cluster = LanCluster::start("away", 3);
+    spread_api_server(&cluster);
+    let before = replicas(&cluster.server);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let (url, ranges) = (cluster.server.url(), cluster.ranges.clone());
+    let node = &mut cluster.nodes[1];
+    let first = container_processes(node.data.path(), "httpd");
+    assert_eq!(
+        first.len(),
+        1,
+        "one replica's httpd on {}: {first:?}",
+        node.name
+    );
+
+    cluster.server.kill();
+    let away = Instant::now();
+    // The agent, restarted while the server is away, runs the node's pods as last told ...
+    drop(node.agent.take());
+    node.start(&url, &ranges, &[]);
+    let log = node.agent.as_ref().unwrap().log();
+    assert!(log.contains("running the pod as last told"), "{log}");
+    // ... and restarts a container that dies meanwhile, as its restart policy says.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(
+        "the killed container runs again with the server still away",
+        || {
+            let now = container_processes(node.data.path(), "httpd");
+            (now.len() != 1 || now == first).then(|| format!("{now:?}"))
+        },
+    );
+    assert!(
+        away.elapsed() < Duration::from_secs(60),
+        "the steps took {:?}",
+        away.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(away.elapsed()));
+
+    cluster.server.resume().unwrap_or_else(|e| panic!("{e}"));
+    eventually("every node Ready again", || {
+        let ready = jsonpath(
+            &cluster.server,
+            &["get", "nodes"],
+            "{.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+        );
+        (ready != "True True True").then_some(ready)
+    });
+    // Longer than the grace period and the eviction wait together (8 s + 3 s here).
+    std::thread::sleep(Duration::from_secs(15));
+    let after = replicas(&cluster.server);
+    let want: Vec<String> = before
+        .iter()
+        .map(|line| {
+            let restarted = line.contains(&format!(" {} ", cluster.nodes[1].name));
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let restarts = if restarted { "1" } else { "0" };
+            format!("{} {} {} {restarts} True", fields[0], fields[1], fields[2])
+        })
+        .collect();
+    assert_eq!(
+        after, want,
+        "the same pods, only the killed container restarted once"
+    );
+    let reasons = jsonpath(&cluster.server, &["get", "events"], "{.items[*].reason}");
+    assert!(
+        !reasons.contains("TaintManagerEviction") && !reasons.contains("Killing"),
+        "{reasons}"
+    );
+}
+
+#[test]
+fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
+    let cluster = LanCluster::start("cut", 3);
+    let server = &cluster.server;
+    spread_api_server(&cluster);
+    apply(server, USER_SERVICE);
     // A client on the first node, a request every 0.2 s, each given 2 s.
     let client =
         "while true; do if timeout 2 wget -qO- http://user-service:8080/ >/dev/null 2>&1; \

@@ -16,6 +16,9 @@ pub struct SkiffServer {
     host: std::net::IpAddr,
     port: u16,
     dir: tempfile::TempDir,
+    /// The binary and its arguments after the data directory and address, for a resume.
+    bin: PathBuf,
+    extra: Vec<String>,
 }
 
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -85,52 +88,50 @@ impl SkiffServer {
         extra: &[&str],
     ) -> Result<SkiffServer, (tempfile::TempDir, String)> {
         let port = free_port();
-        let log = match std::fs::File::create(dir.path().join("server.log")) {
-            Ok(log) => log,
-            Err(e) => return Err((dir, format!("server log: {e}"))),
+        let (child, ready) = match spawn(bin, dir.path(), host, port, extra) {
+            Ok(started) => started,
+            Err(e) => return Err((dir, e)),
         };
-        let (command, extra) = match extra.first() {
-            Some(&"up") => ("up", &extra[1..]),
-            _ => ("server", extra),
-        };
-        let child = Command::new(bin)
-            .arg(command)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("--listen")
-            .arg(std::net::SocketAddr::new(host, port).to_string())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) => return Err((dir, format!("cannot start {}: {e}", bin.display()))),
-        };
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("kubeconfig:") {
-                    let _ = tx.send(());
-                }
-            }
-        });
         let mut server = SkiffServer {
             child,
             host,
             port,
             dir,
+            bin: bin.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let status = server.child.try_wait().ok().flatten();
-            let log = format!(
-                "skiff server did not become ready (exit: {status:?}); its log:\n{}",
-                server.log()
-            );
+        if let Err(log) = server.wait_ready(ready) {
             return Err((server.stop(), log));
         }
         Ok(server)
+    }
+
+    fn wait_ready(&mut self, ready: mpsc::Receiver<()>) -> Result<(), String> {
+        if ready.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = self.child.try_wait().ok().flatten();
+            return Err(format!(
+                "skiff server did not become ready (exit: {status:?}); its log:\n{}",
+                self.log()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL) and leaves the server down, its data kept for
+    /// [`SkiffServer::resume`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on its data directory, address and port, with the same
+    /// arguments, and waits until it is ready.
+    pub fn resume(&mut self) -> Result<(), String> {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, ready) = spawn(&self.bin, self.dir.path(), self.host, self.port, &extra)?;
+        self.child = child;
+        self.wait_ready(ready)
     }
 
     /// `https://HOST:PORT`.
@@ -188,6 +189,47 @@ impl Drop for SkiffServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `skiff server` (or `up`, when `extra` starts with it) on `dir` listening on
+/// `host:port`, its log appended to `server.log`; the receiver hears when it is ready.
+fn spawn(
+    bin: &Path,
+    dir: &Path,
+    host: std::net::IpAddr,
+    port: u16,
+    extra: &[&str],
+) -> Result<(Child, mpsc::Receiver<()>), String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| format!("server log: {e}"))?;
+    let (command, extra) = match extra.first() {
+        Some(&"up") => ("up", &extra[1..]),
+        _ => ("server", extra),
+    };
+    let mut child = Command::new(bin)
+        .arg(command)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg(std::net::SocketAddr::new(host, port).to_string())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("kubeconfig:") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    Ok((child, rx))
 }
 
 /// A `skiff agent` process joined to a server; killed (by its PID) and reaped when dropped,
