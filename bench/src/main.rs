@@ -82,11 +82,13 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         rate: f64,
     },
-    /// Node failure: a frozen agent's node seen unreachable and its pod replaced elsewhere.
+    /// Node failure (agent frozen, link cut) on a test LAN: node seen unreachable, endpoint
+    /// removed, pod replaced elsewhere, requests failed through the Service.
     Failover {
         /// Where to write the figures (JSON).
         #[arg(long)]
         out: PathBuf,
+        /// Runs of each kind of failure.
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },

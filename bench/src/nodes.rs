@@ -1,10 +1,15 @@
 //! A release `skiff server` with real nodes joined by token (busybox imported, nothing
-//! pulled, `--isolated`), for the benchmarks that run containers; the nodes' containers,
-//! mounts and cgroups are removed (`skiff reset`) when it is dropped.
+//! pulled, `--isolated`), for the benchmarks that run containers: all on this machine, or each
+//! node on a host of a test LAN (network namespaces, `skiff_testkit::hosts`) so that pods of
+//! different nodes reach each other; the nodes' containers, mounts, cgroups and networks are
+//! removed (`skiff reset`) when it is dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::Context;
+
+use skiff_testkit::hosts::{Host, Hosts};
 use skiff_testkit::images::{build, ArchiveFormat, ImageSpec};
 use skiff_testkit::{SkiffAgent, SkiffServer};
 
@@ -12,10 +17,12 @@ pub struct Cluster {
     pub skiff: PathBuf,
     pub server: SkiffServer,
     token: String,
-    archive: PathBuf,
-    /// The joined nodes' names and data directories.
-    nodes: Vec<(String, PathBuf)>,
+    archives: Vec<PathBuf>,
+    /// The joined nodes' names, data directories and hosts.
+    nodes: Vec<(String, PathBuf, Option<Host>)>,
     work: tempfile::TempDir,
+    /// The LAN the nodes are on, when they are not on this machine; dropped last.
+    lan: Option<Hosts>,
 }
 
 /// One joined node.
@@ -23,11 +30,38 @@ pub struct Node {
     pub agent: SkiffAgent,
     pub name: String,
     pub dir: PathBuf,
+    /// Its host on the LAN, if the cluster has one.
+    pub host: Option<Host>,
 }
 
 impl Cluster {
     /// `benchmark` names what needs root in the error when not run as root.
     pub fn start(benchmark: &str) -> anyhow::Result<Cluster> {
+        Self::start_with(benchmark, None, &[ImageSpec::busybox()])
+    }
+
+    /// Like [`Cluster::start`], the server on a LAN of `hosts` hosts, each joined node on the
+    /// next one, with busybox and `my-api:v2.1` imported.
+    pub fn start_lan(benchmark: &str, hosts: usize) -> anyhow::Result<Cluster> {
+        let pid = std::process::id();
+        let lan = Hosts::create(
+            &format!("b{}", pid % 100_000),
+            (pid % 200 + 20) as u8,
+            hosts,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Self::start_with(
+            benchmark,
+            Some(lan),
+            &[ImageSpec::busybox(), ImageSpec::my_api("v2.1")],
+        )
+    }
+
+    fn start_with(
+        benchmark: &str,
+        lan: Option<Hosts>,
+        images: &[ImageSpec],
+    ) -> anyhow::Result<Cluster> {
         // SAFETY: geteuid has no preconditions.
         anyhow::ensure!(
             unsafe { libc::geteuid() } == 0,
@@ -35,8 +69,15 @@ impl Cluster {
         );
         let skiff = crate::binary::release_binary()?;
         let work = tempfile::tempdir()?;
-        let archive = build(&ImageSpec::busybox(), ArchiveFormat::Oci, work.path());
-        let server = SkiffServer::start(&skiff, &[]).map_err(anyhow::Error::msg)?;
+        let archives = images
+            .iter()
+            .map(|spec| build(spec, ArchiveFormat::Oci, work.path()))
+            .collect();
+        let server = match &lan {
+            Some(lan) => SkiffServer::start_on(&skiff, lan.gateway.into(), &[]),
+            None => SkiffServer::start(&skiff, &[]),
+        }
+        .map_err(anyhow::Error::msg)?;
         let token = Command::new(&skiff)
             .args(["token", "create", "--data-dir"])
             .arg(server.data_dir())
@@ -50,9 +91,10 @@ impl Cluster {
             token: String::from_utf8(token.stdout)?.trim().to_string(),
             skiff,
             server,
-            archive,
+            archives,
             nodes: Vec::new(),
             work,
+            lan,
         })
     }
 
@@ -60,22 +102,41 @@ impl Cluster {
     pub fn join(&mut self, label: &str) -> anyhow::Result<Node> {
         let name = format!("bench-{label}-{}", std::process::id());
         let dir = self.work.path().join(&name);
-        let imported = Command::new(&self.skiff)
-            .args(["image", "import", "--data-dir"])
-            .arg(&dir)
-            .arg(&self.archive)
-            .status()?;
-        anyhow::ensure!(imported.success(), "importing busybox into {name} failed");
-        self.nodes.push((name.clone(), dir.clone()));
-        let agent = SkiffAgent::start(
-            &self.skiff,
-            &self.server.url(),
-            &dir,
-            &name,
-            &["--token", &self.token, "--isolated"],
-        )
+        for archive in &self.archives {
+            let imported = Command::new(&self.skiff)
+                .args(["image", "import", "--data-dir"])
+                .arg(&dir)
+                .arg(archive)
+                .status()?;
+            anyhow::ensure!(
+                imported.success(),
+                "importing {} into {name} failed",
+                archive.display()
+            );
+        }
+        let host = match &self.lan {
+            Some(lan) => Some(
+                lan.hosts
+                    .get(self.nodes.len())
+                    .cloned()
+                    .context("more nodes than hosts on the LAN")?,
+            ),
+            None => None,
+        };
+        self.nodes.push((name.clone(), dir.clone(), host.clone()));
+        let args = ["--token", &self.token, "--isolated"];
+        let url = self.server.url();
+        let agent = match &host {
+            Some(host) => SkiffAgent::start_on(&self.skiff, host, &url, &dir, &name, &args),
+            None => SkiffAgent::start(&self.skiff, &url, &dir, &name, &args),
+        }
         .map_err(anyhow::Error::msg)?;
-        Ok(Node { agent, name, dir })
+        Ok(Node {
+            agent,
+            name,
+            dir,
+            host,
+        })
     }
 
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
@@ -85,14 +146,24 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (name, dir) in &self.nodes {
-            reset(&self.skiff, name, dir);
+        for (name, dir, host) in &self.nodes {
+            reset(&self.skiff, name, dir, host.as_ref());
         }
     }
 }
 
-fn reset(skiff: &Path, name: &str, dir: &Path) {
-    let reset = Command::new(skiff)
+/// `skiff reset` of a node, in its host's network namespace when it has one.
+fn reset(skiff: &Path, name: &str, dir: &Path, host: Option<&Host>) {
+    let mut command = match host {
+        Some(host) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", host.netns_path().display()))
+                .arg(skiff);
+            c
+        }
+        None => Command::new(skiff),
+    };
+    let reset = command
         .args(["reset", "--node-name", name, "--data-dir"])
         .arg(dir)
         .status();

@@ -234,6 +234,7 @@ pub async fn start(
     });
     tokio::spawn(follow_nodes(client.clone(), network.clone()));
     let proxy = Proxy {
+        node: node.to_string(),
         table,
         dns,
         routed: routed_tx,
@@ -244,13 +245,32 @@ pub async fn start(
     Ok(network)
 }
 
-/// Routes to every other node's pod CIDR through its InternalIP, kept as nodes come and go.
+/// How often the routes are checked against the kernel's: a link that went down took its
+/// routes with it, and nothing in the API changes when it comes back.
+const ROUTES_RECHECK: Duration = Duration::from_secs(5);
+
+/// Routes to every other node's pod CIDR through its InternalIP, kept as nodes come and go
+/// and put back when the kernel lost them.
 async fn follow_nodes(client: kube::Client, network: Arc<Network>) {
     let nodes: Api<Node> = Api::all(client);
     let mut events = watcher(nodes, watcher::Config::default()).boxed();
     let mut peers: BTreeMap<String, (Ipv4Cidr, Ipv4Addr)> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, (Ipv4Cidr, Ipv4Addr)>> = None;
-    while let Some(event) = events.next().await {
+    let mut recheck = tokio::time::interval(ROUTES_RECHECK);
+    let mut listed = false;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = recheck.tick() => {
+                if listed {
+                    set_routes(&network, &peers).await;
+                }
+                continue;
+            }
+        };
         let changed = match event {
             Ok(watcher::Event::Init) => {
                 listing = Some(BTreeMap::new());
@@ -264,6 +284,7 @@ async fn follow_nodes(client: kube::Client, network: Arc<Network>) {
             }
             Ok(watcher::Event::InitDone) => {
                 peers = listing.take().unwrap_or_default();
+                listed = true;
                 true
             }
             Ok(watcher::Event::Apply(n)) => match peer_of(&n) {
@@ -280,16 +301,21 @@ async fn follow_nodes(client: kube::Client, network: Arc<Network>) {
             }
         };
         if changed {
-            let own = network.pods.config().pod_cidr;
-            let routes: BTreeMap<Ipv4Cidr, Ipv4Addr> = peers
-                .values()
-                .copied()
-                .filter(|(cidr, _)| *cidr != own)
-                .collect();
-            if let Err(e) = network.pods.set_routes(&routes).await {
-                tracing::warn!(error = %e, "setting routes to other nodes");
-            }
+            set_routes(&network, &peers).await;
         }
+    }
+}
+
+/// Makes the kernel's routes to the other nodes' pods those of `peers`.
+async fn set_routes(network: &Network, peers: &BTreeMap<String, (Ipv4Cidr, Ipv4Addr)>) {
+    let own = network.pods.config().pod_cidr;
+    let routes: BTreeMap<Ipv4Cidr, Ipv4Addr> = peers
+        .values()
+        .copied()
+        .filter(|(cidr, _)| *cidr != own)
+        .collect();
+    if let Err(e) = network.pods.set_routes(&routes).await {
+        tracing::warn!(error = %e, "setting routes to other nodes");
     }
 }
 
@@ -389,6 +415,8 @@ struct ProxyState {
     /// The Service each slice was filed under.
     slice_owner: HashMap<(String, String), (String, String)>,
     ports: BTreeMap<(String, String), Vec<ServicePort>>,
+    /// This node's name (Services with `internalTrafficPolicy: Local` use its endpoints only).
+    node: String,
     /// Whether Services and slices have been listed whole once.
     listed: (bool, bool),
 }
@@ -497,7 +525,8 @@ impl ProxyState {
                     .into_iter()
                     .flat_map(|s| s.values())
                     .collect();
-                self.ports.insert(k, proxy::service_ports(svc, &slices));
+                self.ports
+                    .insert(k, proxy::service_ports(svc, &slices, &self.node));
             }
             None => {
                 self.ports.remove(&k);
@@ -537,6 +566,7 @@ impl Dns {
 /// What the Service proxy writes to: the node's table, its DNS server, what its rules route
 /// to, the Services (for containers' variables); and the node's pods it reads.
 struct Proxy {
+    node: String,
     table: Table,
     dns: Dns,
     routed: watch::Sender<Arc<Routed>>,
@@ -551,6 +581,7 @@ async fn follow_services(
     mut rx: mpsc::UnboundedReceiver<Seen>,
 ) {
     let Proxy {
+        node,
         table,
         dns,
         routed,
@@ -574,6 +605,7 @@ async fn follow_services(
     let mut waiting = Some(dns);
     let mut state = ProxyState {
         services,
+        node,
         ..ProxyState::default()
     };
     let mut rules = Ruleset::default();

@@ -206,7 +206,8 @@ impl Api {
             .await?;
         self.kubernetes_endpoints().await?;
         // Cluster DNS at the range's tenth address: every node answers it, so its endpoints
-        // are the nodes' DNS servers (the endpoints controller lists them), not pods.
+        // are the nodes' DNS servers (the endpoints controller lists them), not pods; each
+        // pod asks its own node's (a silent node's DNS fails only its own pods).
         let dns_port = |name: &str, protocol: &str| json!({"name": name, "port": 53, "protocol": protocol, "targetPort": 53});
         let kube_dns = json!({
             "apiVersion": "v1",
@@ -214,6 +215,7 @@ impl Api {
             "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns"}},
             "spec": {
                 "clusterIP": self.registry.ranges.dns_ip().to_string(),
+                "internalTrafficPolicy": "Local",
                 "ports": [dns_port("dns", "UDP"), dns_port("dns-tcp", "TCP")],
             },
         });

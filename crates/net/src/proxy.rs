@@ -124,11 +124,15 @@ impl HostPort {
     }
 }
 
-/// The Service's ports as the proxy serves them, endpoints taken from its EndpointSlices
-/// (ready ones; a slice port is matched by name). Services without a cluster IP (headless,
-/// ExternalName) have none.
-pub fn service_ports(service: &Value, slices: &[&Value]) -> Vec<ServicePort> {
+/// The Service's ports as the proxy of node `node` serves them, endpoints taken from its
+/// EndpointSlices (ready ones; a slice port is matched by name; only the node's own under
+/// `internalTrafficPolicy: Local`). Services without a cluster IP (headless, ExternalName) have
+/// none.
+// FIXME: a NodePort Service with `internalTrafficPolicy: Local` has its node port restricted
+// to local endpoints too (its `externalTrafficPolicy` is not followed yet).
+pub fn service_ports(service: &Value, slices: &[&Value], node: &str) -> Vec<ServicePort> {
     let spec = &service["spec"];
+    let local_only = spec["internalTrafficPolicy"] == "Local";
     let Some(cluster_ip) = spec["clusterIP"]
         .as_str()
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
@@ -170,6 +174,9 @@ pub fn service_ports(service: &Value, slices: &[&Value]) -> Vec<ServicePort> {
             };
             for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
                 if endpoint.pointer("/conditions/ready") == Some(&Value::Bool(false)) {
+                    continue;
+                }
+                if local_only && endpoint["nodeName"].as_str() != Some(node) {
                     continue;
                 }
                 for address in endpoint["addresses"].as_array().into_iter().flatten() {
@@ -273,7 +280,7 @@ mod tests {
             ("10.42.0.7", true),
             ("10.42.0.9", false),
         ]);
-        let ports = service_ports(&user_service(), &[&s, &s]);
+        let ports = service_ports(&user_service(), &[&s, &s], "node-0");
         assert_eq!(ports.len(), 1);
         let p = &ports[0];
         assert_eq!(
@@ -289,7 +296,28 @@ mod tests {
         );
         let headless = json!({"metadata": {"namespace": "default", "name": "h"},
                               "spec": {"clusterIP": "None", "ports": [{"port": 80}]}});
-        assert!(service_ports(&headless, &[&s]).is_empty());
+        assert!(service_ports(&headless, &[&s], "node-0").is_empty());
+    }
+
+    #[test]
+    fn a_local_internal_traffic_policy_keeps_the_nodes_own_endpoints() {
+        let mut s = slice(&[("10.42.1.3", true), ("10.42.0.7", true)]);
+        s["endpoints"][0]["nodeName"] = json!("node-1");
+        s["endpoints"][1]["nodeName"] = json!("node-0");
+        let mut local = user_service();
+        local["spec"]["internalTrafficPolicy"] = json!("Local");
+        let endpoints =
+            |svc: &Value, node: &str| service_ports(svc, &[&s], node)[0].endpoints.clone();
+        assert_eq!(
+            endpoints(&local, "node-0"),
+            [("10.42.0.7".parse().unwrap(), 8080)]
+        );
+        assert_eq!(
+            endpoints(&local, "node-1"),
+            [("10.42.1.3".parse().unwrap(), 8080)]
+        );
+        assert_eq!(endpoints(&local, "node-2"), []);
+        assert_eq!(endpoints(&user_service(), "node-2").len(), 2);
     }
 
     #[test]

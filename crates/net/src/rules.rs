@@ -491,7 +491,7 @@ mod tests {
         let mut change = Change::default();
         ruleset.set_service(
             "default/user-service",
-            &service_ports(&user_service(), slices),
+            &service_ports(&user_service(), slices, "node-0"),
             &mut change,
         );
         change
@@ -611,7 +611,7 @@ mod tests {
         let mut change = Change::default();
         rules.set_service(
             "default/user-service",
-            &service_ports(&svc, &[&one]),
+            &service_ports(&svc, &[&one], "node-0"),
             &mut change,
         );
         let script = full(&settings(), "t", "t", &rules).join("");

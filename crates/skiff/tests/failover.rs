@@ -1,6 +1,7 @@
-//! End to end as root, on a LAN of hosts: a node cut off from the network has its pods replaced
-//! on the others while clients of their Service see only a few seconds of errors, and its return
-//! leaves exactly the replicas the Deployment asks for.
+//! End to end as root, on a LAN of hosts: a node cut off from the network or whose agent is
+//! frozen has its pods replaced on the others while clients of their Service see only a few
+//! seconds of errors, and its return leaves exactly the replicas the Deployment asks for; a
+//! server away for a minute evicts nothing, and an agent restarted meanwhile keeps its pods.
 
 mod common;
 
@@ -101,6 +102,17 @@ fn container_processes(dir: &std::path::Path, comm: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Restarts the agent of `node`, which cannot reach the server: it runs the node's pods from
+/// its local record.
+fn restart_cut_off(node: &mut LanNode, url: &str, ranges: &[String; 4]) {
+    drop(node.agent.take());
+    node.start(url, ranges, &[]);
+    eventually("the restarted agent runs its pod as last told", || {
+        let log = node.agent.as_ref().unwrap().log();
+        (!log.contains("running the pod as last told")).then_some(log)
+    });
+}
+
 #[test]
 fn a_server_away_for_a_minute_evicts_nothing_and_an_agent_restarted_meanwhile_keeps_its_pods() {
     let mut cluster = LanCluster::start("away", 3);
@@ -120,10 +132,7 @@ fn a_server_away_for_a_minute_evicts_nothing_and_an_agent_restarted_meanwhile_ke
     cluster.server.kill();
     let away = Instant::now();
     // The agent, restarted while the server is away, runs the node's pods as last told ...
-    drop(node.agent.take());
-    node.start(&url, &ranges, &[]);
-    let log = node.agent.as_ref().unwrap().log();
-    assert!(log.contains("running the pod as last told"), "{log}");
+    restart_cut_off(node, &url, &ranges);
     // ... and restarts a container that dies meanwhile, as its restart policy says.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first[0] as i32),
@@ -176,9 +185,56 @@ fn a_server_away_for_a_minute_evicts_nothing_and_an_agent_restarted_meanwhile_ke
     );
 }
 
+/// How a node fails, and comes back.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// Its link down: nothing reaches it, its pods serve nobody.
+    Cut,
+    /// Its agent frozen (SIGSTOP): the node is silent but its pods still serve.
+    Freeze,
+}
+
+impl Failure {
+    fn begin(self, node: &LanNode) {
+        match self {
+            Failure::Cut => drop(
+                node.host
+                    .run(&["ip", "link", "set", "eth0", "down"])
+                    .unwrap(),
+            ),
+            Failure::Freeze => signal(node, nix::sys::signal::Signal::SIGSTOP),
+        }
+    }
+
+    fn end(self, node: &LanNode) {
+        match self {
+            Failure::Cut => drop(node.host.run(&["ip", "link", "set", "eth0", "up"]).unwrap()),
+            Failure::Freeze => signal(node, nix::sys::signal::Signal::SIGCONT),
+        }
+    }
+}
+
+fn signal(node: &LanNode, signal: nix::sys::signal::Signal) {
+    let pid = node.agent.as_ref().expect("a running agent").pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
 #[test]
 fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
-    let cluster = LanCluster::start("cut", 3);
+    fails_over(Failure::Cut);
+}
+
+#[test]
+fn a_frozen_agent_has_its_pods_replaced_and_its_return_leaves_three_replicas() {
+    fails_over(Failure::Freeze);
+}
+
+/// The article's Deployment over three nodes and a client looping through its Service on the
+/// first; the third fails `how`: its replica is replaced within 15 s, the client sees a few
+/// failed requests at most, a cut node's agent restarted meanwhile keeps its pod running, and
+/// the node's return leaves exactly three replicas.
+fn fails_over(how: Failure) {
+    let mut cluster = LanCluster::start(&format!("{how:?}").to_lowercase(), 3);
     let server = &cluster.server;
     spread_api_server(&cluster);
     apply(server, USER_SERVICE);
@@ -198,13 +254,10 @@ fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
         (logs.lines().filter(|l| *l == "ok").count() < 5).then_some(logs)
     });
 
-    // Cut the third node off: its link down.
     let cut = &cluster.nodes[2];
     let before = kubectl(server, &["logs", "client"]).stdout.lines().count();
     let began = Instant::now();
-    cut.host
-        .run(&["ip", "link", "set", "eth0", "down"])
-        .unwrap();
+    how.begin(cut);
     let mut replaced = None;
     while began.elapsed() < Duration::from_secs(40) {
         let nodes = ready_replicas(server);
@@ -214,7 +267,7 @@ fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let replaced = replaced.expect("the cut node's replica was not replaced within 40 s");
+    let replaced = replaced.expect("the failed node's replica was not replaced within 40 s");
     assert!(
         replaced < Duration::from_secs(15),
         "replaced after {replaced:?}"
@@ -236,9 +289,26 @@ fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
         during.len()
     );
 
+    if let Failure::Cut = how {
+        // An agent restarted while cut off keeps the node's pod running: only the API, once it
+        // answers again, says that the pod was replaced.
+        let (url, ranges) = (server.url(), cluster.ranges.clone());
+        let node = &mut cluster.nodes[2];
+        let running = container_processes(node.data.path(), "httpd");
+        assert_eq!(running.len(), 1, "the cut node's replica: {running:?}");
+        restart_cut_off(node, &url, &ranges);
+        std::thread::sleep(Duration::from_secs(2));
+        let still = container_processes(node.data.path(), "httpd");
+        assert_eq!(
+            still, running,
+            "the pod kept running through the agent's restart"
+        );
+    }
+    let cut = &cluster.nodes[2];
+
     // The node comes back: its old pod was deleted from the API, so it is stopped there and
     // exactly three replicas remain.
-    cut.host.run(&["ip", "link", "set", "eth0", "up"]).unwrap();
+    how.end(cut);
     eventually("the node is Ready again", || {
         let ready = jsonpath(
             server,
@@ -265,8 +335,21 @@ fn a_cut_node_is_replaced_and_its_return_leaves_three_replicas() {
             .unwrap_or_default();
         (!sandboxes.is_empty()).then(|| format!("{sandboxes:?}"))
     });
+    // Its pods reach the replicas on the other nodes again (a link that went down took the
+    // node's routes with it).
+    let script =
+        "for i in 1 2 3 4 5 6; do timeout 2 wget -qO- http://user-service:8080/ || echo FAIL; done";
+    apply(
+        server,
+        &busybox_pod("back", "Never", script)
+            .replace("spec:\n", &format!("spec:\n  nodeName: {}\n", cut.name)),
+    );
+    eventually("a pod of the returned node reaches the Service", || {
+        let logs = kubectl(server, &["logs", "back"]).stdout;
+        (logs.lines().filter(|l| l.starts_with("my-api")).count() < 6).then_some(logs)
+    });
     eprintln!(
-        "replaced after {replaced:?}; {failed} of {} requests failed",
+        "{how:?}: replaced after {replaced:?}; {failed} of {} requests failed",
         during.len()
     );
 }
