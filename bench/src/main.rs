@@ -5,6 +5,7 @@ mod binary;
 mod controllers;
 mod density;
 mod failover;
+mod footprint;
 mod network;
 mod nodes;
 mod podstartup;
@@ -82,6 +83,16 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         rate: f64,
     },
+    /// What a new user meets: `skiff up` to API ready, the article's example Ready after
+    /// apply, the memory of every Skiff process with it running.
+    Footprint {
+        /// Where to write the figures (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Fresh clusters brought up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Node failure (agent frozen, link cut) on a test LAN: node seen unreachable, endpoint
     /// removed, pod replaced elsewhere, requests failed through the Service.
     Failover {
@@ -142,6 +153,9 @@ fn main() -> anyhow::Result<()> {
                 per_second: rate,
             };
             runtime.block_on(podstartup::run(sizes))?.write(&out)?;
+        }
+        Command::Footprint { out, runs } => {
+            runtime.block_on(footprint::run(runs))?.write(&out)?;
         }
         Command::Failover { out, runs } => {
             runtime.block_on(failover::run(runs))?.write(&out)?;

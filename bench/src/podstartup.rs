@@ -4,7 +4,6 @@
 //! pod running, with the per-container monitors counted.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
-use skiff_testkit::memory_of;
+use skiff_testkit::{memory_of, memory_under};
 
 use crate::nodes::Cluster;
 use crate::report::{ms, percentile, Better, Report};
@@ -37,38 +36,7 @@ fn ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The monitors of the node whose data directory is `dir`: (count, RSS sum, PSS sum).
-fn monitors(dir: &Path) -> (usize, u64, u64) {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = (0, 0, 0);
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let monitor = args.get(1).is_some_and(|a| a == "monitor");
-        if monitor && args.iter().any(|a| a.contains(&needle)) {
-            if let Ok((rss, pss)) = memory_of(pid) {
-                found.0 += 1;
-                found.1 += rss;
-                found.2 += pss;
-            }
-        }
-    }
-    found
-}
-
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
@@ -157,7 +125,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     // Busy: every pod running, the status writes settled.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (busy_rss, busy_pss) = memory_of(agent.pid()).context("the agent's memory")?;
-    let (count, monitors_rss, monitors_pss) = monitors(node_dir);
+    let (count, monitors_rss, monitors_pss) = memory_under(node_dir, Some("monitor"));
 
     let mut report = Report::new("pod-startup", "skiff", "target (issue 8)".into());
     let n = sizes.pods;

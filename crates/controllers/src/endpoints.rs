@@ -342,21 +342,9 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
             },
         ));
     }
-    tokio::spawn(async move {
-        let mut leader = leader;
-        loop {
-            if leader.wait_for(|leads| *leads).await.is_err() {
-                return;
-            }
-            let key = queue.next().await;
-            match sync(cluster.as_ref(), &key.0, &key.1).await {
-                Ok(()) | Err(ClusterError::NotFound(_)) => queue.done(&key),
-                Err(e) => {
-                    let delay = queue.retry(key.clone());
-                    tracing::debug!(?key, error = %e, ?delay, "endpoints sync failed; retrying");
-                }
-            }
-        }
+    crate::runtime::work_while_leading(queue, leader, "endpoints", move |key: ServiceKey| {
+        let cluster = cluster.clone();
+        async move { sync(cluster.as_ref(), &key.0, &key.1).await.map(|()| None) }
     });
 }
 

@@ -163,6 +163,42 @@ pub(crate) async fn follow(
     }
 }
 
+/// Works `queue`'s keys with `sync` while this server leads: a key is done when synced (and
+/// comes back after the delay `sync` answers, if any) or gone, and retried with backoff
+/// otherwise. `what` names the controller in logs.
+pub(crate) fn work_while_leading<K, F, Fut>(
+    queue: Queue<K>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    sync: F,
+) where
+    K: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static,
+    F: Fn(K) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<Duration>, ClusterError>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            if leader.wait_for(|leads| *leads).await.is_err() {
+                return;
+            }
+            let key = queue.next().await;
+            match sync(key.clone()).await {
+                Ok(again) => {
+                    queue.done(&key);
+                    if let Some(after) = again {
+                        queue.add_after(key, after);
+                    }
+                }
+                Err(ClusterError::NotFound(_)) => queue.done(&key),
+                Err(e) => {
+                    let delay = queue.retry(key.clone());
+                    tracing::debug!(controller = what, ?key, error = %e, ?delay, "sync failed; retrying");
+                }
+            }
+        }
+    });
+}
+
 /// The recorders of the controllers' events, one per component.
 struct Recorders {
     replicaset: Recorder,

@@ -38,6 +38,39 @@ pub fn memory_of(pid: u32) -> std::io::Result<(u64, u64)> {
     Ok((field("Rss:"), field("Pss:")))
 }
 
+/// The processes whose command line names `dir` (a node's data directory: its `skiff up` or
+/// `agent`, monitors, DNS socket holder), those whose first argument is `role` when given
+/// (`monitor`): their count and summed RSS and PSS in bytes (shared pages counted in each RSS).
+pub fn memory_under(dir: &std::path::Path, role: Option<&str>) -> (usize, u64, u64) {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = (0, 0, 0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let in_role = role.is_none_or(|r| args.get(1).is_some_and(|a| a == r));
+        if in_role && args.iter().any(|a| a.contains(&needle)) {
+            if let Ok((rss, pss)) = memory_of(pid) {
+                found.0 += 1;
+                found.1 += rss;
+                found.2 += pss;
+            }
+        }
+    }
+    found
+}
+
 /// CPU time a process has used (user + system), in seconds, from `/proc/PID/stat`.
 pub fn cpu_seconds_of(pid: u32) -> std::io::Result<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
