@@ -228,6 +228,33 @@ fn read_all(path: &Path) -> Vec<u8> {
     raw
 }
 
+/// Why a container that never ran waits, as kubelet tells `kubectl logs`: its waiting reason
+/// from the pod's status, "image can't be pulled" for the pull failures.
+fn waiting_reason(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> String {
+    let reason = pod
+        .status
+        .iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .chain(s.container_statuses.iter())
+        })
+        .flatten()
+        .find(|c| c.name == container)
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    match reason.as_deref() {
+        Some(
+            "ImagePullBackOff"
+            | "ErrImagePull"
+            | "ErrImageNeverPull"
+            | "RegistryUnavailable"
+            | "ErrInvalidImageName",
+        ) => "image can't be pulled".into(),
+        Some(reason) if !reason.is_empty() => reason.to_string(),
+        _ => "ContainerCreating".into(),
+    }
+}
+
 async fn container_logs(
     State(agent): State<Arc<Agent>>,
     UrlPath((namespace, pod_name, container)): UrlPath<(String, String, String)>,
@@ -270,11 +297,14 @@ async fn container_logs(
         match attempts.latest(&container) {
             Some(c) => c,
             None => {
+                let why = waiting_reason(&pod, &container);
                 return status(
                     400,
                     "BadRequest",
-                    format!("container {container:?} in pod {pod_name:?} is waiting to start: ContainerCreating"),
-                )
+                    format!(
+                        "container {container:?} in pod {pod_name:?} is waiting to start: {why}"
+                    ),
+                );
             }
         }
     };
@@ -373,6 +403,34 @@ async fn container_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_that_never_ran_says_why_it_waits() {
+        let pod = |reason: Option<&str>| -> k8s_openapi::api::core::v1::Pod {
+            let state = match reason {
+                Some(r) => serde_json::json!({"waiting": {"reason": r}}),
+                None => serde_json::json!({}),
+            };
+            serde_json::from_value(serde_json::json!({"status": {"containerStatuses": [
+                {"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": state}]}}))
+            .unwrap()
+        };
+        for (reason, want) in [
+            (Some("ErrImagePull"), "image can't be pulled"),
+            (Some("ImagePullBackOff"), "image can't be pulled"),
+            (
+                Some("CreateContainerConfigError"),
+                "CreateContainerConfigError",
+            ),
+            (None, "ContainerCreating"),
+        ] {
+            assert_eq!(waiting_reason(&pod(reason), "app"), want, "{reason:?}");
+        }
+        assert_eq!(
+            waiting_reason(&pod(Some("ErrImagePull")), "other"),
+            "ContainerCreating"
+        );
+    }
 
     const LOG: &str = "2026-11-30T10:00:00.000000001Z stdout F one\n\
                        2026-11-30T10:00:01.000000001Z stderr P tw\n\

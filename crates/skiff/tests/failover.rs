@@ -317,8 +317,8 @@ fn fails_over(how: Failure) {
         );
         (ready != "True").then_some(ready)
     });
-    // The old pod has its grace period (30 s, which httpd as PID 1 uses up, ignoring SIGTERM)
-    // from when the agent sees it deleted, as kubelet gives it.
+    // The old pod is stopped once the agent sees it deleted (its drain and SIGTERM), as
+    // kubelet does.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let names = "{.items[*].metadata.name}";

@@ -196,8 +196,7 @@ fn pods_get_addresses_and_services_balance_over_ready_replicas() {
         }
     });
 
-    // The pods' addresses are given back when they go (httpd, as PID 1, ignores SIGTERM: the
-    // grace period is cut short).
+    // The pods' addresses are given back when they go.
     kubectl(
         server,
         &["delete", "pods", "-l", "app=api", "--grace-period=1"],
@@ -298,8 +297,8 @@ fn services_reach_replicas_on_every_node_over_host_routes() {
     }
 }
 
-/// The article's Deployment with a server that exits at once on SIGTERM (as most do; busybox
-/// httpd as PID 1 would ignore it) and a readiness probe, so a rollout's losses would show.
+/// The article's Deployment with a readiness probe, so a rollout's losses would show (the
+/// server exits at once on SIGTERM, as most do).
 const PROMPT_API: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -318,7 +317,6 @@ spec:
       containers:
       - name: server
         image: my-api:v2.1
-        command: [sh, -c, \"trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]
         ports:
         - containerPort: 8080
         readinessProbe:

@@ -55,8 +55,10 @@ impl ImageSpec {
                 ),
                 ("etc/my-api/version".into(), version.as_bytes().to_vec()),
             ],
-            entrypoint: vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into()],
-            cmd: vec!["-h".into(), "/www".into()],
+            // A server stops on SIGTERM, as real ones do (httpd as PID 1 would ignore it and
+            // use up the grace period).
+            entrypoint: vec!["sh".into(), "-c".into()],
+            cmd: vec!["trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait".into()],
             env: vec![
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
                 format!("APP_VERSION={version}"),
