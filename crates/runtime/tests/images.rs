@@ -39,7 +39,7 @@ fn archives_of_both_formats_import_and_share_their_base_layer() {
 
     let image = store.get("my-api:v2.1").unwrap();
     let config = store.config(&image).unwrap();
-    assert_eq!(config.config.entrypoint.as_deref().unwrap()[0], "httpd");
+    assert_eq!(config.config.entrypoint.as_deref().unwrap()[0], "sh");
     let layers = store.layer_dirs(&image).unwrap();
     assert!(layers[1].join("bin/busybox").is_file(), "lowest layer last");
     assert_eq!(

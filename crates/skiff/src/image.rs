@@ -1,10 +1,17 @@
-//! `skiff image import|ls|rm`: the node's image store, worked on directly under its lock.
+//! `skiff image import|pull|ls|rm`: the node's image store, worked on directly under its lock,
+//! long operations showing their progress on a terminal.
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use anyhow::Context;
 use clap::Subcommand;
+use skiff_runtime::image::{PullOptions, RegistryAuth};
 use skiff_runtime::ImageStore;
+
+use crate::progress::{human_size, Progress};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -14,6 +21,20 @@ pub enum ImageCommand {
         file: PathBuf,
         #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
         data_dir: PathBuf,
+    },
+    /// Pull an image from its registry (as a pod's pull would; anonymous).
+    Pull {
+        /// The image reference (`registry/repository:tag`; Docker Hub when no registry).
+        image: String,
+        #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A registry (`host:port`) spoken to over plain HTTP; repeatable.
+        #[arg(
+            long = "insecure-registry",
+            env = "SKIFF_INSECURE_REGISTRY",
+            value_delimiter = ','
+        )]
+        insecure_registries: Vec<String>,
     },
     /// List the images.
     Ls {
@@ -34,12 +55,17 @@ pub fn store_of(data_dir: &Path) -> anyhow::Result<ImageStore> {
     ImageStore::open(&root).with_context(|| format!("open the image store in {}", root.display()))
 }
 
-pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Import { file, data_dir } => {
             let started = std::time::Instant::now();
-            let images = store_of(&data_dir)?.import(&file)?;
-            for image in images {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            let progress = Progress::new(format!("importing {name}"));
+            let imported = store_of(&data_dir)?.import_with_progress(&file, &|p| {
+                progress.bytes(p.read, Some(p.total), p.read >= p.total)
+            });
+            progress.finish();
+            for image in imported? {
                 println!(
                     "imported {} ({}, {}) in {:.1?}",
                     image.names.join(", "),
@@ -48,6 +74,38 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                     started.elapsed()
                 );
             }
+        }
+        ImageCommand::Pull {
+            image,
+            data_dir,
+            insecure_registries,
+        } => {
+            let started = std::time::Instant::now();
+            let options = PullOptions {
+                auth: RegistryAuth::Anonymous,
+                insecure_registries,
+            };
+            let progress = Progress::new(format!("pulling {image}"));
+            // Bytes of every blob so far, summed.
+            let blobs: Mutex<HashMap<String, (u64, Option<u64>)>> = Mutex::default();
+            let pulled = store_of(&data_dir)?
+                .pull(&image, &options, &|p| {
+                    let mut blobs = blobs.lock().expect("progress lock");
+                    blobs.insert(p.blob, (p.received, p.total));
+                    let done = blobs.values().map(|b| b.0).sum();
+                    let total = blobs.values().map(|b| b.1).sum::<Option<u64>>();
+                    progress.bytes(done, total, false);
+                })
+                .await;
+            progress.finish();
+            let pulled = pulled.with_context(|| format!("pulling {image}"))?;
+            println!(
+                "pulled {} ({}, {}) in {:.1?}",
+                pulled.names.join(", "),
+                short_id(&pulled.id),
+                human_size(pulled.size),
+                started.elapsed()
+            );
         }
         ImageCommand::Ls { data_dir } => {
             let mut images = store_of(&data_dir)?.list()?;
@@ -75,13 +133,4 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
 fn short_id(id: &str) -> &str {
     let hex = id.trim_start_matches("sha256:");
     &hex[..hex.len().min(12)]
-}
-
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
-        b => format!("{b}B"),
-    }
 }

@@ -6,6 +6,7 @@ mod hollow;
 mod image;
 mod monitor;
 mod pidfile;
+mod progress;
 mod runtime;
 mod server;
 mod store;
@@ -136,7 +137,7 @@ fn run() -> anyhow::Result<()> {
         Command::Down(args) => up::down(args),
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Store(cmd) => runtime.block_on(store::run(cmd)),
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => runtime.block_on(image::run(cmd)),
         Command::Hollow(args) => runtime.block_on(hollow::run(args)),
         Command::Runtime(args) => runtime::run(args),
     }

@@ -216,7 +216,19 @@ pub async fn start_node(
         network: Some(node.network),
     };
     let runtime: Arc<dyn Runtime> = Arc::new(local);
-    let agent = skiff_agent::start(client, runtime, Some(images), config).await?;
+    // Usually ready in milliseconds; a wait (for the server, for the node's pod CIDR) shows.
+    let progress = crate::progress::Progress::new("");
+    let starting = skiff_agent::start(client, runtime, Some(images), config);
+    tokio::pin!(starting);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    let agent = loop {
+        tokio::select! {
+            started = &mut starting => break started?,
+            _ = tick.tick() => progress.waiting(&format!("node {} to be ready", node.name)),
+        }
+    };
+    progress.finish();
     tracing::info!(node = %node.name, agent = %agent.addr, elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
     println!("node {} ready (agent on {})", node.name, agent.addr);
     Ok(agent)

@@ -9,7 +9,38 @@ use super::{normalize, Image, ImageStore};
 use crate::layer::Compression;
 use crate::Error;
 
-pub(super) fn import(store: &ImageStore, archive: &Path) -> Result<Vec<Image>, Error> {
+/// How far an import is: bytes of the archive read so far, of its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportProgress {
+    pub read: u64,
+    pub total: u64,
+}
+
+/// A reader telling `progress` how much has been read.
+struct Counting<'a, R> {
+    inner: R,
+    read: u64,
+    total: u64,
+    progress: &'a dyn Fn(ImportProgress),
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        (self.progress)(ImportProgress {
+            read: self.read,
+            total: self.total,
+        });
+        Ok(n)
+    }
+}
+
+pub(super) fn import(
+    store: &ImageStore,
+    archive: &Path,
+    progress: &dyn Fn(ImportProgress),
+) -> Result<Vec<Image>, Error> {
     let _ingesting = store.ingesting()?;
     let bad = |message: String| Error::BadArchive {
         file: archive.to_path_buf(),
@@ -18,7 +49,14 @@ pub(super) fn import(store: &ImageStore, archive: &Path) -> Result<Vec<Image>, E
     let unpacked = super::tempdir_in(&store.root.join("tmp"))?;
     let result = (|| {
         let file = fs::File::open(archive).map_err(|e| Error::io("open", archive, e))?;
-        tar::Archive::new(std::io::BufReader::new(file))
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let counting = Counting {
+            inner: file,
+            read: 0,
+            total,
+            progress,
+        };
+        tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, counting))
             .unpack(&unpacked)
             .map_err(|e| bad(format!("not a readable tar archive: {e}")))?;
         if unpacked.join("manifest.json").exists() {

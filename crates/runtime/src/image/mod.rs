@@ -23,6 +23,7 @@ pub use reference::Reference;
 use sha2::{Digest, Sha256};
 
 pub use crate::layer::unpack as unpack_layer;
+pub use archive::ImportProgress;
 pub use format::ImageConfig;
 pub use pull::{PullOptions, PullProgress, RegistryAuth};
 
@@ -154,7 +155,16 @@ impl ImageStore {
 
     /// Imports the images of an OCI archive (an OCI layout as a tar) or a `docker save` archive.
     pub fn import(&self, archive: &Path) -> Result<Vec<Image>, Error> {
-        archive::import(self, archive)
+        archive::import(self, archive, &|_| {})
+    }
+
+    /// Like [`ImageStore::import`], telling `progress` how much of the archive was read.
+    pub fn import_with_progress(
+        &self,
+        archive: &Path,
+        progress: &dyn Fn(ImportProgress),
+    ) -> Result<Vec<Image>, Error> {
+        archive::import(self, archive, progress)
     }
 
     /// Removes a name, or with an ID every name; an image left without names is deleted with
