@@ -66,13 +66,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             });
             progress.finish();
             for image in imported? {
-                println!(
-                    "imported {} ({}, {}) in {:.1?}",
-                    image.names.join(", "),
-                    short_id(&image.id),
-                    human_size(image.size),
-                    started.elapsed()
-                );
+                done("imported", &image, started);
             }
         }
         ImageCommand::Pull {
@@ -98,13 +92,10 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 })
                 .await;
             progress.finish();
-            let pulled = pulled.with_context(|| format!("pulling {image}"))?;
-            println!(
-                "pulled {} ({}, {}) in {:.1?}",
-                pulled.names.join(", "),
-                short_id(&pulled.id),
-                human_size(pulled.size),
-                started.elapsed()
+            done(
+                "pulled",
+                &pulled.with_context(|| format!("pulling {image}"))?,
+                started,
             );
         }
         ImageCommand::Ls { data_dir } => {
@@ -128,6 +119,17 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The result line of an import or pull.
+fn done(what: &str, image: &skiff_runtime::image::Image, started: std::time::Instant) {
+    println!(
+        "{what} {} ({}, {}) in {:.1?}",
+        image.names.join(", "),
+        short_id(&image.id),
+        human_size(image.size),
+        started.elapsed()
+    );
 }
 
 fn short_id(id: &str) -> &str {
