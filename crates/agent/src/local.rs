@@ -19,9 +19,9 @@ pub const DIR: &str = "state";
 /// The record, under the agent's `state` directory.
 pub struct Local {
     dir: PathBuf,
-    /// What each pod's file holds now, to write only changes (status updates change nothing
-    /// here).
-    written: Mutex<HashMap<String, Vec<u8>>>,
+    /// A hash of what each pod's file holds now, to write only changes (status updates
+    /// change nothing here).
+    written: Mutex<HashMap<String, u64>>,
 }
 
 /// Writes `bytes` to `path` whole or not at all (a crash never leaves half a file).
@@ -96,15 +96,21 @@ impl Local {
         kept.metadata.resource_version = None;
         kept.metadata.managed_fields = None;
         let bytes = serde_json::to_vec(&kept).unwrap_or_default();
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            hasher.finish()
+        };
         let mut written = self.written.lock().expect("local state lock");
-        if written.get(uid) == Some(&bytes) {
+        if written.get(uid) == Some(&hash) {
             return;
         }
         let dir = self.pods_dir();
         let path = dir.join(format!("{uid}.json"));
         match std::fs::create_dir_all(&dir).and_then(|()| write_atomic(&path, &bytes)) {
             Ok(()) => {
-                written.insert(uid.to_string(), bytes);
+                written.insert(uid.to_string(), hash);
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "recording the pod locally")

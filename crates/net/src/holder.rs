@@ -47,7 +47,7 @@ pub fn dns_sockets(
         .map_err(|e| Error::io("bind DNS (tcp) on", &where_.join(addr.to_string()), e))?;
     let (program, args) = holder
         .split_first()
-        .ok_or_else(|| Error::Netlink("no command for the DNS socket holder".into()))?;
+        .ok_or_else(|| Error::Holder("no command given to start it".into()))?;
     let (u, t) = (udp.as_raw_fd(), tcp.as_raw_fd());
     let mut command = std::process::Command::new(program);
     command.args(args).arg(dir);

@@ -32,6 +32,9 @@ pub enum Error {
     Exhausted(Ipv4Cidr),
     #[error("nft: {0}")]
     Nft(String),
+    /// The DNS socket holder could not be started or asked.
+    #[error("DNS socket holder: {0}")]
+    Holder(String),
 }
 
 impl Error {

@@ -70,7 +70,20 @@ struct KubeconfigArgs {
     data_dir: std::path::PathBuf,
 }
 
+/// glibc gives threads that allocate arenas of their own (up to eight per core), each keeping
+/// what was freed in it: an agent with a hundred pods held 8.6 MiB more so (pod-startup
+/// benchmark: 35.4 MiB PSS against 26.7 with two arenas). Two are enough for two worker
+/// threads.
+fn few_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    few_malloc_arenas();
     // The container monitor must start before any thread exists (it forks), so it is looked
     // for before the command line parser, the logger and the async runtime.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
