@@ -6,7 +6,7 @@
 //! are the shell that watches the API and drives the runtime, [`prober`] runs probes and hooks,
 //! [`events`] records what happened, [`volumes`] and [`logs`] are its files, [`local`] its
 //! record of the node's pods for restarts while the server is away, [`network`] runs
-//! the node's pod network and Service proxy.
+//! the node's pod network, [`service_proxy`] its Service proxy and DNS zone.
 
 pub mod agent;
 pub mod container;
@@ -19,6 +19,7 @@ pub mod node;
 pub mod plan;
 pub mod probe;
 pub mod prober;
+mod service_proxy;
 pub mod status;
 pub mod volumes;
 pub mod worker;
