@@ -362,6 +362,5 @@ pub async fn run(runs: usize) -> anyhow::Result<Report> {
         Better::Lower,
         KUBERNETES_S,
     );
-    drop((stays, fails));
     Ok(report)
 }

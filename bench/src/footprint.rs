@@ -76,13 +76,7 @@ async fn once(skiff: &Path, archives: &[std::path::PathBuf], run: usize) -> anyh
     let api_ready = began.elapsed();
     let result = measure(&up, &data, api_ready).await;
     drop(up);
-    let reset = Command::new(skiff)
-        .args(["reset", "--node-name", &node, "--data-dir"])
-        .arg(&data)
-        .status();
-    if !reset.is_ok_and(|s| s.success()) {
-        eprintln!("warning: skiff reset of {} failed", data.display());
-    }
+    skiff_testkit::reset_node(skiff, &node, &data, None);
     result
 }
 

@@ -4,7 +4,7 @@
 //! different nodes reach each other; the nodes' containers, mounts, cgroups and networks are
 //! removed (`skiff reset`) when it is dropped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context;
@@ -147,27 +147,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for (name, dir, host) in &self.nodes {
-            reset(&self.skiff, name, dir, host.as_ref());
+            skiff_testkit::reset_node(&self.skiff, name, dir, host.as_ref());
         }
-    }
-}
-
-/// `skiff reset` of a node, in its host's network namespace when it has one.
-fn reset(skiff: &Path, name: &str, dir: &Path, host: Option<&Host>) {
-    let mut command = match host {
-        Some(host) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", host.netns_path().display()))
-                .arg(skiff);
-            c
-        }
-        None => Command::new(skiff),
-    };
-    let reset = command
-        .args(["reset", "--node-name", name, "--data-dir"])
-        .arg(dir)
-        .status();
-    if !reset.is_ok_and(|s| s.success()) {
-        eprintln!("warning: skiff reset of {} failed", dir.display());
     }
 }

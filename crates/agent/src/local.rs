@@ -24,12 +24,12 @@ pub struct Local {
     written: Mutex<HashMap<String, u64>>,
 }
 
-/// Writes `bytes` to `path` whole or not at all (a crash never leaves half a file).
+/// Writes `bytes` to `path` by a rename (a crashed agent never leaves half a file). Not
+/// synced: it runs on the pod watch's path, and a record lost with the machine's power is
+/// only a cache of the API.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
+    std::fs::File::create(&partial)?.write_all(bytes)?;
     std::fs::rename(&partial, path)
 }
 

@@ -43,7 +43,7 @@ async fn pod_cidr(client: &kube::Client, node: &str, local: &Local) -> Ipv4Cidr 
     let recorded = local.pod_cidr().and_then(|c| c.parse::<Ipv4Cidr>().ok());
     let mut told = false;
     loop {
-        match tokio::time::timeout(Duration::from_secs(3), nodes.get(node)).await {
+        let answered = match tokio::time::timeout(Duration::from_secs(3), nodes.get(node)).await {
             Ok(Ok(n)) => {
                 if let Some(cidr) = n.spec.and_then(|s| s.pod_cidr) {
                     if let Ok(parsed) = cidr.parse::<Ipv4Cidr>() {
@@ -51,11 +51,18 @@ async fn pod_cidr(client: &kube::Client, node: &str, local: &Local) -> Ipv4Cidr 
                         return parsed;
                     }
                 }
+                true
             }
-            Ok(Err(e)) => tracing::warn!(%node, error = %e, "reading the node for its pod CIDR"),
-            Err(_) => tracing::warn!(%node, "reading the node for its pod CIDR: no answer"),
-        }
-        if let Some(cidr) = recorded {
+            Ok(Err(e)) => {
+                tracing::warn!(%node, error = %e, "reading the node for its pod CIDR");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%node, "reading the node for its pod CIDR: no answer");
+                false
+            }
+        };
+        if let Some(cidr) = recorded.filter(|_| !answered) {
             tracing::info!(%node, %cidr, "the server is out of reach; using the pod CIDR recorded");
             return cidr;
         }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::object::{condition_true, selector_from_json, timestamp};
+use crate::LabelSelector;
 
 /// How long a pod an eviction took a disruption for counts as disrupted: the controller stops
 /// expecting its deletion after that.
@@ -35,16 +36,18 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Whether budget `pdb` covers `pod`: the same namespace and a selector matching its labels
-/// (policy/v1: no selector covers nothing, an empty one every pod of the namespace).
+/// The budget's selector (policy/v1: none, or one that does not parse, covers nothing; an
+/// empty one every pod of the namespace).
+pub fn selector(pdb: &Value) -> Option<LabelSelector> {
+    pdb.pointer("/spec/selector")
+        .filter(|s| !s.is_null())
+        .and_then(|s| selector_from_json(s).ok())
+}
+
+/// Whether budget `pdb` covers `pod`: the same namespace and a selector matching its labels.
 pub fn covers(pdb: &Value, pod: &Value) -> bool {
-    if text(pdb, "/metadata/namespace") != text(pod, "/metadata/namespace") {
-        return false;
-    }
-    match pdb.pointer("/spec/selector") {
-        None | Some(Value::Null) => false,
-        Some(selector) => selector_from_json(selector).is_ok_and(|s| s.matches(&labels_of(pod))),
-    }
+    text(pdb, "/metadata/namespace") == text(pod, "/metadata/namespace")
+        && selector(pdb).is_some_and(|s| s.matches(&labels_of(pod)))
 }
 
 /// Whether the budget's arithmetic needs the scale of the pods' controllers: `maxUnavailable`,

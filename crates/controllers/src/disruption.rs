@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use skiff_api::disruption;
-use skiff_api::object::{selector_from_json, Filter};
+use skiff_api::object::Filter;
+use skiff_api::LabelSelector;
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
@@ -27,10 +28,17 @@ fn budgets() -> &'static skiff_api::kinds::Kind {
     skiff_api::kinds::find("policy", "v1", "poddisruptionbudgets").expect("a served kind")
 }
 
+/// What the feeds need of a budget: its selector, parsed once, and whether it counts against
+/// the workloads' scale.
+struct Followed {
+    selector: Option<LabelSelector>,
+    needs_scale: bool,
+}
+
 /// The budgets as the feeds saw them last, to find those a pod's change concerns.
 #[derive(Default)]
 struct Index {
-    budgets: HashMap<BudgetKey, Value>,
+    budgets: HashMap<BudgetKey, Followed>,
     /// Which budgets each pod was last seen covered by (a pod whose labels change leaves them).
     pods: HashMap<BudgetKey, BTreeSet<BudgetKey>>,
 }
@@ -58,7 +66,11 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
                 if change.deleted {
                     index.budgets.remove(&key);
                 } else {
-                    index.budgets.insert(key.clone(), change.object.clone());
+                    let followed = Followed {
+                        selector: disruption::selector(&change.object),
+                        needs_scale: disruption::needs_scale(&change.object),
+                    };
+                    index.budgets.insert(key.clone(), followed);
                 }
                 queue.add(key);
             },
@@ -70,7 +82,8 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
             cluster.clone(),
             kind("", "pods"),
             move |change| {
-                let pod = &change.object;
+                let pod_key = key_of(&change.object);
+                let labels = disruption::labels_of(&change.object);
                 let mut index = index.lock().expect("disruption index");
                 let now: BTreeSet<BudgetKey> = if change.deleted {
                     BTreeSet::new()
@@ -78,11 +91,13 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
                     index
                         .budgets
                         .iter()
-                        .filter(|(_, pdb)| disruption::covers(pdb, pod))
+                        .filter(|((ns, _), b)| {
+                            *ns == pod_key.0
+                                && b.selector.as_ref().is_some_and(|s| s.matches(&labels))
+                        })
                         .map(|(k, _)| k.clone())
                         .collect()
                 };
-                let pod_key = key_of(pod);
                 let before = index.pods.remove(&pod_key).unwrap_or_default();
                 for key in now.union(&before) {
                     queue.add(key.clone());
@@ -102,8 +117,8 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
             move |change| {
                 let namespace = text(&change.object, "/metadata/namespace");
                 let index = index.lock().expect("disruption index");
-                for (key, pdb) in &index.budgets {
-                    if key.0 == namespace && disruption::needs_scale(pdb) {
+                for (key, budget) in &index.budgets {
+                    if key.0 == namespace && budget.needs_scale {
                         queue.add(key.clone());
                     }
                 }
@@ -124,15 +139,20 @@ async fn scale_of(
     pods: &[Value],
 ) -> Result<Result<i64, String>, ClusterError> {
     let mut counted = BTreeSet::new();
+    let mut looked_up = BTreeSet::new();
     let mut total = 0;
     for pod in pods {
         let name = text(pod, "/metadata/name");
-        let Some((rs_name, _)) = controller_of(pod, "ReplicaSet") else {
+        let Some((rs_name, rs_uid)) = controller_of(pod, "ReplicaSet") else {
             return Ok(Err(match pod.pointer("/metadata/ownerReferences") {
                 Some(_) => format!("found no controllers for pod {name:?}"),
                 None => format!("found no controller ref for pod {name:?}"),
             }));
         };
+        // Pods of one ReplicaSet share its lookup.
+        if !looked_up.insert(rs_uid) {
+            continue;
+        }
         let Some(rs) = get(cluster, kind("apps", "replicasets"), namespace, rs_name).await? else {
             return Ok(Err(format!("found no controllers for pod {name:?}")));
         };
@@ -165,9 +185,8 @@ async fn sync(
     let Some(pdb) = get(cluster, budgets(), namespace, name).await? else {
         return Ok(None);
     };
-    let pods = match pdb.pointer("/spec/selector").filter(|s| !s.is_null()) {
-        Some(selector) => {
-            let labels = selector_from_json(selector).map_err(ClusterError::Other)?;
+    let pods = match disruption::selector(&pdb) {
+        Some(labels) => {
             let filter = Filter {
                 labels: Some(labels),
                 fields: None,

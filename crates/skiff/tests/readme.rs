@@ -116,10 +116,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new(SKIFF)
-            .args(["reset", "--node-name", "demo", "--data-dir"])
-            .arg(self.home.join("skiff"))
-            .status();
+        skiff_testkit::reset_node(Path::new(SKIFF), "demo", &self.home.join("skiff"), None);
     }
 }
 

@@ -20,12 +20,22 @@ impl Host {
         PathBuf::from(format!("/run/netns/{}", self.netns))
     }
 
-    /// Runs `args` in the host's namespace (only the network namespace is entered, so the
-    /// machine's files and cgroups stay visible); its output, or why it failed.
-    pub fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("nsenter")
+    /// `program` to be run in the host's namespace (only the network namespace is entered, so
+    /// the machine's files and cgroups stay visible).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net={}", self.netns_path().display()))
-            .args(args)
+            .arg(program);
+        command
+    }
+
+    /// Runs `args` in the host's namespace; its output, or why it failed.
+    pub fn run(&self, args: &[&str]) -> Result<String, String> {
+        let (program, rest) = args.split_first().ok_or("nothing to run")?;
+        let out = self
+            .command(program)
+            .args(rest)
             .output()
             .map_err(|e| format!("nsenter (util-linux) is needed: {e}"))?;
         if out.status.success() {

@@ -12,7 +12,7 @@ mod skiff;
 pub use etcd::EtcdServer;
 pub use hollow::{HollowConfig, HollowNodes};
 pub use registry::Registry;
-pub use skiff::{SkiffAgent, SkiffServer};
+pub use skiff::{reset_node, SkiffAgent, SkiffServer};
 
 use std::net::TcpListener;
 

@@ -220,16 +220,40 @@ fn spawn(
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let ready = announced(&mut child, "kubeconfig:".into());
+    Ok((child, ready))
+}
+
+/// Hears when the child's stdout (piped) has a line starting with `prefix`.
+fn announced(child: &mut Child, prefix: String) -> mpsc::Receiver<()> {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("kubeconfig:") {
+            if line.starts_with(&prefix) {
                 let _ = tx.send(());
             }
         }
     });
-    Ok((child, rx))
+    rx
+}
+
+/// `skiff reset` of node `name` on `dir`, in `host`'s network namespace when it is on a test
+/// LAN (its bridge and table are there); false (with a warning) when it failed.
+pub fn reset_node(bin: &Path, name: &str, dir: &Path, host: Option<&crate::hosts::Host>) -> bool {
+    let mut command = match host {
+        Some(host) => host.command(bin),
+        None => Command::new(bin),
+    };
+    let reset = command
+        .args(["reset", "--node-name", name, "--data-dir"])
+        .arg(dir)
+        .status();
+    let done = reset.is_ok_and(|s| s.success());
+    if !done {
+        eprintln!("warning: skiff reset of {} failed", dir.display());
+    }
+    done
 }
 
 /// A `skiff agent` process joined to a server; killed (by its PID) and reaped when dropped,
@@ -266,11 +290,8 @@ impl SkiffAgent {
         node: &str,
         extra: &[&str],
     ) -> Result<SkiffAgent, String> {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", host.netns_path().display()))
-            .arg(bin)
-            .args(["agent", "--node-ip", &host.ip.to_string()]);
+        let mut command = host.command(bin);
+        command.args(["agent", "--node-ip", &host.ip.to_string()]);
         Self::start_command(command, server, dir, node, extra)
     }
 
@@ -293,16 +314,7 @@ impl SkiffAgent {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", command.get_program()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        let ready = format!("node {node} ready");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with(&ready) {
-                    let _ = tx.send(());
-                }
-            }
-        });
+        let rx = announced(&mut child, format!("node {node} ready"));
         let agent = SkiffAgent {
             child,
             node: node.to_string(),

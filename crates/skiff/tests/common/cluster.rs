@@ -217,22 +217,9 @@ impl Drop for SecondNode {
     }
 }
 
-/// `skiff reset` of node `name` on `dir` (in the host's network namespace, for a LAN host: its
-/// bridge and table are there), whatever the test did.
+/// `skiff reset` of node `name` on `dir`, whatever the test did.
 fn reset(name: &str, dir: &Path, host: Option<&skiff_testkit::hosts::Host>) {
-    let mut command = match host {
-        Some(host) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", host.netns_path().display()))
-                .arg(SKIFF);
-            c
-        }
-        None => Command::new(SKIFF),
-    };
-    let _ = command
-        .args(["reset", "--node-name", name, "--data-dir"])
-        .arg(dir)
-        .status();
+    skiff_testkit::reset_node(Path::new(SKIFF), name, dir, host);
 }
 
 /// The monitors (and so the containers) running under `dir`.
