@@ -81,6 +81,14 @@ impl Kind {
         }
     }
 
+    /// Whether the garbage collector follows this kind's objects (their ownerReferences, and
+    /// the `orphan` and `foregroundDeletion` finalizers a DELETE may give them): every stored
+    /// kind but Namespaces, which their own lifecycle empties, and Events, which expire and
+    /// which no recorder gives owners.
+    pub fn collected(&self) -> bool {
+        self.storage == Storage::Stored && !matches!(self.kind, "Namespace" | "Event")
+    }
+
     /// The verbs served on the resource itself, in discovery's order.
     pub fn verbs(&self) -> &'static [&'static str] {
         match self.storage {
@@ -412,6 +420,20 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
         .find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
+/// The kind an ownerReference names by `apiVersion` and `kind`: that group-version's, or
+/// another served version of the group's (a reference written for an older version).
+pub fn owner(api_version: &str, kind: &str) -> Option<&'static Kind> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let of_group = || {
+        all()
+            .iter()
+            .filter(move |k| k.group == group && k.kind == kind)
+    };
+    of_group()
+        .find(|k| k.version == version)
+        .or_else(|| of_group().find(|k| k.stored_as.is_none()))
+}
+
 /// The group-versions served, in discovery order, each with its kinds.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
@@ -446,6 +468,31 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), before, "short names are unique");
+    }
+
+    #[test]
+    fn owners_by_api_version_and_kind() {
+        let rs = owner("apps/v1", "ReplicaSet").unwrap();
+        assert_eq!((rs.group, rs.plural), ("apps", "replicasets"));
+        assert_eq!(owner("v1", "Pod").unwrap().plural, "pods");
+        // An older version of a served group finds the served one, not a copy served elsewhere.
+        assert_eq!(
+            owner("autoscaling/v2beta2", "HorizontalPodAutoscaler")
+                .unwrap()
+                .version,
+            "v2"
+        );
+        assert_eq!(
+            owner("autoscaling/v1", "HorizontalPodAutoscaler")
+                .unwrap()
+                .version,
+            "v1"
+        );
+        assert!(owner("example.com/v1", "Widget").is_none());
+        assert!(owner("apps/v1", "Pod").is_none());
+        assert!(rs.collected());
+        assert!(!owner("v1", "Namespace").unwrap().collected());
+        assert!(!owner("v1", "Event").unwrap().collected());
     }
 
     #[test]

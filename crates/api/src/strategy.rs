@@ -261,13 +261,30 @@ fn fold_string_data(kind: &Kind, obj: &mut Map<String, Value>) -> Result<(), Rej
 
 /// Drops fields set to null: typed decoding reads them as unset (kubectl writes
 /// `creationTimestamp: null` into templates), so two objects that mean the same compare equal.
+/// Empty lists and maps of the metadata go too, as Kubernetes' encoding omits them (a
+/// controller that takes the last owner reference off leaves no `ownerReferences: []`).
 fn strip_nulls(v: &mut Value) {
+    strip_null_fields(v);
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|field, value| {
+            let empty = value.as_array().is_some_and(Vec::is_empty)
+                || value.as_object().is_some_and(Map::is_empty);
+            !(empty
+                && matches!(
+                    field.as_str(),
+                    "ownerReferences" | "finalizers" | "labels" | "annotations"
+                ))
+        });
+    }
+}
+
+fn strip_null_fields(v: &mut Value) {
     match v {
         Value::Object(map) => {
             map.retain(|_, child| !child.is_null());
-            map.values_mut().for_each(strip_nulls);
+            map.values_mut().for_each(strip_null_fields);
         }
-        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        Value::Array(items) => items.iter_mut().for_each(strip_null_fields),
         _ => {}
     }
 }
@@ -439,7 +456,7 @@ mod tests {
             (cm, json!([1]), Some("default"), "400 the request body must be a JSON object, not an array"),
             (
                 cm,
-                json!({"metadata": {"name": "n", "creationTimestamp": null, "labels": {"a": "b"}}, "data": {"k": null}}),
+                json!({"metadata": {"name": "n", "creationTimestamp": null, "labels": {"a": "b"}, "finalizers": [], "annotations": {}}, "data": {"k": null}}),
                 Some("default"),
                 r#"{"metadata":{"name":"n","labels":{"a":"b"},"namespace":"default","uid":"u-1","creationTimestamp":"2026-11-25T12:00:00Z"},"data":{},"apiVersion":"v1","kind":"ConfigMap"}"#,
             ),

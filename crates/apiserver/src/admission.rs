@@ -25,9 +25,11 @@ pub async fn pod_priority(registry: &Registry, pod: &mut Value) -> Result<(), Ap
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let pod_name = pod
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
+    // Names are not generated yet: messages name the prefix, as Kubernetes' admission does.
+    let pod_name = ["/metadata/name", "/metadata/generateName"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_str))
+        .find(|n| !n.is_empty())
         .unwrap_or("")
         .to_string();
     let (class, priority, policy) =

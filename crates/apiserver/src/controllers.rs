@@ -9,7 +9,7 @@ use serde_json::Value;
 use skiff_api::kinds::Kind;
 use skiff_api::object::Filter;
 use skiff_api::strategy::Endpoint;
-use skiff_controllers::cluster::{Changed, Cluster, ClusterError};
+use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
@@ -114,7 +114,7 @@ impl Cluster for InProcess {
             .collect()
     }
 
-    async fn changes(&self, kind: &'static Kind) -> Result<mpsc::Receiver<Changed>, ClusterError> {
+    async fn changes(&self, kind: &'static Kind) -> Result<Feed, ClusterError> {
         let cache = self
             .api
             .cache
@@ -124,6 +124,11 @@ impl Cluster for InProcess {
         let subscription = cache
             .subscribe(&kind.store_prefix(), &Filter::default(), false, None)
             .map_err(|e| ClusterError::Other(format!("{e:?}")))?;
+        let initial = subscription
+            .backlog
+            .iter()
+            .filter(|c| matches!(&***c, Change::Put { .. } | Change::Delete { .. }))
+            .count();
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
             let mut live = subscription.live;
@@ -142,15 +147,23 @@ impl Cluster for InProcess {
                     Change::Progress(_) => continue,
                     Change::Reset => return,
                 };
-                let Ok(object) = serde_json::from_slice(json) else {
-                    continue;
+                let object = match serde_json::from_slice(json) {
+                    Ok(object) => object,
+                    Err(e) => {
+                        // The cache keeps JSON this server wrote: never expected.
+                        tracing::error!(error = %e, "an object of the watch cache does not parse");
+                        Value::Null
+                    }
                 };
                 if tx.send(Changed { object, deleted }).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(rx)
+        Ok(Feed {
+            initial,
+            changes: rx,
+        })
     }
 
     async fn create(

@@ -1,5 +1,5 @@
 //! Protobuf request bodies, as kubectl 1.32+ sends them for `create secret|configmap|namespace|
-//! service|deployment`, `auth can-i`, `certificate approve|deny` and drain's delete: the `k8s\0` envelope around a
+//! service|deployment|priorityclass|serviceaccount`, `auth can-i`, `certificate approve|deny` and drain's delete: the `k8s\0` envelope around a
 //! `runtime.Unknown`, decoded with `k8s-pb` and turned into the JSON the rest of the server
 //! handles. Answers stay JSON.
 //!
@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use k8s_pb::api::{apps, authorization, core};
+use k8s_pb::api::{apps, authorization, core, scheduling};
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
 use prost::Message;
@@ -224,6 +224,27 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Value, ApiError> {
         "Namespace" => {
             let n = core::v1::Namespace::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
             typed("v1", kind, &[("metadata", metadata(n.metadata.as_ref()))])
+        }
+        "ServiceAccount" => {
+            let a = core::v1::ServiceAccount::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            typed("v1", kind, &[("metadata", metadata(a.metadata.as_ref()))])
+        }
+        "PriorityClass" => {
+            let c =
+                scheduling::v1::PriorityClass::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let mut obj = typed(
+                "scheduling.k8s.io/v1",
+                kind,
+                &[
+                    ("metadata", metadata(c.metadata.as_ref())),
+                    ("globalDefault", json!(c.global_default)),
+                    ("description", json!(c.description)),
+                    ("preemptionPolicy", json!(c.preemption_policy)),
+                ],
+            );
+            // Zero is a value like any other here.
+            obj["value"] = json!(c.value.unwrap_or(0));
+            obj
         }
         "Service" => {
             let s = core::v1::Service::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
@@ -467,6 +488,28 @@ mod tests {
         );
         let no_magic = decode("Secret", b"{}").unwrap_err();
         assert!(no_magic.message.contains("k8s\\0"), "{}", no_magic.message);
+        let class = scheduling::v1::PriorityClass {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("urgent".into()),
+                ..Default::default()
+            }),
+            value: Some(0),
+            description: Some(String::new()),
+            ..Default::default()
+        };
+        let got = decode(
+            "PriorityClass",
+            &envelope(
+                "PriorityClass",
+                "scheduling.k8s.io/v1",
+                class.encode_to_vec(),
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({"metadata": {"name": "urgent"}, "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "value": 0})
+        );
         let other = decode("Pod", &envelope("Pod", "v1", vec![])).unwrap_err();
         assert_eq!(other.code, 415);
     }

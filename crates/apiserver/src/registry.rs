@@ -85,10 +85,6 @@ impl Propagation {
 
 /// The kinds whose dependents the garbage collector follows: only for these do Foreground and
 /// Orphan hold the object (a finalizer on another kind would never be taken off).
-fn collected(kind: &Kind) -> bool {
-    kind.group == "apps" && matches!(kind.kind, "Deployment" | "ReplicaSet")
-}
-
 impl DeleteOptions {
     /// The options of a `DeleteOptions` body (as a DELETE or an Eviction carries them).
     pub fn from_json(body: &Value) -> Result<DeleteOptions, ApiError> {
@@ -503,7 +499,7 @@ impl Registry {
             check_preconditions(&current, revision, options)?;
             let mut old = without_resource_version(current.clone());
             if let (Some(finalizer), true) =
-                (options.propagation.finalizer(), collected(target.kind))
+                (options.propagation.finalizer(), target.kind.collected())
             {
                 if old.pointer("/metadata/deletionTimestamp").is_none() {
                     let list = old["metadata"]["finalizers"]

@@ -27,6 +27,13 @@ pub struct Changed {
     pub deleted: bool,
 }
 
+/// A kind's feed: first the objects that exist when it begins (`initial` of them, as changes),
+/// then every change.
+pub struct Feed {
+    pub initial: usize,
+    pub changes: mpsc::Receiver<Changed>,
+}
+
 /// The API as in-process controllers use it.
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
@@ -41,7 +48,7 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// The current objects of `kind` (as changes), then every change. The feed ends when the
     /// client falls behind; the caller subscribes again.
-    async fn changes(&self, kind: &'static Kind) -> Result<mpsc::Receiver<Changed>, ClusterError>;
+    async fn changes(&self, kind: &'static Kind) -> Result<Feed, ClusterError>;
 
     async fn create(
         &self,

@@ -1,6 +1,6 @@
 //! Skiff's controllers, run inside `skiff server`: the runtime ([`runtime`], a [`queue`] of
-//! keys fed by changes of the watched kinds), the reconcilers (ReplicaSets, Deployments, the
-//! garbage collector's background deletion) over the API as [`cluster`] describes it, and
+//! keys fed by changes of the watched kinds), the reconcilers (ReplicaSets, Deployments) and the
+//! garbage collector ([`gc`]) over the API as [`cluster`] describes it, and
 //! their pure decisions: which pods a ReplicaSet makes or removes ([`replicaset`]) and the
 //! rollout arithmetic of Deployments ([`rollout`]). The [`scheduler`]'s loop runs here too,
 //! around the pure core of `skiff-scheduler`, the [`nodelifecycle`] controller (unreachable
@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod disruption;
 pub mod endpoints;
 pub mod events;
+pub mod gc;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;

@@ -136,7 +136,8 @@ async fn follow_leases(cluster: Arc<dyn Cluster>, seen: Arc<Mutex<HashMap<String
     let leases = kind("coordination.k8s.io", "leases");
     loop {
         match cluster.changes(leases).await {
-            Ok(mut changes) => {
+            Ok(feed) => {
+                let mut changes = feed.changes;
                 while let Some(change) = changes.recv().await {
                     let lease = &change.object;
                     if lease.pointer("/metadata/namespace") != Some(&json!("kube-node-lease")) {

@@ -13,6 +13,8 @@ use skiff_api::object::{selector_from_json, Filter};
 use skiff_api::FieldSelector;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
+const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
+const MAX: &str = "deployment.kubernetes.io/max-replicas";
 const HASH_LABEL: &str = "pod-template-hash";
 
 fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
@@ -102,7 +104,8 @@ fn deleting(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some()
 }
 
-/// Creates and deletes pods until the ReplicaSet has its replicas; reports its status.
+/// Creates and deletes pods until the ReplicaSet has its replicas; reports its status, with
+/// the `ReplicaFailure` condition while pods cannot be made or removed.
 pub async fn replica_set(
     cluster: &dyn Cluster,
     events: &Recorder,
@@ -118,24 +121,33 @@ pub async fn replica_set(
     }
     let selects = selected_by(&rs);
     let selected = cluster.list(pods, namespace, &selects).await?;
-    let mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
+    let mut mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
     let views: Vec<PodView> = mine.iter().map(PodView::of).collect();
     let desired = int(&rs, "/spec/replicas", 1).max(0) as usize;
     let plan = replicaset::plan(desired, &views);
+    let note = |warning, reason, message| Note {
+        warning,
+        reason,
+        message,
+    };
+    let mut failure: Option<(&str, ClusterError)> = None;
     for _ in 0..plan.create {
-        let pod = cluster.create(pods, namespace, pod_from(&rs)).await?;
-        let message = format!("Created pod: {}", text(&pod, "/metadata/name"));
-        events
-            .record(
-                cluster,
-                &rs,
-                Note {
-                    warning: false,
-                    reason: "SuccessfulCreate",
-                    message,
-                },
-            )
-            .await;
+        match cluster.create(pods, namespace, pod_from(&rs)).await {
+            Ok(pod) => {
+                let message = format!("Created pod: {}", text(&pod, "/metadata/name"));
+                events
+                    .record(cluster, &rs, note(false, "SuccessfulCreate", message))
+                    .await;
+            }
+            Err(e) => {
+                let message = format!("Error creating: {e}");
+                events
+                    .record(cluster, &rs, note(true, "FailedCreate", message))
+                    .await;
+                failure = Some(("FailedCreate", e));
+                break;
+            }
+        }
     }
     for gone in &plan.delete {
         let pod_uid = mine
@@ -147,36 +159,48 @@ pub async fn replica_set(
             Ok(()) => {
                 let message = format!("Deleted pod: {gone}");
                 events
-                    .record(
-                        cluster,
-                        &rs,
-                        Note {
-                            warning: false,
-                            reason: "SuccessfulDelete",
-                            message,
-                        },
-                    )
+                    .record(cluster, &rs, note(false, "SuccessfulDelete", message))
                     .await;
             }
             Err(ClusterError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                let message = format!("Error deleting: {e}");
+                events
+                    .record(cluster, &rs, note(true, "FailedDelete", message))
+                    .await;
+                failure = Some(("FailedDelete", e));
+                break;
+            }
         }
     }
     let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
         let selected = cluster.list(pods, namespace, &selects).await?;
-        claim(cluster, pods, &rs, "ReplicaSet", selected)
-            .await?
-            .iter()
-            .map(PodView::of)
-            .collect()
+        mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
+        mine.iter().map(PodView::of).collect()
     } else {
         views
     };
     let now = jiff::Timestamp::now().as_second();
     let counts = replicaset::counts(&views, int(&rs, "/spec/minReadySeconds", 0), now);
+    // Pods carrying every label of the template (a pod relabelled by hand may not).
+    let template_labels = rs
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
+    let fully_labeled =
+        mine.iter()
+            .zip(&views)
+            .filter(|(pod, view)| {
+                !view.gone
+                    && template_labels.into_iter().flatten().all(|(k, v)| {
+                        pod.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
+                    })
+            })
+            .count();
     let mut status = Map::new();
     status.insert("replicas".into(), counts.replicas.into());
-    status.insert("fullyLabeledReplicas".into(), counts.replicas.into());
+    if fully_labeled > 0 {
+        status.insert("fullyLabeledReplicas".into(), fully_labeled.into());
+    }
     for (field, n) in [
         ("readyReplicas", counts.ready),
         ("availableReplicas", counts.available),
@@ -189,13 +213,35 @@ pub async fn replica_set(
         "observedGeneration".into(),
         int(&rs, "/metadata/generation", 0).into(),
     );
+    let kept_failure = rs
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "ReplicaFailure"));
+    match (&failure, kept_failure) {
+        // The condition stays as first written while the failure goes on.
+        (Some(_), Some(kept)) => {
+            status.insert("conditions".into(), json!([kept]));
+        }
+        (Some((reason, e)), None) => {
+            let now = skiff_api::object::timestamp(jiff::Timestamp::now());
+            status.insert(
+                "conditions".into(),
+                json!([{"type": "ReplicaFailure", "status": "True", "lastTransitionTime": now,
+                        "reason": reason, "message": e.to_string()}]),
+            );
+        }
+        (None, _) => {}
+    }
     let status = Value::Object(status);
     if rs.get("status") != Some(&status) {
         let mut updated = rs.clone();
         updated["status"] = status;
         cluster.update_status(sets, updated).await?;
     }
-    Ok(())
+    match failure {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A new pod of a ReplicaSet, from its template.
@@ -245,17 +291,21 @@ fn without_hash(template: &Value) -> Value {
     t
 }
 
-fn revision(rs: &Value) -> i64 {
+fn annotation<T: std::str::FromStr>(obj: &Value, key: &str) -> Option<T> {
     text(
-        rs,
-        &format!("/metadata/annotations/{}", REVISION.replace('/', "~1")),
+        obj,
+        &format!("/metadata/annotations/{}", key.replace('/', "~1")),
     )
     .parse()
-    .unwrap_or(0)
+    .ok()
+}
+
+fn revision(rs: &Value) -> i64 {
+    annotation(rs, REVISION).unwrap_or(0)
 }
 
 /// The new ReplicaSet of a Deployment whose template has none yet.
-fn new_replica_set(d: &Value, hash: &str, revision: i64) -> Value {
+fn new_replica_set(d: &Value, hash: &str, revision: i64, max_surge: i32) -> Value {
     let mut template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
     template["metadata"]["labels"][HASH_LABEL] = json!(hash);
     let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
@@ -269,7 +319,8 @@ fn new_replica_set(d: &Value, hash: &str, revision: i64) -> Value {
             "labels": template["metadata"]["labels"].clone(),
             "annotations": {
                 REVISION: revision.to_string(),
-                "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+                DESIRED: replicas.to_string(),
+                MAX: (replicas + i64::from(max_surge)).to_string(),
             },
             "ownerReferences": [owner_reference("Deployment", "apps/v1", d)],
         },
@@ -287,12 +338,15 @@ fn set_of(rs: &Value) -> Set {
         name: text(rs, "/metadata/name").to_string(),
         replicas: int(rs, "/spec/replicas", 0) as i32,
         available: int(rs, "/status/availableReplicas", 0) as i32,
+        desired_then: annotation(rs, DESIRED),
+        max_then: annotation(rs, MAX),
     }
 }
 
 /// Rolls a Deployment's ReplicaSets toward its template, one step at a time, and reports its
-/// status as `kubectl rollout status` reads it. Answers when to look again if nothing changes
-/// (the progress deadline).
+/// status as `kubectl rollout status` reads it. A paused Deployment, or one whose replicas
+/// changed, only has its sets scaled (in proportion, mid-rollout). Answers when to look again if
+/// nothing changes (the progress deadline).
 pub async fn deployment(
     cluster: &dyn Cluster,
     events: &Recorder,
@@ -307,6 +361,7 @@ pub async fn deployment(
         return Ok(None);
     }
     let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let paused = d.pointer("/spec/paused") == Some(&json!(true));
     let selected = cluster.list(sets_kind, namespace, &selected_by(&d)).await?;
     let mut sets = claim(cluster, sets_kind, &d, "Deployment", selected).await?;
     // Oldest first; revisions order sets made within the same second.
@@ -320,18 +375,7 @@ pub async fn deployment(
         .into_iter()
         .partition(|rs| rs.pointer("/spec/template").map(without_hash) == Some(template.clone()));
     let newest = old.iter().map(revision).max().unwrap_or(0);
-    let Some(mut new) = new.into_iter().next() else {
-        let rs = new_replica_set(&d, &template_hash(&template), newest + 1);
-        cluster.create(sets_kind, namespace, rs).await?;
-        return Ok(None);
-    };
-    if revision(&new) <= newest {
-        // A rollback to an older template: that ReplicaSet becomes the newest revision.
-        new["metadata"]["annotations"][REVISION] = json!((newest + 1).to_string());
-        new = cluster.update(sets_kind, new).await?;
-    }
     let desired = int(&d, "/spec/replicas", 1) as i32;
-    let old_sets: Vec<Set> = old.iter().map(set_of).collect();
     let strategy = d.pointer("/spec/strategy").cloned().unwrap_or(json!({}));
     let recreate = strategy["type"] == "Recreate";
     let bound = |field: &str| {
@@ -345,22 +389,71 @@ pub async fn deployment(
     } else {
         rollout::limits(desired, bound("maxSurge"), bound("maxUnavailable"))
     };
-    let step = if recreate {
-        let running: i32 = old
-            .iter()
-            .map(|rs| int(rs, "/status/replicas", 0) as i32)
-            .sum();
-        rollout::recreate_step(desired, &set_of(&new), &old_sets, running)
-    } else {
-        rollout::rolling_step(desired, limits, &set_of(&new), &old_sets)
+    // A paused Deployment makes no new ReplicaSet: its template waits for the resume.
+    let new = match new.into_iter().next() {
+        None if paused => None,
+        None => {
+            let hash = template_hash(&template);
+            let rs = new_replica_set(&d, &hash, newest + 1, limits.max_surge);
+            cluster.create(sets_kind, namespace, rs).await?;
+            return Ok(None);
+        }
+        Some(mut new) => {
+            if revision(&new) <= newest {
+                // A rollback to an older template: that ReplicaSet becomes the newest revision.
+                new["metadata"]["annotations"][REVISION] = json!((newest + 1).to_string());
+                new = cluster.update(sets_kind, new).await?;
+            }
+            Some(new)
+        }
+    };
+    let old_sets: Vec<Set> = old.iter().map(set_of).collect();
+    let new_set = new.as_ref().map(set_of);
+    let all_sets: Vec<&Set> = old_sets.iter().chain(new_set.as_ref()).collect();
+    let scaling = paused || rollout::is_scaling_event(desired, &all_sets);
+    let step = match &new_set {
+        _ if scaling => {
+            let deployed = int(&d, "/status/replicas", 0) as i32;
+            let changes = rollout::proportional(
+                desired,
+                limits.max_surge,
+                !recreate,
+                deployed,
+                new_set.as_ref(),
+                &old_sets,
+            );
+            if changes.is_empty() {
+                Step::Wait
+            } else {
+                Step::ScaleOld(changes)
+            }
+        }
+        Some(new_set) if recreate => {
+            let running: i32 = old
+                .iter()
+                .map(|rs| int(rs, "/status/replicas", 0) as i32)
+                .sum();
+            rollout::recreate_step(desired, new_set, &old_sets, running)
+        }
+        Some(new_set) => rollout::rolling_step(desired, limits, new_set, &old_sets),
+        None => Step::Wait,
+    };
+    let by_name = |name: &str| {
+        old.iter()
+            .chain(new.as_ref())
+            .find(|rs| text(rs, "/metadata/name") == name)
     };
     match step {
         Step::Wait => prune_history(cluster, &d, &old).await?,
-        Step::ScaleNew(n) => scale(cluster, events, &d, new.clone(), n, desired).await?,
+        Step::ScaleNew(n) => {
+            if let Some(new) = &new {
+                scale(cluster, events, &d, new.clone(), n, limits.max_surge).await?;
+            }
+        }
         Step::ScaleOld(changes) => {
             for (name, n) in changes {
-                if let Some(rs) = old.iter().find(|rs| text(rs, "/metadata/name") == name) {
-                    scale(cluster, events, &d, rs.clone(), n, desired).await?;
+                if let Some(rs) = by_name(&name) {
+                    scale(cluster, events, &d, rs.clone(), n, limits.max_surge).await?;
                 }
             }
         }
@@ -368,7 +461,7 @@ pub async fn deployment(
     report(
         cluster,
         &d,
-        &new,
+        new.as_ref(),
         &old,
         i64::from(desired - limits.max_unavailable),
     )
@@ -408,21 +501,27 @@ async fn prune_history(
     Ok(())
 }
 
+/// Gives a ReplicaSet `replicas`, noting the Deployment's size (and size with the surge) in its
+/// annotations; an event tells of a change of size.
 async fn scale(
     cluster: &dyn Cluster,
     events: &Recorder,
     d: &Value,
     mut rs: Value,
     replicas: i32,
-    desired: i32,
+    max_surge: i32,
 ) -> Result<(), ClusterError> {
     let before = int(&rs, "/spec/replicas", 0);
+    let desired = int(d, "/spec/replicas", 1);
     rs["spec"]["replicas"] = json!(replicas);
-    rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
-        json!(desired.to_string());
+    rs["metadata"]["annotations"][DESIRED] = json!(desired.to_string());
+    rs["metadata"]["annotations"][MAX] = json!((desired + i64::from(max_surge)).to_string());
     cluster
         .update(kind("apps", "replicasets"), rs.clone())
         .await?;
+    if before == i64::from(replicas) {
+        return Ok(());
+    }
     let direction = if i64::from(replicas) > before {
         "up"
     } else {
@@ -451,18 +550,19 @@ async fn scale(
 async fn report(
     cluster: &dyn Cluster,
     d: &Value,
-    new: &Value,
+    new: Option<&Value>,
     old: &[Value],
     min_available: i64,
 ) -> Result<Option<std::time::Duration>, ClusterError> {
-    let all: Vec<&Value> = old.iter().chain(std::iter::once(new)).collect();
+    let all: Vec<&Value> = old.iter().chain(new).collect();
     let sum = |field: &str| -> i64 {
         all.iter()
             .map(|rs| int(rs, &format!("/status/{field}"), 0))
             .sum()
     };
     let desired = int(d, "/spec/replicas", 1);
-    let (available, updated) = (sum("availableReplicas"), int(new, "/status/replicas", 0));
+    let updated = new.map_or(0, |new| int(new, "/status/replicas", 0));
+    let available = sum("availableReplicas");
     let complete = updated == desired && sum("replicas") == desired && available == desired;
     let now = skiff_api::object::timestamp(jiff::Timestamp::now());
     let condition = |kind: &str, ok: bool, reason: &str, message: String| {
@@ -482,7 +582,7 @@ async fn report(
                "lastTransitionTime": since("lastTransitionTime"), "reason": reason, "message": message})
     };
     let name = text(d, "/metadata/name");
-    let new_name = text(new, "/metadata/name").to_string();
+    let new_name = new.map_or("", |new| text(new, "/metadata/name"));
     let counts = |status: &Value| {
         [
             "replicas",
@@ -501,7 +601,7 @@ async fn report(
         int(d, "/metadata/generation", 0),
     ];
     let progressed = d.get("status").map(counts) != Some(now_counts);
-    let conditions = vec![
+    let mut conditions = vec![
         if available >= min_available {
             condition(
                 "Available",
@@ -519,12 +619,24 @@ async fn report(
         },
         progressing(
             d,
-            &new_name,
+            new_name,
             complete,
             progressed,
             jiff::Timestamp::now().as_second(),
         ),
     ];
+    // A ReplicaSet that cannot make or remove pods says why on the Deployment too.
+    conditions.extend(
+        all.iter()
+            .filter_map(|rs| rs.pointer("/status/conditions").and_then(Value::as_array))
+            .flatten()
+            .find(|c| c["type"] == "ReplicaFailure")
+            .map(|c| {
+                let mut c = c.clone();
+                c["lastUpdateTime"] = c["lastTransitionTime"].clone();
+                c
+            }),
+    );
     let mut status = json!({
         "observedGeneration": int(d, "/metadata/generation", 0),
         "replicas": sum("replicas"),
@@ -537,15 +649,16 @@ async fn report(
     // Counts of zero are left out, as Kubernetes' omitempty does.
     let map = status.as_object_mut().expect("an object");
     map.retain(|_, v| *v != json!(0));
-    if d.get("status") == Some(&status) && revision(d) == revision(new) {
+    // The Deployment carries the revision of its newest ReplicaSet.
+    let new_revision = new.map(revision).filter(|r| *r != revision(d));
+    if d.get("status") == Some(&status) && new_revision.is_none() {
         return Ok(recheck_after(d));
     }
     let mut updated_d = d.clone();
     updated_d["status"] = status;
-    if revision(d) != revision(new) {
-        // The Deployment carries the revision of its newest ReplicaSet.
+    if let Some(new_revision) = new_revision {
         let mut with_revision = d.clone();
-        with_revision["metadata"]["annotations"][REVISION] = json!(revision(new).to_string());
+        with_revision["metadata"]["annotations"][REVISION] = json!(new_revision.to_string());
         let written = cluster
             .update(kind("apps", "deployments"), with_revision)
             .await?;
@@ -560,18 +673,36 @@ async fn report(
 
 /// The Progressing condition: `NewReplicaSetAvailable` once the rollout is complete;
 /// `ReplicaSetUpdated`, its update time moving with each step of progress, while it goes on;
-/// `ProgressDeadlineExceeded` once no progress was made for `progressDeadlineSeconds`.
+/// `ProgressDeadlineExceeded` once no progress was made for `progressDeadlineSeconds`;
+/// Unknown with `DeploymentPaused` while paused (no deadline runs) and `DeploymentResumed` from
+/// the resume until the rollout moves (the deadline counting from the resume).
 fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now: i64) -> Value {
     let stamp = |t: i64| {
         jiff::Timestamp::from_second(t)
             .map(skiff_api::object::timestamp)
             .unwrap_or_default()
     };
-    let previous = d
+    let mut previous = d
         .pointer("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
         .cloned();
+    let reason_of = |c: &Option<Value>| c.as_ref().map_or(json!(null), |c| c["reason"].clone());
+    let unknown = |reason: &str, message: &str| {
+        json!({"type": "Progressing", "status": "Unknown", "lastUpdateTime": stamp(now),
+               "lastTransitionTime": stamp(now), "reason": reason, "message": message})
+    };
+    let paused = d.pointer("/spec/paused") == Some(&json!(true));
+    let was_paused = reason_of(&previous) == "DeploymentPaused";
+    if paused && reason_of(&previous) != "ProgressDeadlineExceeded" {
+        return match previous {
+            Some(c) if was_paused => c,
+            _ => unknown("DeploymentPaused", "Deployment is paused"),
+        };
+    }
+    if was_paused {
+        previous = Some(unknown("DeploymentResumed", "Deployment is resumed"));
+    }
     let seconds = |c: &Value, field: &str| {
         c[field]
             .as_str()
@@ -584,6 +715,14 @@ fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now:
         .is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded");
     if timed_out && !progressed && !complete {
         // Timed out stays timed out until something moves.
+        return previous.expect("checked above");
+    }
+    let resumed_at = previous
+        .as_ref()
+        .filter(|c| c["reason"] == "DeploymentResumed")
+        .and_then(|c| seconds(c, "lastUpdateTime"));
+    if resumed_at.is_some_and(|t| now - t <= deadline) && !progressed && !complete {
+        // Resumed stays resumed until the rollout moves or its deadline passes.
         return previous.expect("checked above");
     }
     let (status, reason, message) = if complete {
@@ -638,7 +777,10 @@ pub fn recheck_after(d: &Value) -> Option<std::time::Duration> {
         .pointer("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))?;
-    if progressing["reason"] != "ReplicaSetUpdated" {
+    if !matches!(
+        progressing["reason"].as_str(),
+        Some("ReplicaSetUpdated" | "DeploymentResumed")
+    ) {
         return None;
     }
     let deadline = int(d, "/spec/progressDeadlineSeconds", 600);
@@ -651,113 +793,50 @@ pub fn recheck_after(d: &Value) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs(due.max(1) as u64))
 }
 
-/// Deletes what a deleted owner controlled (background propagation).
-pub async fn orphans(
+/// Lets an object of `kind` (a pod, a ReplicaSet) go whose labels no longer match the selector
+/// of its controller `owner` (by uid), as Kubernetes' controllers release what they stop
+/// selecting: the reference is taken off, unless the owner is being deleted. The controller
+/// then makes a replacement.
+pub async fn release(
     cluster: &dyn Cluster,
-    namespace: &str,
-    owner: &str,
-) -> Result<(), ClusterError> {
-    if owner.is_empty() {
-        return Ok(());
-    }
-    for k in [kind("apps", "replicasets"), kind("", "pods")] {
-        for obj in cluster.list(k, namespace, &Filter::default()).await? {
-            let refs = obj
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if refs.iter().any(|r| r["uid"] == owner) {
-                let (name, uid) = (text(&obj, "/metadata/name"), text(&obj, "/metadata/uid"));
-                match cluster.delete(k, namespace, name, uid, false).await {
-                    Ok(()) | Err(ClusterError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The objects (ReplicaSets, pods) in `namespace` that refer to the owner `uid`.
-async fn dependents(
-    cluster: &dyn Cluster,
-    namespace: &str,
-    uid: &str,
-) -> Result<Vec<(&'static Kind, Value)>, ClusterError> {
-    let mut found = Vec::new();
-    for k in [kind("apps", "replicasets"), kind("", "pods")] {
-        for obj in cluster.list(k, namespace, &Filter::default()).await? {
-            let refers = obj
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
-            if refers {
-                found.push((k, obj));
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// Lets an owner held by `orphan` go once its dependents no longer refer to it, or by
-/// `foregroundDeletion` once they are gone (deleting them, in the foreground too).
-pub async fn finalize(
-    cluster: &dyn Cluster,
-    owner_kind: &'static Kind,
+    kind: &'static Kind,
     namespace: &str,
     name: &str,
+    owner: &str,
 ) -> Result<(), ClusterError> {
-    let Some(owner) = get(cluster, owner_kind, namespace, name).await? else {
+    let (owner_kind, owners) = match kind.kind {
+        "Pod" => ("ReplicaSet", self::kind("apps", "replicasets")),
+        _ => ("Deployment", self::kind("apps", "deployments")),
+    };
+    let Some(mut obj) = get(cluster, kind, namespace, name).await? else {
         return Ok(());
     };
-    if !deleting(&owner) {
+    let Some((owner_name, _)) = controller_of(&obj, owner_kind).filter(|(_, u)| *u == owner) else {
+        return Ok(());
+    };
+    let Some(controller) = get(cluster, owners, namespace, owner_name).await? else {
+        return Ok(());
+    };
+    let labels = skiff_api::disruption::labels_of(&obj);
+    let selects = selected_by(&controller)
+        .labels
+        .is_some_and(|s| s.matches(&labels));
+    if text(&controller, "/metadata/uid") != owner || deleting(&controller) || selects {
         return Ok(());
     }
-    let uid = text(&owner, "/metadata/uid").to_string();
-    let finalizers: Vec<String> = owner
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|f| {
-            f.iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let release = if finalizers.iter().any(|f| f == "orphan") {
-        for (k, mut dep) in dependents(cluster, namespace, &uid).await? {
-            if let Some(refs) = dep
-                .pointer_mut("/metadata/ownerReferences")
-                .and_then(Value::as_array_mut)
-            {
-                refs.retain(|r| r["uid"] != uid.as_str());
-            }
-            cluster.update(k, dep).await?;
-        }
-        "orphan"
-    } else if finalizers.iter().any(|f| f == "foregroundDeletion") {
-        let waiting = dependents(cluster, namespace, &uid).await?;
-        if !waiting.is_empty() {
-            for (k, dep) in waiting.iter().filter(|(_, d)| !deleting(d)) {
-                let (dep_name, dep_uid) = (text(dep, "/metadata/name"), text(dep, "/metadata/uid"));
-                match cluster.delete(k, namespace, dep_name, dep_uid, true).await {
-                    Ok(()) | Err(ClusterError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            // Called again as each dependent goes.
-            return Ok(());
-        }
-        "foregroundDeletion"
-    } else {
-        return Ok(());
-    };
-    let mut released = owner.clone();
-    released["metadata"]["finalizers"] = json!(finalizers
-        .iter()
-        .filter(|f| *f != release)
-        .collect::<Vec<_>>());
-    cluster.update(owner_kind, released).await?;
+    if let Some(refs) = obj
+        .pointer_mut("/metadata/ownerReferences")
+        .and_then(Value::as_array_mut)
+    {
+        refs.retain(|r| r["uid"] != owner);
+    }
+    tracing::debug!(
+        kind = kind.plural,
+        namespace,
+        name,
+        "released by its controller"
+    );
+    cluster.update(kind, obj).await?;
     Ok(())
 }
 
@@ -814,6 +893,46 @@ mod tests {
             );
             assert_eq!(got, want);
         }
+        // Paused: Unknown, no deadline; resumed: Unknown until the rollout moves, the deadline
+        // counting from the resume.
+        let mut paused = d("ReplicaSetUpdated", "2026-11-25T11:00:00Z");
+        paused["spec"]["paused"] = json!(true);
+        let c = progressing(&paused, "rs", false, false, now);
+        assert_eq!(
+            (&c["status"], &c["reason"], &c["lastUpdateTime"]),
+            (
+                &json!("Unknown"),
+                &json!("DeploymentPaused"),
+                &json!("2026-11-25T12:00:00Z")
+            )
+        );
+        paused["status"]["conditions"] = json!([c]);
+        let later = now + 3600;
+        assert_eq!(
+            progressing(&paused, "rs", false, true, later)["lastUpdateTime"],
+            "2026-11-25T12:00:00Z"
+        );
+        paused["spec"]["paused"] = json!(false);
+        let c = progressing(&paused, "rs", false, false, later);
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("Unknown"), &json!("DeploymentResumed"))
+        );
+        let mut resumed = paused.clone();
+        resumed["status"]["conditions"] = json!([c]);
+        assert!(recheck_after(&resumed).is_some());
+        assert_eq!(
+            progressing(&resumed, "rs", false, false, later + 30)["reason"],
+            "DeploymentResumed"
+        );
+        assert_eq!(
+            progressing(&resumed, "rs", false, true, later + 30)["reason"],
+            "ReplicaSetUpdated"
+        );
+        assert_eq!(
+            progressing(&resumed, "rs", false, false, later + 61)["reason"],
+            "ProgressDeadlineExceeded"
+        );
         assert!(recheck_after(&d("ReplicaSetUpdated", "2026-11-25T11:00:00Z")).is_some());
         assert!(recheck_after(&d("NewReplicaSetAvailable", "2026-11-25T11:00:00Z")).is_none());
     }
@@ -840,7 +959,7 @@ mod tests {
         let d = json!({"metadata": {"name": "api-server", "uid": "d1"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "api"}},
                      "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "server", "image": "x"}]}}}});
-        let rs = new_replica_set(&d, "7d9", 2);
+        let rs = new_replica_set(&d, "7d9", 2, 1);
         assert_eq!(rs["metadata"]["name"], "api-server-7d9");
         assert_eq!(
             rs["spec"]["selector"]["matchLabels"],
@@ -851,6 +970,8 @@ mod tests {
             "7d9"
         );
         assert_eq!(rs["metadata"]["annotations"][REVISION], "2");
+        assert_eq!(rs["metadata"]["annotations"][DESIRED], "3");
+        assert_eq!(rs["metadata"]["annotations"][MAX], "4");
         assert_eq!(rs["metadata"]["ownerReferences"][0]["uid"], "d1");
         let pod = pod_from(&rs);
         assert_eq!(pod["metadata"]["generateName"], "api-server-7d9-");

@@ -1,6 +1,7 @@
 //! The rollout arithmetic of the Deployment controller, as Kubernetes does it: how far the new
 //! ReplicaSet may grow (maxSurge) and the old ones shrink (maxUnavailable) at each step of a
-//! RollingUpdate, and the steps of a Recreate.
+//! RollingUpdate, the steps of a Recreate, and the proportional scaling of every ReplicaSet
+//! when a Deployment's replicas change in the middle of a rollout.
 
 use serde_json::Value;
 
@@ -79,6 +80,11 @@ pub struct Set {
     pub replicas: i32,
     /// `status.availableReplicas`.
     pub available: i32,
+    /// The Deployment's replicas when this set was last scaled for it
+    /// (`deployment.kubernetes.io/desired-replicas`).
+    pub desired_then: Option<i32>,
+    /// The Deployment's replicas plus its surge then (`deployment.kubernetes.io/max-replicas`).
+    pub max_then: Option<i32>,
 }
 
 /// One step of a rollout: the replicas to give each set that changes.
@@ -163,6 +169,109 @@ pub fn rolling_step(desired: i32, limits: Limits, new: &Set, old: &[Set]) -> Ste
     }
 }
 
+/// Whether the Deployment's replicas changed since its running sets were last scaled for it
+/// (Kubernetes' `isScalingEvent`): then every set is scaled in proportion before the rollout
+/// goes on.
+pub fn is_scaling_event(desired: i32, sets: &[&Set]) -> bool {
+    sets.iter()
+        .filter(|s| s.replicas > 0)
+        .any(|s| s.desired_then.is_some_and(|d| d != desired))
+}
+
+/// What a change of the Deployment's replicas does to its sets (`new`, if it exists, and `old`,
+/// oldest first), as Kubernetes' `scale`: the one running set (or the newest) takes all the
+/// replicas; a saturated new set leaves the old ones none; during a RollingUpdate the difference
+/// to `desired + max_surge` is shared among the running sets in proportion to their size (the
+/// largest first, newer first among equals when growing, older first when shrinking; rounding
+/// leftovers go to the largest). `deployed` is the Deployment's `status.replicas`, the size
+/// before the change when a set does not say it. Answers the sets to write: those whose
+/// replicas change, and running ones whose annotations still name the old size.
+pub fn proportional(
+    desired: i32,
+    max_surge: i32,
+    rolling: bool,
+    deployed: i32,
+    new: Option<&Set>,
+    old: &[Set],
+) -> Vec<(String, i32)> {
+    // Oldest to newest: the position is the age.
+    let all: Vec<&Set> = old.iter().chain(new).collect();
+    let mut active: Vec<(usize, &Set)> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.replicas > 0)
+        .map(|(i, s)| (i, *s))
+        .collect();
+    let write = |s: &Set, n: i32| {
+        let stale = s.desired_then != Some(desired) || s.max_then != Some(desired + max_surge);
+        (s.replicas != n || stale).then(|| (s.name.clone(), n))
+    };
+    match active.len() {
+        0 => {
+            return all
+                .last()
+                .and_then(|s| write(s, desired))
+                .into_iter()
+                .collect()
+        }
+        1 => return write(active[0].1, desired).into_iter().collect(),
+        _ => {}
+    }
+    if let Some(n) = new {
+        let saturated =
+            n.replicas == desired && n.desired_then == Some(desired) && n.available == desired;
+        if saturated {
+            return active
+                .iter()
+                .filter(|(_, s)| s.name != n.name)
+                .filter_map(|(_, s)| write(s, 0))
+                .collect();
+        }
+    }
+    let total: i32 = active.iter().map(|(_, s)| s.replicas).sum();
+    let allowed = if desired > 0 { desired + max_surge } else { 0 };
+    let to_add = if rolling { allowed - total } else { 0 };
+    // Largest first; among equals, newer first when growing, older first when shrinking.
+    active.sort_by(|(ia, a), (ib, b)| {
+        b.replicas
+            .cmp(&a.replicas)
+            .then(if to_add > 0 { ib.cmp(ia) } else { ia.cmp(ib) })
+    });
+    let mut added = 0;
+    let mut sizes: Vec<i32> = Vec::with_capacity(active.len());
+    for (_, s) in &active {
+        let before = s
+            .max_then
+            .filter(|m| *m > 0)
+            .or(Some(deployed).filter(|d| *d > 0));
+        let fraction = match before {
+            _ if to_add == 0 || added == to_add => 0,
+            _ if desired == 0 => -s.replicas,
+            // Rounded half away from zero, as Go's math.Round.
+            Some(before) => {
+                (f64::from(s.replicas) * f64::from(allowed) / f64::from(before)).round() as i32
+                    - s.replicas
+            }
+            None => 0,
+        };
+        let room = to_add - added;
+        let share = if to_add > 0 {
+            fraction.min(room)
+        } else {
+            fraction.max(room)
+        };
+        added += share;
+        sizes.push(s.replicas + share);
+    }
+    // Leftovers from rounding go to the largest set.
+    sizes[0] = (sizes[0] + to_add - added).max(0);
+    active
+        .iter()
+        .zip(sizes)
+        .filter_map(|((_, s), n)| write(s, n))
+        .collect()
+}
+
 /// The next step of a Recreate: all old pods go first; the new set grows once none is left
 /// (`old_pods_running` counts the old sets' pods that still exist).
 pub fn recreate_step(desired: i32, new: &Set, old: &[Set], old_pods_running: i32) -> Step {
@@ -190,7 +299,81 @@ mod tests {
             name: name.into(),
             replicas,
             available,
+            desired_then: None,
+            max_then: None,
         }
+    }
+
+    /// A set last scaled for a Deployment of `desired` replicas with a surge of `surge`.
+    fn scaled(name: &str, replicas: i32, desired: i32, surge: i32) -> Set {
+        Set {
+            desired_then: Some(desired),
+            max_then: Some(desired + surge),
+            ..set(name, replicas, replicas)
+        }
+    }
+
+    #[test]
+    fn scaling_mid_rollout_is_proportional() {
+        // Kubernetes' documented example: 10 replicas, maxSurge 3, a rollout stuck with 8 old
+        // and 5 new pods, scaled to 15: the 5 extra go 3 to the old set and 2 to the new one.
+        let old = [scaled("old", 8, 10, 3)];
+        let new = scaled("new", 5, 10, 3);
+        assert!(is_scaling_event(15, &[&old[0], &new]));
+        assert!(!is_scaling_event(10, &[&old[0], &new]));
+        let mut got = proportional(15, 3, true, 13, Some(&new), &old);
+        got.sort();
+        assert_eq!(got, [("new".into(), 7), ("old".into(), 11)]);
+        // Scaled down: 13 -> 5 + 3 surge, the larger set losing more.
+        let mut got = proportional(5, 3, true, 13, Some(&new), &old);
+        got.sort();
+        assert_eq!(got, [("new".into(), 3), ("old".into(), 5)]);
+        // To zero: every set goes.
+        let mut got = proportional(0, 0, true, 13, Some(&new), &old);
+        got.sort();
+        assert_eq!(got, [("new".into(), 0), ("old".into(), 0)]);
+        // One running set takes everything; none running: the newest.
+        assert_eq!(
+            proportional(5, 2, true, 3, Some(&set("new", 0, 0)), &[set("old", 3, 3)]),
+            [("old".into(), 5)]
+        );
+        assert_eq!(
+            proportional(5, 2, true, 0, Some(&set("new", 0, 0)), &[set("old", 0, 0)]),
+            [("new".into(), 5)]
+        );
+        // A saturated new set: the old ones go.
+        let full = scaled("new", 3, 3, 1);
+        assert_eq!(
+            proportional(3, 1, true, 4, Some(&full), &[set("old", 1, 1)]),
+            [("old".into(), 0)]
+        );
+        // Recreate does not share; only the annotations are brought up to date.
+        let mut got = proportional(15, 0, false, 13, Some(&new), &old);
+        got.sort();
+        assert_eq!(got, [("new".into(), 5), ("old".into(), 8)]);
+        assert!(proportional(10, 3, false, 13, Some(&new), &old).is_empty());
+        // Without annotations the Deployment's own count is the size before.
+        let mut got = proportional(
+            20,
+            0,
+            true,
+            10,
+            Some(&set("new", 5, 5)),
+            &[set("old", 5, 5)],
+        );
+        got.sort();
+        assert_eq!(got, [("new".into(), 10), ("old".into(), 10)]);
+        // Equal sets growing by an odd number: the newer one gets the leftover.
+        let mut got = proportional(
+            11,
+            0,
+            true,
+            10,
+            Some(&scaled("new", 5, 10, 0)),
+            &[scaled("old", 5, 10, 0)],
+        );
+        got.sort();
+        assert_eq!(got, [("new".into(), 6), ("old".into(), 5)]);
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! work queue; workers reconcile each key from the current state (level-triggered), retrying
 //! with backoff on failure.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use skiff_api::kinds::{self, Kind};
+use skiff_api::object::selector_from_json;
+use skiff_api::LabelSelector;
 
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::events::Recorder;
@@ -24,35 +27,14 @@ pub enum Key {
         namespace: String,
         name: String,
     },
-    /// The dependents of a deleted owner (by uid) in a namespace.
-    Orphans {
-        namespace: String,
-        owner: String,
-    },
-    /// An owner held by a `foregroundDeletion` or `orphan` finalizer.
-    Finalize {
+    /// An object (a pod, a ReplicaSet) whose labels no longer match the selector of its
+    /// controller (by uid), which lets it go.
+    Release {
         kind: &'static Kind,
         namespace: String,
         name: String,
+        owner: String,
     },
-}
-
-/// The kind of an owner reference's `kind`, among those the collector follows.
-fn owner_kind(kind: &str) -> Option<&'static Kind> {
-    match kind {
-        "Deployment" => Some(self::kind("apps", "deployments")),
-        "ReplicaSet" => Some(self::kind("apps", "replicasets")),
-        _ => None,
-    }
-}
-
-/// Held by a finalizer the garbage collector takes off.
-fn held(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
-        && obj
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|f| f == "orphan" || f == "foregroundDeletion"))
 }
 
 pub(crate) fn kind(group: &str, plural: &str) -> &'static Kind {
@@ -79,65 +61,78 @@ pub(crate) fn controller_of<'a>(obj: &'a Value, owner_kind: &str) -> Option<(&'a
         })
 }
 
+/// The selectors of the Deployments and ReplicaSets followed, by uid, parsed once: an object
+/// whose labels stop matching its controller's is released.
+#[derive(Default)]
+struct Selectors(Mutex<HashMap<String, LabelSelector>>);
+
+impl Selectors {
+    fn observe(&self, change: &Changed) {
+        let uid = meta(&change.object, "uid").to_string();
+        let mut map = self.0.lock().expect("selectors");
+        match change
+            .object
+            .pointer("/spec/selector")
+            .and_then(|s| selector_from_json(s).ok())
+        {
+            Some(selector) if !change.deleted => {
+                map.insert(uid, selector);
+            }
+            _ => {
+                map.remove(&uid);
+            }
+        }
+    }
+
+    /// Whether `obj`'s controller (by uid) is known and no longer selects it.
+    fn strays(&self, obj: &Value, owner: &str) -> bool {
+        let labels = skiff_api::disruption::labels_of(obj);
+        self.0
+            .lock()
+            .expect("selectors")
+            .get(owner)
+            .is_some_and(|s| !s.matches(&labels))
+    }
+}
+
 /// The keys a change of an object of `kind` calls for.
-fn keys_for(kind: &Kind, change: &Changed) -> Vec<Key> {
+fn keys_for(kind: &'static Kind, change: &Changed, selectors: &Selectors) -> Vec<Key> {
     let obj = &change.object;
     let namespace = meta(obj, "namespace").to_string();
     let name = meta(obj, "name").to_string();
     let mut keys = Vec::new();
-    // Only kinds that own something have dependents to delete (a deleted pod has none).
-    if change.deleted && owner_kind(kind.kind).is_some() {
-        keys.push(Key::Orphans {
-            namespace: namespace.clone(),
-            owner: meta(obj, "uid").to_string(),
-        });
-    }
-    if held(obj) {
-        if let Some(k) = owner_kind(kind.kind) {
-            keys.push(Key::Finalize {
-                kind: k,
+    let owner_kind = match kind.kind {
+        "ReplicaSet" => "Deployment",
+        "Pod" => "ReplicaSet",
+        _ => "",
+    };
+    if let Some((owner, owner_uid)) = controller_of(obj, owner_kind) {
+        if !change.deleted
+            && obj.pointer("/metadata/deletionTimestamp").is_none()
+            && selectors.strays(obj, owner_uid)
+        {
+            keys.push(Key::Release {
+                kind,
                 namespace: namespace.clone(),
                 name: name.clone(),
+                owner: owner_uid.to_string(),
             });
         }
-    }
-    // A dependent that goes (or changes) may release an owner waiting for it.
-    let owners = obj
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for owner in owners {
-        if let (Some(k), Some(owner)) = (
-            owner["kind"].as_str().and_then(owner_kind),
-            owner["name"].as_str(),
-        ) {
-            keys.push(Key::Finalize {
-                kind: k,
+        let owner = owner.to_string();
+        keys.push(match kind.kind {
+            "ReplicaSet" => Key::Deployment {
                 namespace: namespace.clone(),
-                name: owner.to_string(),
-            });
-        }
+                name: owner,
+            },
+            _ => Key::ReplicaSet {
+                namespace: namespace.clone(),
+                name: owner,
+            },
+        });
     }
     match kind.kind {
         "Deployment" => keys.push(Key::Deployment { namespace, name }),
-        "ReplicaSet" => {
-            if let Some((owner, _)) = controller_of(obj, "Deployment") {
-                keys.push(Key::Deployment {
-                    namespace: namespace.clone(),
-                    name: owner.to_string(),
-                });
-            }
-            keys.push(Key::ReplicaSet { namespace, name });
-        }
-        "Pod" => {
-            if let Some((owner, _)) = controller_of(obj, "ReplicaSet") {
-                keys.push(Key::ReplicaSet {
-                    namespace,
-                    name: owner.to_string(),
-                });
-            }
-        }
+        "ReplicaSet" => keys.push(Key::ReplicaSet { namespace, name }),
         _ => {}
     }
     keys
@@ -147,13 +142,35 @@ fn keys_for(kind: &Kind, change: &Changed) -> Vec<Key> {
 pub(crate) async fn follow(
     cluster: Arc<dyn Cluster>,
     kind: &'static Kind,
-    mut on: impl FnMut(&Changed) + Send + 'static,
+    on: impl FnMut(&Changed) + Send + 'static,
 ) {
+    follow_then(cluster, kind, on, || {}).await
+}
+
+/// Follows one kind's changes like [`follow`], calling `synced` once the first feed has
+/// delivered the objects that existed when it began.
+pub(crate) async fn follow_then(
+    cluster: Arc<dyn Cluster>,
+    kind: &'static Kind,
+    mut on: impl FnMut(&Changed) + Send + 'static,
+    synced: impl FnOnce() + Send + 'static,
+) {
+    let mut synced = Some(synced);
     loop {
         match cluster.changes(kind).await {
-            Ok(mut changes) => {
-                while let Some(change) = changes.recv().await {
+            Ok(feed) => {
+                let (mut initial, mut changes) = (feed.initial, feed.changes);
+                loop {
+                    if initial == 0 {
+                        if let Some(f) = synced.take() {
+                            f();
+                        }
+                    }
+                    let Some(change) = changes.recv().await else {
+                        break;
+                    };
                     on(&change);
+                    initial = initial.saturating_sub(1);
                 }
                 tracing::info!(kind = kind.plural, "controller feed ended; following again");
             }
@@ -205,50 +222,28 @@ struct Recorders {
     deployment: Recorder,
 }
 
-async fn work(
-    cluster: Arc<dyn Cluster>,
-    queue: Queue<Key>,
-    events: Arc<Recorders>,
-    mut leader: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        // Only the leader's workers take keys; the others' wait in the queue, so a new leader
-        // starts with every object's key.
-        if leader.wait_for(|leads| *leads).await.is_err() {
-            return;
+/// Reconciles one key; answers when to look at it again if nothing changes.
+async fn sync(
+    cluster: &dyn Cluster,
+    events: &Recorders,
+    key: Key,
+) -> Result<Option<Duration>, ClusterError> {
+    match key {
+        Key::ReplicaSet { namespace, name } => {
+            reconcile::replica_set(cluster, &events.replicaset, &namespace, &name).await?;
+            Ok(None)
         }
-        let key = queue.next().await;
-        let result = match &key {
-            Key::ReplicaSet { namespace, name } => {
-                reconcile::replica_set(cluster.as_ref(), &events.replicaset, namespace, name).await
-            }
-            Key::Deployment { namespace, name } => {
-                match reconcile::deployment(cluster.as_ref(), &events.deployment, namespace, name)
-                    .await
-                {
-                    Ok(Some(later)) => {
-                        queue.add_after(key.clone(), later);
-                        Ok(())
-                    }
-                    other => other.map(|_| ()),
-                }
-            }
-            Key::Orphans { namespace, owner } => {
-                reconcile::orphans(cluster.as_ref(), namespace, owner).await
-            }
-            Key::Finalize {
-                kind,
-                namespace,
-                name,
-            } => reconcile::finalize(cluster.as_ref(), kind, namespace, name).await,
-        };
-        match result {
-            Ok(()) => queue.done(&key),
-            Err(ClusterError::NotFound(_)) => queue.done(&key),
-            Err(e) => {
-                let delay = queue.retry(key.clone());
-                tracing::debug!(?key, error = %e, ?delay, "reconcile failed; retrying");
-            }
+        Key::Deployment { namespace, name } => {
+            reconcile::deployment(cluster, &events.deployment, &namespace, &name).await
+        }
+        Key::Release {
+            kind,
+            namespace,
+            name,
+            owner,
+        } => {
+            reconcile::release(cluster, kind, &namespace, &name, &owner).await?;
+            Ok(None)
         }
     }
 }
@@ -280,25 +275,37 @@ pub fn start(cluster: Arc<dyn Cluster>, identity: String, settings: Settings) {
         deployment: Recorder::new("deployment-controller"),
     });
     tokio::spawn(crate::events::expire(cluster.clone(), settings.event_ttl));
-    for k in [
-        kind("apps", "deployments"),
-        kind("apps", "replicasets"),
-        kind("", "pods"),
-    ] {
-        let queue = queue.clone();
-        tokio::spawn(follow(cluster.clone(), k, move |change| {
-            for key in keys_for(k, change) {
-                queue.add(key);
-            }
-        }));
+    let gc = crate::gc::start(cluster.clone(), leader.clone());
+    let selectors = Arc::new(Selectors::default());
+    // One feed per collected kind, shared by the collector and, for the workloads' kinds, the
+    // Deployment and ReplicaSet controllers.
+    for k in crate::gc::followed() {
+        let (queue, gc, selectors) = (queue.clone(), gc.clone(), selectors.clone());
+        let workload = matches!(k.kind, "Deployment" | "ReplicaSet" | "Pod");
+        let synced = gc.clone();
+        tokio::spawn(follow_then(
+            cluster.clone(),
+            k,
+            move |change| {
+                gc.observe(k, change);
+                if workload {
+                    if k.kind != "Pod" {
+                        selectors.observe(change);
+                    }
+                    for key in keys_for(k, change, &selectors) {
+                        queue.add(key);
+                    }
+                }
+            },
+            move || synced.synced(),
+        ));
     }
     for _ in 0..settings.workers {
-        tokio::spawn(work(
-            cluster.clone(),
-            queue.clone(),
-            events.clone(),
-            leader.clone(),
-        ));
+        let (cluster, events) = (cluster.clone(), events.clone());
+        work_while_leading(queue.clone(), leader.clone(), "workloads", move |key| {
+            let (cluster, events) = (cluster.clone(), events.clone());
+            async move { sync(cluster.as_ref(), &events, key).await }
+        });
     }
 }
 
@@ -308,56 +315,49 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn changes_call_for_their_owners() {
-        let pod = json!({"metadata": {"name": "web-abc", "namespace": "default", "uid": "p1",
-            "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9", "uid": "r1", "controller": true}]}});
-        let rs = json!({"metadata": {"name": "web-7d9", "namespace": "default", "uid": "r1",
-            "ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "d1", "controller": true}]}});
-        let key = |kind, obj: &Value, deleted| {
+    fn changes_call_for_their_controllers_and_strays_are_released() {
+        let pod = |app: &str| {
+            json!({"metadata": {"name": "web-abc", "namespace": "default", "uid": "p1", "labels": {"app": app},
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9", "uid": "r1", "controller": true}]}})
+        };
+        let rs = json!({"metadata": {"name": "web-7d9", "namespace": "default", "uid": "r1"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}}});
+        let selectors = Selectors::default();
+        let keys = |kind, obj: &Value, deleted| {
             keys_for(
                 kind,
                 &Changed {
                     object: obj.clone(),
                     deleted,
                 },
+                &selectors,
             )
         };
         let ns = || "default".to_string();
+        let rs_key = vec![Key::ReplicaSet {
+            namespace: ns(),
+            name: "web-7d9".into(),
+        }];
+        assert_eq!(keys(kind("", "pods"), &pod("web"), false), rs_key);
+        // Relabelled before its controller is known: nothing to release yet.
+        assert_eq!(keys(kind("", "pods"), &pod("debug"), false), rs_key);
+        selectors.observe(&Changed {
+            object: rs.clone(),
+            deleted: false,
+        });
+        assert_eq!(keys(kind("", "pods"), &pod("web"), false), rs_key);
+        let release = Key::Release {
+            kind: kind("", "pods"),
+            namespace: ns(),
+            name: "web-abc".into(),
+            owner: "r1".into(),
+        };
         assert_eq!(
-            key(kind("", "pods"), &pod, false),
-            [
-                Key::Finalize {
-                    kind: kind("apps", "replicasets"),
-                    namespace: ns(),
-                    name: "web-7d9".into()
-                },
-                Key::ReplicaSet {
-                    namespace: ns(),
-                    name: "web-7d9".into()
-                }
-            ]
+            keys(kind("", "pods"), &pod("debug"), false),
+            [release, rs_key[0].clone()]
         );
-        assert_eq!(
-            key(kind("apps", "replicasets"), &rs, true),
-            [
-                Key::Orphans {
-                    namespace: ns(),
-                    owner: "r1".into()
-                },
-                Key::Finalize {
-                    kind: kind("apps", "deployments"),
-                    namespace: ns(),
-                    name: "web".into()
-                },
-                Key::Deployment {
-                    namespace: ns(),
-                    name: "web".into()
-                },
-                Key::ReplicaSet {
-                    namespace: ns(),
-                    name: "web-7d9".into()
-                },
-            ]
-        );
+        // A deleted pod is not released, its controller looks again.
+        assert_eq!(keys(kind("", "pods"), &pod("debug"), true), rs_key);
+        assert_eq!(keys(kind("apps", "replicasets"), &rs, false), rs_key);
     }
 }

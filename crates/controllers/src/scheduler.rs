@@ -383,7 +383,8 @@ async fn follow(scheduler: Arc<Scheduler>, plural: &'static str) {
     let k = kind("", plural);
     loop {
         match scheduler.cluster.changes(k).await {
-            Ok(mut changes) => {
+            Ok(feed) => {
+                let mut changes = feed.changes;
                 while let Some(change) = changes.recv().await {
                     match plural {
                         "nodes" => scheduler.node_changed(change),

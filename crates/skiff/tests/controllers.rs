@@ -496,3 +496,341 @@ fn events_expire_after_their_time_to_live() {
         "{bad}"
     );
 }
+
+/// A Deployment of `replicas` pods of my-api:v2.1 that surges by 3 and may lose 2.
+fn web(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: {replicas}
+  strategy:
+    rollingUpdate:
+      maxSurge: 3
+      maxUnavailable: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: server
+        image: my-api:v2.1
+"
+    )
+}
+
+fn progressing(server: &SkiffServer, deployment: &str) -> String {
+    kubectl(
+        server,
+        &[
+            "get",
+            "deploy",
+            deployment,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].status} {.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ],
+    )
+    .out()
+}
+
+#[test]
+fn a_paused_deployment_waits_and_scaling_mid_rollout_is_proportional() {
+    let server = server();
+    let _node = HollowNodes::start(&server, HollowConfig::default());
+    apply(&server, &web(10));
+    kubectl(
+        &server,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .out();
+
+    // Paused: a new template makes no new ReplicaSet, and the condition says why.
+    let out = kubectl(&server, &["rollout", "pause", "deployment/web"]).out();
+    assert_eq!(out, "deployment.apps/web paused\n");
+    kubectl(
+        &server,
+        &["set", "image", "deployment/web", "server=my-api:v2.2"],
+    )
+    .out();
+    eventually("the paused condition", || {
+        let p = progressing(&server, "web");
+        (p != "Unknown DeploymentPaused").then_some(p)
+    });
+    let status = kubectl(
+        &server,
+        &["rollout", "status", "deployment/web", "--watch=false"],
+    )
+    .out();
+    assert_eq!(
+        status,
+        "Waiting for deployment \"web\" rollout to finish: 0 out of 10 new replicas have been updated...\n"
+    );
+    // Scaling still works while paused, on the ReplicaSet there is.
+    kubectl(&server, &["scale", "deployment/web", "--replicas=12"]).out();
+    eventually("12 replicas of v2.1", || {
+        let sets = replica_sets(&server);
+        (sets != "1 my-api:v2.1 12\n").then_some(sets)
+    });
+    kubectl(&server, &["scale", "deployment/web", "--replicas=10"]).out();
+
+    // New pods that can never be placed stall the rollout where Kubernetes' documentation
+    // shows it: 8 old and 5 new pods (10 + 3 surge; 8 must stay available).
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "deployment/web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"nodeSelector":{"nowhere":"true"}}}}}"#,
+        ],
+    )
+    .out();
+    let out = kubectl(&server, &["rollout", "resume", "deployment/web"]).out();
+    assert_eq!(out, "deployment.apps/web resumed\n");
+    eventually("the stalled rollout", || {
+        let sets = replica_sets(&server);
+        (sets != "1 my-api:v2.1 8\n2 my-api:v2.2 5\n").then_some(sets)
+    });
+    let p = progressing(&server, "web");
+    assert_eq!(p, "True ReplicaSetUpdated");
+
+    // Scaled to 15 mid-rollout: the 5 more are shared in proportion, 3 old and 2 new.
+    kubectl(&server, &["scale", "deployment/web", "--replicas=15"]).out();
+    eventually("the proportional scale", || {
+        let sets = replica_sets(&server);
+        (sets != "1 my-api:v2.1 11\n2 my-api:v2.2 7\n").then_some(sets)
+    });
+    let events = kubectl(
+        &server,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=ScalingReplicaSet",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+    )
+    .out();
+    assert!(events.contains("from 8 to 11"), "{events}");
+    assert!(events.contains("from 5 to 7"), "{events}");
+}
+
+#[test]
+fn a_relabelled_pod_is_released_and_replaced() {
+    let server = server();
+    let _node = HollowNodes::start(&server, HollowConfig::default());
+    apply(&server, &web(3));
+    kubectl(
+        &server,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .out();
+    let pod = kubectl(
+        &server,
+        &["get", "pods", "-o", "jsonpath={.items[0].metadata.name}"],
+    )
+    .out();
+    // Taken out of the Deployment for debugging, as users of Kubernetes do.
+    kubectl(&server, &["label", "pod", &pod, "app=debug", "--overwrite"]).out();
+    eventually("the release", || {
+        let owners = kubectl(
+            &server,
+            &[
+                "get",
+                "pod",
+                &pod,
+                "-o",
+                "jsonpath={.metadata.ownerReferences}",
+            ],
+        )
+        .out();
+        (!owners.is_empty()).then_some(owners)
+    });
+    eventually("a replacement", || {
+        let web = kubectl(&server, &["get", "pods", "-l", "app=web", "-o", "name"]).out();
+        (web.lines().count() != 3).then_some(web)
+    });
+    assert_eq!(pods(&server), 4, "the released pod stays");
+}
+
+#[test]
+fn owners_of_any_kind_take_their_dependents_and_dangling_references_go() {
+    let server = server();
+    // Creates a ConfigMap or a Secret; answers its uid.
+    let object = |kind: &str, name: &str| {
+        let mut args = vec!["create", kind];
+        if kind == "secret" {
+            args.push("generic");
+        }
+        args.extend([name, "--from-literal=k=v", "-o", "jsonpath={.metadata.uid}"]);
+        kubectl(&server, &args).out()
+    };
+    let owned = |name: &str, owners: &[(&str, &str, &str, bool)]| {
+        let refs: Vec<serde_json::Value> = owners
+            .iter()
+            .map(|(kind, owner, uid, block)| {
+                serde_json::json!({"apiVersion": "v1", "kind": kind, "name": owner, "uid": uid,
+                    "blockOwnerDeletion": block})
+            })
+            .collect();
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "ownerReferences": refs}});
+        apply(&server, &cm.to_string());
+    };
+    let exists = |name: &str| kubectl(&server, &["get", "configmap", name]).ok;
+    let owner = object("configmap", "owner");
+    let keeper = object("secret", "keeper");
+    owned("child", &[("ConfigMap", "owner", &owner, false)]);
+    owned(
+        "shared",
+        &[
+            ("ConfigMap", "owner", &owner, false),
+            ("Secret", "keeper", &keeper, false),
+        ],
+    );
+    // An owner that never existed: the dependent goes after a moment.
+    owned(
+        "dangling",
+        &[(
+            "ConfigMap",
+            "ghost",
+            "0b3e0bd4-7a4e-4c1b-a5b8-2f4c3c0e9d11",
+            false,
+        )],
+    );
+    eventually("the dangling dependent gone", || {
+        exists("dangling").then(|| "still there".into())
+    });
+    assert!(exists("child") && exists("shared"));
+
+    // Background: the owner's only dependent goes; a dependent with another owner stays,
+    // without the reference.
+    kubectl(&server, &["delete", "configmap", "owner"]).out();
+    eventually("the child gone", || {
+        exists("child").then(|| "still there".into())
+    });
+    let refs = kubectl(
+        &server,
+        &[
+            "get",
+            "configmap",
+            "shared",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[*].name}",
+        ],
+    )
+    .out();
+    assert_eq!(refs, "keeper");
+
+    // Foreground and orphan on a kind that is not a workload.
+    let fg = object("secret", "fg");
+    owned("fg-child", &[("Secret", "fg", &fg, true)]);
+    let or = object("secret", "or");
+    owned("or-child", &[("Secret", "or", &or, true)]);
+    kubectl(
+        &server,
+        &[
+            "delete",
+            "secret",
+            "fg",
+            "--cascade=foreground",
+            "--timeout=20s",
+        ],
+    )
+    .out();
+    kubectl(&server, &["get", "secret", "fg"]).err();
+    assert!(!exists("fg-child"), "deleted before its owner");
+    kubectl(
+        &server,
+        &[
+            "delete",
+            "secret",
+            "or",
+            "--cascade=orphan",
+            "--timeout=20s",
+        ],
+    )
+    .out();
+    kubectl(&server, &["get", "secret", "or"]).err();
+    let refs = kubectl(
+        &server,
+        &[
+            "get",
+            "configmap",
+            "or-child",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ],
+    )
+    .out();
+    assert_eq!(refs, "", "orphaned");
+}
+
+#[test]
+fn pods_that_cannot_be_created_say_why() {
+    let server = server();
+    let manifest = web(3).replace(
+        "      containers:\n",
+        "      priorityClassName: urgent\n      containers:\n",
+    );
+    apply(&server, &manifest);
+    let failure = |kind: &str| {
+        kubectl(
+            &server,
+            &[
+                "get",
+                kind,
+                "-o",
+                "jsonpath={.items[0].status.conditions[?(@.type==\"ReplicaFailure\")].reason}: {.items[0].status.conditions[?(@.type==\"ReplicaFailure\")].message}",
+            ],
+        )
+        .out()
+    };
+    let want = "FailedCreate: pods \"web-";
+    eventually("the ReplicaSet's failure", || {
+        let f = failure("rs");
+        (!f.starts_with(want)
+            || !f.ends_with("is forbidden: no PriorityClass with name urgent was found"))
+        .then_some(f)
+    });
+    eventually("the Deployment's failure", || {
+        let f = failure("deploy");
+        (!f.starts_with(want)).then_some(f)
+    });
+    let events = kubectl(
+        &server,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=FailedCreate",
+            "-o",
+            "jsonpath={.items[0].type} {.items[0].message}",
+        ],
+    )
+    .out();
+    assert!(
+        events.starts_with("Warning Error creating: pods \"web-"),
+        "{events}"
+    );
+    // Once the class exists the pods are made and the condition goes.
+    kubectl(
+        &server,
+        &["create", "priorityclass", "urgent", "--value=1000"],
+    )
+    .out();
+    eventually("3 pods", || {
+        (pods(&server) != 3).then(|| format!("{} pods", pods(&server)))
+    });
+    eventually("no failure left", || {
+        let f = failure("rs") + &failure("deploy");
+        (f != ": : ").then_some(f)
+    });
+}
