@@ -1,6 +1,7 @@
-//! The controllers benchmark: a release `skiff server` with a fake node (binding pods and
-//! reporting them ready through the API) rolls out large Deployments; the figures are times to
-//! full availability and the server's memory afterwards.
+//! The controllers benchmark: a release `skiff server` with hollow nodes (110 pods each, as
+//! kubelet's default; the scheduler binds, they report pods ready through the API) rolls out
+//! large Deployments; the figures are times to full availability and the server's memory
+//! afterwards.
 
 use std::time::{Duration, Instant};
 
@@ -97,7 +98,15 @@ async fn rolled_out(
 pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     let bin = crate::binary::release_binary()?;
     let server = SkiffServer::start(&bin, &[]).map_err(anyhow::Error::msg)?;
-    let _node = HollowNodes::start(&server, HollowConfig::default());
+    // Room for every pod at once plus a rollout's surge.
+    let pods = sizes.big as usize * 5 / 4 + sizes.many * sizes.each as usize;
+    let _nodes = HollowNodes::start(
+        &server,
+        HollowConfig {
+            count: pods.div_ceil(100),
+            ..HollowConfig::default()
+        },
+    );
     let client = server.client().await.map_err(anyhow::Error::msg)?;
     let api: Api<Deployment> = Api::namespaced(client, "default");
     let mut report = Report::new("controllers", "skiff", "no target".into());
