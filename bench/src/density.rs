@@ -86,7 +86,9 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     );
     let core = core_decisions_per_second(sizes.nodes, sizes.pods);
     let bin = crate::binary::release_binary()?;
-    let server = SkiffServer::start(&bin, &[]).map_err(anyhow::Error::msg)?;
+    // A /24 of pod addresses per node: the default /16 holds 256 nodes, a /10 16,384.
+    let server = SkiffServer::start(&bin, &["--cluster-cidr", "10.64.0.0/10"])
+        .map_err(anyhow::Error::msg)?;
     eprintln!("registering {} hollow nodes", sizes.nodes);
     let nodes_started = Instant::now();
     let _nodes = HollowNodes::start(

@@ -368,6 +368,80 @@ const REPLACED: &[(&str, &str)] = &[
 ];
 
 /// How list field `field` of type `ty` merges.
+/// The keys of a list's items, each with the value it reads as when missing.
+pub type ApplyKeys = &'static [(&'static str, Option<&'static str>)];
+
+/// How server-side apply treats a list field (`x-kubernetes-list-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyList {
+    /// Replaced whole; owned as one field.
+    Atomic,
+    /// Items are objects identified by these keys (a key missing from an item reads as the
+    /// default given, if any); each item and its fields are owned apart.
+    Map(ApplyKeys),
+    /// Items are scalars; each is owned apart.
+    Set,
+}
+
+/// The lists whose server-side apply keys differ from their strategic merge key: the rest
+/// follow [`MERGED`] (a merge key gives a map by that key, merged scalars a set) and every
+/// other list is atomic.
+const APPLY_KEYS: &[(&str, &str, ApplyKeys)] = &[
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        &[("containerPort", None), ("protocol", Some("TCP"))],
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        &[("containerPort", None), ("protocol", Some("TCP"))],
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceSpec",
+        "ports",
+        &[("port", None), ("protocol", Some("TCP"))],
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "topologySpreadConstraints",
+        &[("topologyKey", None), ("whenUnsatisfiable", None)],
+    ),
+];
+
+/// How server-side apply treats the list `field` of the type named `ty`.
+pub fn apply_list(ty: Option<&str>, field: &str) -> ApplyList {
+    let Some(ty) = ty else {
+        return ApplyList::Atomic;
+    };
+    if let Some((_, _, keys)) = APPLY_KEYS.iter().find(|(t, f, _)| *t == ty && *f == field) {
+        return ApplyList::Map(keys);
+    }
+    match MERGED.iter().find(|(t, f, _)| *t == ty && *f == field) {
+        Some((_, _, ListStrategy::MergeScalars)) => ApplyList::Set,
+        Some((_, _, ListStrategy::MergeByKey(key))) => {
+            // One key without a default: a static slice per entry.
+            KEYS.iter()
+                .find(|keys| keys[0].0 == *key)
+                .map_or(ApplyList::Atomic, |keys| ApplyList::Map(keys))
+        }
+        _ => ApplyList::Atomic,
+    }
+}
+
+/// The single keys [`MERGED`] uses, as apply keys.
+const KEYS: &[ApplyKeys] = &[
+    &[("name", None)],
+    &[("uid", None)],
+    &[("ip", None)],
+    &[("topologyKey", None)],
+    &[("containerPort", None)],
+    &[("mountPath", None)],
+    &[("devicePath", None)],
+    &[("port", None)],
+    &[("type", None)],
+];
+
 pub fn list_strategy(ty: Option<&str>, field: &str) -> ListStrategy {
     ty.and_then(|ty| {
         MERGED

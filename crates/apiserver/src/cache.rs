@@ -216,17 +216,33 @@ impl KindCache {
         Ok(Subscription { backlog, live })
     }
 
-    /// The objects under `prefix` at the latest revision, once the cache has caught up with
-    /// `at_least`; `None` when it does not in time (the caller reads the store).
-    pub async fn snapshot(&self, prefix: &str, at_least: Revision) -> Option<Snapshot> {
+    /// Waits until the cache has applied `at_least`; false when it does not in time.
+    async fn caught_up(&self, at_least: Revision) -> bool {
         let mut applied = self.applied.subscribe();
         if *applied.borrow() < at_least {
             let _ = self.progress.try_send(());
             let caught_up =
                 tokio::time::timeout(FRESHNESS_WAIT, applied.wait_for(|r| *r >= at_least)).await;
-            if !matches!(caught_up, Ok(Ok(_))) {
-                return None;
-            }
+            return matches!(caught_up, Ok(Ok(_)));
+        }
+        true
+    }
+
+    /// The object under store key `key`, once the cache has caught up with `at_least`: the
+    /// outer `None` when it does not in time (the caller reads the store).
+    pub async fn object(&self, key: &str, at_least: Revision) -> Option<Option<Arc<Cached>>> {
+        if !self.caught_up(at_least).await {
+            return None;
+        }
+        let state = self.state.read().expect("cache lock");
+        Some(state.objects.get(key).cloned())
+    }
+
+    /// The objects under `prefix` at the latest revision, once the cache has caught up with
+    /// `at_least`; `None` when it does not in time (the caller reads the store).
+    pub async fn snapshot(&self, prefix: &str, at_least: Revision) -> Option<Snapshot> {
+        if !self.caught_up(at_least).await {
+            return None;
         }
         let state = self.state.read().expect("cache lock");
         let items = state

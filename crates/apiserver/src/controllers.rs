@@ -114,6 +114,30 @@ impl Cluster for InProcess {
             .collect()
     }
 
+    async fn get(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ClusterError> {
+        let cache = self
+            .api
+            .cache
+            .of(kind)
+            .await
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let key = kind.store_key(Some(namespace).filter(|n| !n.is_empty()), name);
+        let found = cache
+            .object(&key, self.written.load(Ordering::SeqCst))
+            .await
+            .ok_or_else(|| ClusterError::Other("the watch cache is behind the store".into()))?;
+        found
+            .map(|obj| {
+                serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
+            })
+            .transpose()
+    }
+
     async fn changes(&self, kind: &'static Kind) -> Result<Feed, ClusterError> {
         let cache = self
             .api

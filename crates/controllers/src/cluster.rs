@@ -46,6 +46,15 @@ pub trait Cluster: Send + Sync + 'static {
         filter: &Filter,
     ) -> Result<Vec<Value>, ClusterError>;
 
+    /// The object of `kind` named `name` in `namespace` ("" for cluster-scoped kinds), at least
+    /// as new as every write made through this client so far.
+    async fn get(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ClusterError>;
+
     /// The current objects of `kind` (as changes), then every change. The feed ends when the
     /// client falls behind; the caller subscribes again.
     async fn changes(&self, kind: &'static Kind) -> Result<Feed, ClusterError>;

@@ -15,7 +15,6 @@ use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
-use crate::reconcile::get;
 use crate::runtime::{controller_of, kind};
 
 fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
@@ -153,12 +152,17 @@ async fn scale_of(
         if !looked_up.insert(rs_uid) {
             continue;
         }
-        let Some(rs) = get(cluster, kind("apps", "replicasets"), namespace, rs_name).await? else {
+        let Some(rs) = cluster
+            .get(kind("apps", "replicasets"), namespace, rs_name)
+            .await?
+        else {
             return Ok(Err(format!("found no controllers for pod {name:?}")));
         };
         let owner = match controller_of(&rs, "Deployment") {
             Some((deployment, _)) => {
-                get(cluster, kind("apps", "deployments"), namespace, deployment).await?
+                cluster
+                    .get(kind("apps", "deployments"), namespace, deployment)
+                    .await?
             }
             None => Some(rs),
         };
@@ -182,7 +186,7 @@ async fn sync(
     namespace: &str,
     name: &str,
 ) -> Result<Option<Duration>, ClusterError> {
-    let Some(pdb) = get(cluster, budgets(), namespace, name).await? else {
+    let Some(pdb) = cluster.get(budgets(), namespace, name).await? else {
         return Ok(None);
     };
     let pods = match disruption::selector(&pdb) {

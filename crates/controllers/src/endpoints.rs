@@ -333,12 +333,28 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
         ));
     }
     {
+        // Cluster DNS is served by every node at its pod CIDR's gateway: only a change of a
+        // node's CIDR or readiness (not its heartbeats) changes the kube-dns endpoints.
         let queue = queue.clone();
+        let mut known: HashMap<String, (String, bool)> = HashMap::new();
         tokio::spawn(crate::runtime::follow(
             cluster.clone(),
             kind("", "nodes"),
-            move |_| {
-                queue.add((DNS_SERVICE.0.to_string(), DNS_SERVICE.1.to_string()));
+            move |change| {
+                let node = &change.object;
+                let name = text(node, "/metadata/name").to_string();
+                let changed = if change.deleted {
+                    known.remove(&name).is_some()
+                } else {
+                    let now = (
+                        text(node, "/spec/podCIDR").to_string(),
+                        condition_true(node, "Ready"),
+                    );
+                    known.insert(name, now.clone()) != Some(now)
+                };
+                if changed {
+                    queue.add((DNS_SERVICE.0.to_string(), DNS_SERVICE.1.to_string()));
+                }
             },
         ));
     }
@@ -357,8 +373,8 @@ async fn sync(cluster: &dyn Cluster, namespace: &str, name: &str) -> Result<(), 
         skiff_api::kinds::find("discovery.k8s.io", "v1", "endpointslices").expect("a served kind"),
         kind("", "pods"),
     );
-    let service = crate::reconcile::get(cluster, services, namespace, name).await?;
-    let current_endpoints = crate::reconcile::get(cluster, endpoints_kind, namespace, name).await?;
+    let service = cluster.get(services, namespace, name).await?;
+    let current_endpoints = cluster.get(endpoints_kind, namespace, name).await?;
     let by_service = Filter {
         labels: skiff_api::LabelSelector::parse(&format!("{SERVICE_NAME_LABEL}={name}")).ok(),
         fields: None,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use skiff_api::object::Filter;
-use skiff_api::FieldSelector;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
@@ -80,15 +79,7 @@ impl Recorder {
             .cloned();
         let stamp = now();
         if let Some((name, count)) = known {
-            let by_name = Filter {
-                labels: None,
-                fields: FieldSelector::parse(&format!("metadata.name={name}")).ok(),
-            };
-            let existing = cluster
-                .list(events, &namespace, &by_name)
-                .await?
-                .into_iter()
-                .next();
+            let existing = cluster.get(events, &namespace, &name).await?;
             if let Some(mut event) = existing {
                 event["count"] = json!(count + 1);
                 event["lastTimestamp"] = json!(stamp);

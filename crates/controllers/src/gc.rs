@@ -16,7 +16,6 @@ use tokio::sync::watch;
 
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::queue::Queue;
-use crate::reconcile::get;
 
 /// How long a reference to an owner not seen yet waits before it is looked up: at start the
 /// owners' feeds may not have delivered them.
@@ -343,7 +342,7 @@ async fn owner_state(
         (true, ns) => ns,
     };
     let name = reference["name"].as_str().unwrap_or("");
-    Ok(match get(cluster, kind, namespace, name).await? {
+    Ok(match cluster.get(kind, namespace, name).await? {
         Some(owner) if text(&owner, "/metadata/uid") == reference["uid"].as_str().unwrap_or("") => {
             if deleting(&owner) && has_finalizer(&owner, FOREGROUND) {
                 OwnerState::Waiting
@@ -371,7 +370,10 @@ async fn attempt_to_delete(
     if !suspect {
         return Ok(());
     }
-    let Some(obj) = get(cluster, place.kind, &place.namespace, &place.name).await? else {
+    let Some(obj) = cluster
+        .get(place.kind, &place.namespace, &place.name)
+        .await?
+    else {
         return Ok(());
     };
     if text(&obj, "/metadata/uid") != uid || deleting(&obj) {
@@ -420,7 +422,10 @@ async fn attempt_to_delete(
 /// the references off); one held by `foregroundDeletion` once the dependents that block it are
 /// gone (the collector deletes them all).
 async fn release(cluster: &dyn Cluster, gc: &Collector, place: &Place) -> Result<(), ClusterError> {
-    let Some(owner) = get(cluster, place.kind, &place.namespace, &place.name).await? else {
+    let Some(owner) = cluster
+        .get(place.kind, &place.namespace, &place.name)
+        .await?
+    else {
         return Ok(());
     };
     if !held(&owner) {
@@ -434,13 +439,9 @@ async fn release(cluster: &dyn Cluster, gc: &Collector, place: &Place) -> Result
         .dependents_of(uid_of(&uid).unwrap_or_default());
     let finalizer = if has_finalizer(&owner, ORPHAN) {
         for (dep_place, dep_uid, _) in &dependents {
-            let Some(mut dep) = get(
-                cluster,
-                dep_place.kind,
-                &dep_place.namespace,
-                &dep_place.name,
-            )
-            .await?
+            let Some(mut dep) = cluster
+                .get(dep_place.kind, &dep_place.namespace, &dep_place.name)
+                .await?
             else {
                 continue;
             };

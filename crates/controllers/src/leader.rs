@@ -4,8 +4,6 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use skiff_api::object::Filter;
-use skiff_api::FieldSelector;
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
@@ -30,15 +28,7 @@ fn now() -> (i64, String) {
 /// `identity` leads now.
 async fn try_lead(cluster: &dyn Cluster, identity: &str) -> Result<bool, ClusterError> {
     let leases = kind("coordination.k8s.io", "leases");
-    let by_name = Filter {
-        labels: None,
-        fields: FieldSelector::parse(&format!("metadata.name={NAME}")).ok(),
-    };
-    let current = cluster
-        .list(leases, NAMESPACE, &by_name)
-        .await?
-        .into_iter()
-        .next();
+    let current = cluster.get(leases, NAMESPACE, NAME).await?;
     let (seconds, stamp) = now();
     let Some(mut lease) = current else {
         let lease = json!({

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skiff_api::cidr::{self, Ipv4Cidr};
@@ -53,37 +53,52 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings:
                 if change.deleted {
                     seen.remove(&name);
                 } else {
-                    seen.insert(name, pod_cidr(&change.object));
-                    wake.notify_one();
+                    let cidr = pod_cidr(&change.object);
+                    if cidr.is_none() {
+                        wake.notify_one();
+                    }
+                    seen.insert(name, cidr);
                 }
             },
         ));
     }
     tokio::spawn(async move {
+        let mut reported: Option<Instant> = None;
         loop {
             // A missed or failed assignment is tried again within a second.
             let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
             if !*leader.borrow() {
                 continue;
             }
-            let waiting: Vec<String> = {
+            let (waiting, mut taken): (Vec<String>, BTreeSet<Ipv4Cidr>) = {
                 let seen = seen.lock().expect("nodes seen");
-                seen.iter()
-                    .filter(|(_, c)| c.is_none())
-                    .map(|(n, _)| n.clone())
-                    .collect()
+                (
+                    seen.iter()
+                        .filter(|(_, c)| c.is_none())
+                        .map(|(n, _)| n.clone())
+                        .collect(),
+                    seen.values().flatten().copied().collect(),
+                )
             };
-            for node in waiting {
-                let taken: BTreeSet<Ipv4Cidr> = seen
-                    .lock()
-                    .expect("nodes seen")
-                    .values()
-                    .flatten()
-                    .copied()
-                    .collect();
-                match assign(cluster.as_ref(), &settings, &node, &taken).await {
+            for (i, node) in waiting.iter().enumerate() {
+                let Some(free) =
+                    cidr::free_node_cidr(&settings.cluster_cidr, settings.node_prefix, &taken)
+                else {
+                    // The range is full: said once a minute, not once per node and second.
+                    if reported.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                        tracing::error!(nodes = waiting.len() - i, cluster_cidr = %settings.cluster_cidr,
+                            node_prefix = settings.node_prefix,
+                            "no pod CIDR is left for these nodes: their pods get no addresses (a larger --cluster-cidr makes room)");
+                        reported = Some(Instant::now());
+                    }
+                    break;
+                };
+                match assign(cluster.as_ref(), node, free).await {
                     Ok(Some(given)) => {
-                        seen.lock().expect("nodes seen").insert(node, Some(given));
+                        taken.insert(given);
+                        seen.lock()
+                            .expect("nodes seen")
+                            .insert(node.clone(), Some(given));
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%node, error = %e, "assigning a pod CIDR"),
@@ -93,27 +108,21 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings:
     });
 }
 
-/// Gives `node` the first free pod CIDR, unless it has one by now.
+/// Gives `node` the pod CIDR `free`, unless it has one by now (answered instead).
 async fn assign(
     cluster: &dyn Cluster,
-    settings: &Settings,
     node: &str,
-    taken: &BTreeSet<Ipv4Cidr>,
+    free: Ipv4Cidr,
 ) -> Result<Option<Ipv4Cidr>, ClusterError> {
-    let Some(mut obj) = crate::reconcile::get(cluster, kind("", "nodes"), "", node).await? else {
+    let Some(mut obj) = cluster.get(kind("", "nodes"), "", node).await? else {
         return Ok(None);
     };
     if let Some(has) = pod_cidr(&obj) {
         return Ok(Some(has));
     }
-    let Some(given) = cidr::free_node_cidr(&settings.cluster_cidr, settings.node_prefix, taken)
-    else {
-        tracing::error!(%node, cluster_cidr = %settings.cluster_cidr, "no pod CIDR is left for the node");
-        return Ok(None);
-    };
-    obj["spec"]["podCIDR"] = json!(given.to_string());
-    obj["spec"]["podCIDRs"] = json!([given.to_string()]);
+    obj["spec"]["podCIDR"] = json!(free.to_string());
+    obj["spec"]["podCIDRs"] = json!([free.to_string()]);
     cluster.update(kind("", "nodes"), obj).await?;
-    tracing::info!(%node, pod_cidr = %given, "pod CIDR assigned");
-    Ok(Some(given))
+    tracing::info!(%node, pod_cidr = %free, "pod CIDR assigned");
+    Ok(Some(free))
 }

@@ -272,12 +272,7 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings:
 /// Ready=Unknown, the unreachable taints, and every pod of the node not Ready.
 async fn mark(cluster: &dyn Cluster, recorder: &Recorder, name: &str) -> Result<(), ClusterError> {
     let nodes = kind("", "nodes");
-    let Some(mut node) = cluster
-        .list(nodes, "", &by("metadata.name", name))
-        .await?
-        .into_iter()
-        .next()
-    else {
+    let Some(mut node) = cluster.get(nodes, "", name).await? else {
         return Ok(());
     };
     let now = now_text();
@@ -329,12 +324,7 @@ async fn mark(cluster: &dyn Cluster, recorder: &Recorder, name: &str) -> Result<
 
 async fn unmark(cluster: &dyn Cluster, name: &str) -> Result<(), ClusterError> {
     let nodes = kind("", "nodes");
-    if let Some(mut node) = cluster
-        .list(nodes, "", &by("metadata.name", name))
-        .await?
-        .into_iter()
-        .next()
-    {
+    if let Some(mut node) = cluster.get(nodes, "", name).await? {
         if with_unreachable_taints(&mut node, false, &now_text()) {
             cluster.update(nodes, node).await?;
         }
@@ -350,13 +340,7 @@ async fn halt_event<'a>(
     message: String,
 ) {
     for name in nodes {
-        let Ok(found) = cluster
-            .list(kind("", "nodes"), "", &by("metadata.name", name))
-            .await
-        else {
-            continue;
-        };
-        for node in found {
+        if let Ok(Some(node)) = cluster.get(kind("", "nodes"), "", name).await {
             let note = Note {
                 warning: true,
                 reason: "EvictionHalted",

@@ -10,7 +10,6 @@ use crate::rollout::{self, IntOrPercent, Set, Step};
 use crate::runtime::{controller_of, kind};
 use skiff_api::kinds::Kind;
 use skiff_api::object::{selector_from_json, Filter};
-use skiff_api::FieldSelector;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
@@ -70,24 +69,6 @@ async fn claim(
     Ok(mine)
 }
 
-/// The object of `kind` named `name` in `namespace`.
-pub(crate) async fn get(
-    cluster: &dyn Cluster,
-    kind: &'static Kind,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Value>, ClusterError> {
-    let by_name = Filter {
-        labels: None,
-        fields: FieldSelector::parse(&format!("metadata.name={name}")).ok(),
-    };
-    Ok(cluster
-        .list(kind, namespace, &by_name)
-        .await?
-        .into_iter()
-        .next())
-}
-
 /// What `owner`'s selector selects (callers keep only what it controls), to decode no more
 /// than needed.
 fn selected_by(owner: &Value) -> Filter {
@@ -113,7 +94,7 @@ pub async fn replica_set(
     name: &str,
 ) -> Result<(), ClusterError> {
     let (sets, pods) = (kind("apps", "replicasets"), kind("", "pods"));
-    let Some(rs) = get(cluster, sets, namespace, name).await? else {
+    let Some(rs) = cluster.get(sets, namespace, name).await? else {
         return Ok(());
     };
     if deleting(&rs) {
@@ -354,7 +335,7 @@ pub async fn deployment(
     name: &str,
 ) -> Result<Option<std::time::Duration>, ClusterError> {
     let (deployments, sets_kind) = (kind("apps", "deployments"), kind("apps", "replicasets"));
-    let Some(d) = get(cluster, deployments, namespace, name).await? else {
+    let Some(d) = cluster.get(deployments, namespace, name).await? else {
         return Ok(None);
     };
     if deleting(&d) {
@@ -808,13 +789,13 @@ pub async fn release(
         "Pod" => ("ReplicaSet", self::kind("apps", "replicasets")),
         _ => ("Deployment", self::kind("apps", "deployments")),
     };
-    let Some(mut obj) = get(cluster, kind, namespace, name).await? else {
+    let Some(mut obj) = cluster.get(kind, namespace, name).await? else {
         return Ok(());
     };
     let Some((owner_name, _)) = controller_of(&obj, owner_kind).filter(|(_, u)| *u == owner) else {
         return Ok(());
     };
-    let Some(controller) = get(cluster, owners, namespace, owner_name).await? else {
+    let Some(controller) = cluster.get(owners, namespace, owner_name).await? else {
         return Ok(());
     };
     let labels = skiff_api::disruption::labels_of(&obj);
