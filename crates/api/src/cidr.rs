@@ -109,17 +109,50 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
-/// The first subnet of `node_prefix` bits of `cluster` that no node holds (`taken` may hold
-/// CIDRs outside the cluster's, which are ignored), or None when all are taken.
+/// The subnets of `node_prefix` bits of `cluster` that no CIDR of `taken` overlaps, in order
+/// (`taken` may hold CIDRs outside the cluster's, which are ignored). Each candidate costs a
+/// few lookups, not a scan of `taken`: thousands of nodes are given theirs in one pass.
+pub fn free_node_cidrs<'a>(
+    cluster: &Ipv4Cidr,
+    node_prefix: u8,
+    taken: &'a BTreeSet<Ipv4Cidr>,
+) -> impl Iterator<Item = Ipv4Cidr> + 'a {
+    let cluster = *cluster;
+    let count = node_prefix
+        .checked_sub(cluster.prefix)
+        .map_or(0, |bits| 1u64 << bits.min(24));
+    (0..count)
+        .filter_map(move |i| cluster.subnet(node_prefix, i))
+        .filter(move |c| !overlaps_any(c, taken))
+}
+
+/// Whether any CIDR of `taken` lies inside `c` or contains it.
+fn overlaps_any(c: &Ipv4Cidr, taken: &BTreeSet<Ipv4Cidr>) -> bool {
+    let last = c.network + (c.size() - 1) as u32;
+    let first = Ipv4Cidr {
+        network: c.network,
+        prefix: 0,
+    };
+    let end = Ipv4Cidr {
+        network: last,
+        prefix: 32,
+    };
+    taken.range(first..=end).next().is_some()
+        || (0..c.prefix).any(|p| {
+            taken.contains(&Ipv4Cidr {
+                network: c.network & mask(p),
+                prefix: p,
+            })
+        })
+}
+
+/// The first subnet [`free_node_cidrs`] gives, or None when all are taken.
 pub fn free_node_cidr(
     cluster: &Ipv4Cidr,
     node_prefix: u8,
     taken: &BTreeSet<Ipv4Cidr>,
 ) -> Option<Ipv4Cidr> {
-    let count = 1u64 << node_prefix.checked_sub(cluster.prefix)?.min(24);
-    (0..count)
-        .filter_map(|i| cluster.subnet(node_prefix, i))
-        .find(|c| !taken.iter().any(|t| t.covers(c) || c.covers(t)))
+    free_node_cidrs(cluster, node_prefix, taken).next()
 }
 
 #[cfg(test)]
@@ -175,6 +208,15 @@ mod tests {
         );
         // A wider CIDR some node was given by hand blocks the subnets inside it.
         assert_eq!(free(&["10.42.0.0/23"]).as_deref(), Some("10.42.2.0/24"));
+        // And a narrower one the subnet around it.
+        assert_eq!(
+            free(&["10.42.0.0/24", "10.42.1.128/25"]).as_deref(),
+            Some("10.42.2.0/24")
+        );
+        let all: Vec<String> = free_node_cidrs(&cluster, 24, &set(&["10.42.1.0/24"]))
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(all, ["10.42.0.0/24", "10.42.2.0/24", "10.42.3.0/24"]);
         assert_eq!(free(&["192.168.0.0/24"]).as_deref(), Some("10.42.0.0/24"));
         assert_eq!(
             free(&[

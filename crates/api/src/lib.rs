@@ -5,9 +5,10 @@
 //! ([`kinds`]) and their Rust types' schemas ([`schema`]), objects held as JSON ([`object`]),
 //! what the server does to an object on create and update ([`strategy`], with [`defaults`] and
 //! [`validation`]), conversions between served versions ([`conversion`]), patches ([`patch`],
-//! [`strategic`]), Services' addresses ([`service`]), IPv4 networks ([`cidr`]), PodDisruptionBudgets ([`disruption`]), resource quantities ([`quantity`]) and
+//! [`strategic`]), server-side apply and field ownership ([`apply`]), Services' addresses ([`service`]), IPv4 networks ([`cidr`]), PodDisruptionBudgets ([`disruption`]), resource quantities ([`quantity`]) and
 //! `kubectl get` columns ([`table`]).
 
+pub mod apply;
 pub mod cidr;
 pub mod conversion;
 pub mod defaults;

@@ -42,7 +42,7 @@ impl InProcess {
         let updated = self
             .api
             .registry
-            .update(&target(kind, &obj), obj.clone(), endpoint, false)
+            .update(&target(kind, &obj), obj.clone(), endpoint, false, None)
             .await
             .map_err(error)?;
         self.wrote(&updated);
@@ -199,7 +199,7 @@ impl Cluster for InProcess {
         let created = self
             .api
             .registry
-            .create(kind, Some(namespace), obj, false)
+            .create(kind, Some(namespace), obj, false, None)
             .await
             .map_err(error)?;
         self.wrote(&created);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
+use skiff_api::apply;
 use skiff_api::conversion;
 use skiff_api::kinds::{self, Kind};
 use skiff_api::object::{self, Filter, Selectable};
@@ -15,7 +16,7 @@ use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
 use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 
 use crate::services;
-use crate::status::{ApiError, Cause};
+use crate::status::{ApiError, Cause, Details};
 
 /// How many times an unconditional write is retried when a concurrent writer got in first.
 const UNCONDITIONAL_RETRIES: usize = 16;
@@ -222,6 +223,7 @@ impl Registry {
         namespace: Option<&str>,
         body: Value,
         dry_run: bool,
+        manager: Option<&str>,
     ) -> Result<Value, ApiError> {
         if let (true, Some(ns)) = (kind.namespaced, namespace) {
             self.check_namespace(ns).await?;
@@ -240,8 +242,11 @@ impl Registry {
         if kind.plural == "pods" && kind.group.is_empty() {
             crate::admission::pod_priority(self, &mut body).await?;
         }
-        let prepared = strategy::prepare_create(kind, body, &ctx)
+        let mut prepared = strategy::prepare_create(kind, body, &ctx)
             .map_err(|r| rejection(kind, &given_name, r))?;
+        if let Some(manager) = manager {
+            apply::update(None, &mut prepared, &writer(kind, manager, &now));
+        }
         let target = Target {
             kind,
             namespace,
@@ -365,6 +370,7 @@ impl Registry {
         body: Value,
         endpoint: Endpoint,
         dry_run: bool,
+        manager: Option<&str>,
     ) -> Result<Value, ApiError> {
         let wanted_rv = object::meta_str(&body, "resourceVersion")
             .filter(|rv| !rv.is_empty())
@@ -380,6 +386,11 @@ impl Registry {
             let old = without_resource_version(current.clone());
             let mut new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
                 .map_err(|r| rejection(target.kind, target.name, r))?;
+            // Writes that name no manager (the server's own) keep the entries they carry.
+            if let (Some(manager), Endpoint::Main) = (manager, endpoint) {
+                let now = object::timestamp(jiff::Timestamp::now());
+                apply::update(Some(&old), &mut new, &writer(target.kind, manager, &now));
+            }
             let claims = self
                 .claims(target.kind, Some(&old), &mut new, &target.key())
                 .await?;
@@ -408,6 +419,7 @@ impl Registry {
         patch: &Value,
         endpoint: Endpoint,
         dry_run: bool,
+        manager: Option<&str>,
     ) -> Result<Value, ApiError> {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
         let ty = skiff_api::schema::root(target.kind);
@@ -416,8 +428,57 @@ impl Registry {
             patch_type
                 .apply(&mut patched, patch, ty)
                 .map_err(|e| crate::subresources::patch_error(target.name, e))?;
-            match self.update(target, patched, endpoint, dry_run).await {
+            match self
+                .update(target, patched, endpoint, dry_run, manager)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
+                other => return other,
+            }
+        }
+        Err(target.conflict())
+    }
+
+    /// Server-side apply of `config` by `manager`: merged into the object as it is now (created
+    /// when there is none), with a 409 naming the fields other managers own that it changes,
+    /// unless `force`.
+    pub async fn apply(
+        &self,
+        target: &Target<'_>,
+        config: &Value,
+        manager: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        if config.pointer("/metadata/managedFields").is_some() {
+            return Err(ApiError::bad_request(
+                "metadata.managedFields must be nil in an applied configuration",
+            ));
+        }
+        let now = object::timestamp(jiff::Timestamp::now());
+        let writer = writer(target.kind, manager, &now);
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let live = match self.get(target).await {
+                Ok(live) => Some(live),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e),
+            };
+            let mut merged = apply::apply(live.as_ref(), config, &writer, force)
+                .map_err(|c| conflict_error(target, &c))?;
+            keep_last_applied(live.as_ref(), config, &mut merged);
+            let result = match live {
+                None => {
+                    self.create(target.kind, target.namespace, merged, dry_run, None)
+                        .await
+                }
+                // The read's resourceVersion makes the write a compare-and-swap.
+                Some(_) => {
+                    self.update(target, merged, Endpoint::Main, dry_run, None)
+                        .await
+                }
+            };
+            match result {
+                Err(e) if e.reason == "Conflict" || e.reason == "AlreadyExists" => continue,
                 other => return other,
             }
         }
@@ -541,7 +602,7 @@ impl Registry {
         fields: &[&str],
     ) -> Result<(), ApiError> {
         let name = object::name(&obj).to_string();
-        match self.create(kind, namespace, obj.clone(), false).await {
+        match self.create(kind, namespace, obj.clone(), false, None).await {
             Err(e) if e.reason == "AlreadyExists" => {
                 let target = Target {
                     kind,
@@ -559,7 +620,7 @@ impl Registry {
                         }
                     }
                 }
-                self.update(&target, current, Endpoint::Main, false)
+                self.update(&target, current, Endpoint::Main, false, None)
                     .await
                     .map(|_| ())
             }
@@ -573,7 +634,7 @@ impl Registry {
         namespace: Option<&str>,
         obj: Value,
     ) -> Result<(), ApiError> {
-        match self.create(kind, namespace, obj, false).await {
+        match self.create(kind, namespace, obj, false, None).await {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => Ok(()),
             Err(e) => Err(e),
@@ -695,6 +756,71 @@ fn mark(obj: &Value, now: jiff::Timestamp, grace: i64, namespace: bool) -> Value
         obj["status"] = json!({"phase": "Terminating"});
     }
     obj
+}
+
+/// Who writes through the main endpoint of `kind`, for its managed fields.
+fn writer<'a>(kind: &'static Kind, manager: &'a str, now: &'a str) -> apply::Writer<'a> {
+    apply::Writer {
+        manager,
+        api_version: kind_api_version(kind),
+        ty: skiff_api::schema::root(kind),
+        now,
+    }
+}
+
+/// `group/version` (or `v1`) of a kind, kept for the life of the server.
+fn kind_api_version(kind: &'static Kind) -> &'static str {
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<(&str, &str), &'static str>> =
+        std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        kinds::all()
+            .iter()
+            .map(|k| {
+                (
+                    (k.group, k.version),
+                    &*Box::leak(k.api_version().into_boxed_str()),
+                )
+            })
+            .collect()
+    })[&(kind.group, kind.version)]
+}
+
+/// An object that client-side apply manages keeps its last-applied configuration in step with
+/// what is applied server-side, so that both can be used on it (as Kubernetes does).
+fn keep_last_applied(live: Option<&Value>, config: &Value, merged: &mut Value) {
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let had = live
+        .and_then(|l| l.pointer("/metadata/annotations"))
+        .is_some_and(|a| a.get(LAST_APPLIED).is_some());
+    if !had {
+        return;
+    }
+    let mut applied = config.clone();
+    if let Some(annotations) = applied
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.shift_remove(LAST_APPLIED);
+    }
+    merged["metadata"]["annotations"][LAST_APPLIED] = json!(applied.to_string());
+}
+
+/// Kubernetes' 409 for an apply that meets other managers' fields.
+fn conflict_error(target: &Target<'_>, conflicts: &apply::Conflicts) -> ApiError {
+    ApiError::new(409, "Conflict", conflicts.message()).with_details(Details {
+        name: target.name.to_string(),
+        group: target.kind.group,
+        kind: target.kind.plural,
+        causes: conflicts
+            .causes()
+            .into_iter()
+            .map(|(message, field)| Cause {
+                reason: "FieldManagerConflict",
+                message,
+                field,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -290,8 +290,9 @@ async fn serve_resource(
                 if crate::csr::is_csr(kind) {
                     crate::csr::admit(&mut obj, parts.extensions.get::<Identity>())?;
                 }
+                let manager = field_manager(&query, &parts.headers)?;
                 let created = registry
-                    .create(kind, namespace, obj, query.dry_run()?)
+                    .create(kind, namespace, obj, query.dry_run()?, Some(&manager))
                     .await?;
                 api.after_create(kind, &created).await;
                 warnings.extend(not_enforced(kind));
@@ -318,19 +319,63 @@ async fn serve_resource(
         Method::PUT => {
             let mut body = read_body(&parts.headers, body, kind.kind).await?;
             warnings = FieldValidation::of(&query)?.check(kind, &mut body)?;
+            let manager = field_manager(&query, &parts.headers)?;
             registry
-                .update(&target, body, endpoint, query.dry_run()?)
+                .update(&target, body, endpoint, query.dry_run()?, Some(&manager))
                 .await?
         }
-        Method::PATCH => {
-            let (patch_type, mut patch) = read_patch(&parts.headers, body).await?;
-            if patch_type != PatchType::Json {
-                warnings = FieldValidation::of(&query)?.check(kind, &mut patch)?;
+        Method::PATCH => match read_patch(&parts.headers, body).await? {
+            Patch::Apply(mut config) => {
+                let Some(manager) = query.get("fieldManager") else {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                    ));
+                };
+                if endpoint != Endpoint::Main {
+                    // FIXME(issue 5): apply through the status subresource.
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        "server-side apply through the status subresource is not supported yet",
+                    ));
+                }
+                warnings = FieldValidation::of(&query)?.check(kind, &mut config)?;
+                registry
+                    .apply(
+                        &target,
+                        &config,
+                        manager,
+                        query.flag("force"),
+                        query.dry_run()?,
+                    )
+                    .await?
             }
-            registry
-                .patch(&target, patch_type, &patch, endpoint, query.dry_run()?)
-                .await?
-        }
+            Patch::Typed(patch_type, mut patch) => {
+                if query.get("force").is_some() {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+                    ));
+                }
+                if patch_type != PatchType::Json {
+                    warnings = FieldValidation::of(&query)?.check(kind, &mut patch)?;
+                }
+                let manager = field_manager(&query, &parts.headers)?;
+                registry
+                    .patch(
+                        &target,
+                        patch_type,
+                        &patch,
+                        endpoint,
+                        query.dry_run()?,
+                        Some(&manager),
+                    )
+                    .await?
+            }
+        },
         Method::DELETE if endpoint == Endpoint::Main => {
             let options = delete_options(&parts.headers, body, &query).await?;
             let obj = registry.delete(&target, &options).await?;
@@ -365,12 +410,20 @@ async fn serve_subresource(
             ))
         }
         ("scale", &Method::PUT | &Method::PATCH) => {
-            let change = if parts.method == Method::PUT {
-                ScaleChange::Replace(read_body(&parts.headers, body, "Scale").await?)
-            } else {
-                let (patch_type, patch) = read_patch(&parts.headers, body).await?;
-                ScaleChange::Patch(patch_type, patch)
-            };
+            let change =
+                if parts.method == Method::PUT {
+                    ScaleChange::Replace(read_body(&parts.headers, body, "Scale").await?)
+                } else {
+                    match read_patch(&parts.headers, body).await? {
+                        Patch::Typed(patch_type, patch) => ScaleChange::Patch(patch_type, patch),
+                        // FIXME(issue 5): apply through the scale subresource.
+                        Patch::Apply(_) => return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            "server-side apply through the scale subresource is not supported yet",
+                        )),
+                    }
+                };
             let scale =
                 subresources::update_scale(registry, target, change, query.dry_run()?).await?;
             Ok(json_response(StatusCode::OK, &scale))
@@ -417,29 +470,64 @@ fn not_enforced(kind: &Kind) -> Option<String> {
     Some(format!("skiff: {what} yet"))
 }
 
+/// A PATCH body: a patch of one of the three types, or an applied configuration.
+enum Patch {
+    Typed(PatchType, Value),
+    Apply(Value),
+}
+
 /// Reads a PATCH body and its type.
-async fn read_patch(headers: &HeaderMap, body: Body) -> Result<(PatchType, Value), ApiError> {
+async fn read_patch(headers: &HeaderMap, body: Body) -> Result<Patch, ApiError> {
     let media = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let media = media.split(';').next().unwrap_or_default().trim();
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if media == "application/apply-patch+yaml" {
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("the applied configuration is not UTF-8: {e}"))
+        })?;
+        let config = serde_saphyr::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!("the applied configuration is not valid YAML: {e}"))
+        })?;
+        return Ok(Patch::Apply(config));
+    }
     let Some(kind) = PatchType::from_media(media) else {
-        // FIXME(issue 5): server-side apply.
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the patch type {media:?} is not supported yet; supported: application/strategic-merge-patch+json, application/merge-patch+json, application/json-patch+json"
+                "the patch type {media:?} is not supported; supported: application/apply-patch+yaml, application/strategic-merge-patch+json, application/merge-patch+json, application/json-patch+json"
             ),
         ));
     };
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let patch = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-    Ok((kind, patch))
+    Ok(Patch::Typed(kind, patch))
+}
+
+/// Who writes, for the managed fields: `fieldManager` when given (at most 128 characters),
+/// else the client's name from its User-Agent (`kubectl/v1.33.0 (...)`: `kubectl`).
+fn field_manager(query: &Query, headers: &HeaderMap) -> Result<String, ApiError> {
+    if let Some(manager) = query.get("fieldManager") {
+        if manager.chars().count() > 128 {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes",
+            ));
+        }
+        return Ok(manager.to_string());
+    }
+    let agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let name = agent.split('/').next().unwrap_or_default().trim();
+    Ok(if name.is_empty() { "unknown" } else { name }.to_string())
 }
 
 /// A list's metadata: its revision, and where the next page starts.

@@ -93,7 +93,7 @@ pub async fn update_scale(
         meta.insert("resourceVersion".into(), rv.into());
     }
     let updated = registry
-        .update(target, obj, Endpoint::Main, dry_run)
+        .update(target, obj, Endpoint::Main, dry_run, None)
         .await?;
     scale_of(&updated)
 }

@@ -70,7 +70,7 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings:
             if !*leader.borrow() {
                 continue;
             }
-            let (waiting, mut taken): (Vec<String>, BTreeSet<Ipv4Cidr>) = {
+            let (waiting, taken): (Vec<String>, BTreeSet<Ipv4Cidr>) = {
                 let seen = seen.lock().expect("nodes seen");
                 (
                     seen.iter()
@@ -80,22 +80,23 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings:
                     seen.values().flatten().copied().collect(),
                 )
             };
-            for (i, node) in waiting.iter().enumerate() {
-                let Some(free) =
-                    cidr::free_node_cidr(&settings.cluster_cidr, settings.node_prefix, &taken)
-                else {
-                    // The range is full: said once a minute, not once per node and second.
-                    if reported.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                        tracing::error!(nodes = waiting.len() - i, cluster_cidr = %settings.cluster_cidr,
-                            node_prefix = settings.node_prefix,
-                            "no pod CIDR is left for these nodes: their pods get no addresses (a larger --cluster-cidr makes room)");
-                        reported = Some(Instant::now());
-                    }
-                    break;
-                };
+            // One pass over the range finds every waiting node its CIDR.
+            let free: Vec<Ipv4Cidr> =
+                cidr::free_node_cidrs(&settings.cluster_cidr, settings.node_prefix, &taken)
+                    .take(waiting.len())
+                    .collect();
+            if free.len() < waiting.len()
+                && reported.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+            {
+                // The range is full: said once a minute, not once per node and second.
+                tracing::error!(nodes = waiting.len() - free.len(), cluster_cidr = %settings.cluster_cidr,
+                    node_prefix = settings.node_prefix,
+                    "no pod CIDR is left for these nodes: their pods get no addresses (a larger --cluster-cidr makes room)");
+                reported = Some(Instant::now());
+            }
+            for (node, free) in waiting.iter().zip(free) {
                 match assign(cluster.as_ref(), node, free).await {
                     Ok(Some(given)) => {
-                        taken.insert(given);
                         seen.lock()
                             .expect("nodes seen")
                             .insert(node.clone(), Some(given));

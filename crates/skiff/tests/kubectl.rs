@@ -1008,3 +1008,145 @@ fn flags_come_from_the_environment_and_the_kubeconfig_is_printed() {
         "{stderr}"
     );
 }
+
+/// The managers of an object, each with its operation: `kubectl/Apply kubectl-patch/Update`.
+fn managers(server: &SkiffServer, what: &str) -> String {
+    kubectl(
+        server,
+        &[
+            "get",
+            what,
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
+        ],
+    )
+    .out()
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn server_side_apply_owns_fields_meets_conflicts_and_takes_over_from_client_side_apply() {
+    let server = server();
+    let web = |replicas: u32, labels: &str| {
+        format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+{labels}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: server
+        image: my-api:v2.1
+        ports:
+        - containerPort: 8080
+"
+        )
+    };
+    let ssa = |manifest: &str, extra: &[&str]| {
+        let mut args = vec!["apply", "--server-side", "-f", "-"];
+        args.extend(extra);
+        kubectl_stdin(&server, &args, manifest)
+    };
+    let both = "    app: web\n    tier: api";
+    let out = ssa(&web(3, both), &[]).out();
+    assert_eq!(out, "deployment.apps/web serverside-applied\n");
+    assert_eq!(managers(&server, "deploy/web"), "kubectl/Apply");
+    let fields = kubectl(
+        &server,
+        &[
+            "get",
+            "deploy/web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[0].fieldsV1.f:spec.f:template.f:spec.f:containers}",
+        ],
+    )
+    .out();
+    assert!(
+        fields.contains(r#"k:{\"containerPort\":8080,\"protocol\":\"TCP\"}"#)
+            || fields.contains(r#"k:{"containerPort":8080,"protocol":"TCP"}"#),
+        "{fields}"
+    );
+
+    // Another manager changes a field the applier owns: the next apply conflicts, naming it.
+    kubectl(
+        &server,
+        &["patch", "deploy/web", "-p", r#"{"spec":{"replicas":5}}"#],
+    )
+    .out();
+    assert_eq!(
+        managers(&server, "deploy/web"),
+        "kubectl/Apply kubectl-patch/Update"
+    );
+    let err = ssa(&web(3, both), &[]).err();
+    assert!(
+        err.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using apps/v1: .spec.replicas"
+        ),
+        "{err}"
+    );
+    // Forced, the applier takes the field back.
+    ssa(&web(3, both), &["--force-conflicts"]).out();
+    let replicas = kubectl(
+        &server,
+        &["get", "deploy/web", "-o", "jsonpath={.spec.replicas}"],
+    )
+    .out();
+    assert_eq!(replicas, "3");
+    assert_eq!(managers(&server, "deploy/web"), "kubectl/Apply");
+
+    // A field no longer applied goes.
+    ssa(&web(3, "    app: web"), &[]).out();
+    let labels = kubectl(
+        &server,
+        &["get", "deploy/web", "-o", "jsonpath={.metadata.labels}"],
+    )
+    .out();
+    assert_eq!(labels, r#"{"app":"web"}"#);
+
+    // From client-side to server-side apply: kubectl moves the ownership, the server takes it,
+    // and a key dropped afterwards goes.
+    let settings = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n{data}")
+    };
+    let out = kubectl_stdin(
+        &server,
+        &["apply", "-f", "-"],
+        &settings("  a: \"1\"\n  b: \"2\"\n"),
+    )
+    .out();
+    assert_eq!(out, "configmap/settings created\n");
+    assert_eq!(
+        managers(&server, "configmap/settings"),
+        "kubectl-client-side-apply/Update"
+    );
+    let out = ssa(&settings("  a: \"1\"\n  b: \"2\"\n"), &[]).out();
+    assert_eq!(out, "configmap/settings serverside-applied\n");
+    // (kubectl gives the last-applied annotation a manager of its own.)
+    assert_eq!(
+        managers(&server, "configmap/settings"),
+        "kubectl-last-applied/Apply kubectl/Apply"
+    );
+    ssa(&settings("  a: \"1\"\n"), &[]).out();
+    let data = kubectl(
+        &server,
+        &["get", "configmap/settings", "-o", "jsonpath={.data}"],
+    )
+    .out();
+    assert_eq!(data, r#"{"a":"1"}"#);
+    // Client-side apply still works after, from the last-applied configuration the server keeps.
+    let out = kubectl_stdin(&server, &["apply", "-f", "-"], &settings("  a: \"3\"\n")).out();
+    assert_eq!(out, "configmap/settings configured\n");
+}

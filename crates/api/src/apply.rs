@@ -1,0 +1,913 @@
+//! Server-side apply: which fields each manager owns (`metadata.managedFields`, in the FieldsV1
+//! form), how an applied configuration merges into the live object, the conflicts it meets
+//! with other managers, the fields a manager stops applying, and the ownership an ordinary
+//! write gives its writer. Lists follow `strategic::apply_list` (maps by keys, sets, atomic).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+use crate::schema::{self, Field};
+use crate::strategic::{apply_list, ApplyKeys, ApplyList};
+
+/// A path into an object, one step per element, as FieldsV1 writes them: `f:<field>`,
+/// `k:<keys as JSON>`, `v:<value as JSON>`.
+pub type Path = Vec<String>;
+
+/// A set of paths: what one manager owns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldSet(BTreeSet<Path>);
+
+/// Structs that apply treats as one value, as their types declare (`structType=atomic`).
+const ATOMIC_TYPES: &[&str] = &["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"];
+
+/// Metadata the server keeps: never owned.
+const SERVER_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+
+#[derive(Default)]
+struct Tree {
+    member: bool,
+    children: BTreeMap<String, Tree>,
+}
+
+impl FieldSet {
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.0.contains(path)
+    }
+
+    /// Whether `path` has paths below it in the set.
+    fn has_below(&self, path: &Path) -> bool {
+        use std::ops::Bound::{Excluded, Unbounded};
+        // Paths below `path` sort right after it.
+        self.0
+            .range((Excluded(path.clone()), Unbounded))
+            .next()
+            .is_some_and(|p| p.starts_with(path))
+    }
+
+    fn remove_all(&mut self, gone: &FieldSet) {
+        self.0.retain(|p| !gone.0.contains(p));
+    }
+
+    /// The FieldsV1 form: a tree of steps, `{}` for a path with nothing below, `.` for a path
+    /// that is owned and has paths below.
+    pub fn to_fields_v1(&self) -> Value {
+        let mut root = Tree::default();
+        for path in &self.0 {
+            let mut node = &mut root;
+            for step in path {
+                node = node.children.entry(step.clone()).or_default();
+            }
+            node.member = true;
+        }
+        fn encode(tree: &Tree) -> Value {
+            let mut map = Map::new();
+            if tree.member && !tree.children.is_empty() {
+                map.insert(".".into(), json!({}));
+            }
+            for (step, child) in &tree.children {
+                map.insert(step.clone(), encode(child));
+            }
+            Value::Object(map)
+        }
+        encode(&root)
+    }
+
+    /// Reads the FieldsV1 form.
+    pub fn from_fields_v1(value: &Value) -> FieldSet {
+        fn decode(value: &Value, path: &mut Path, out: &mut BTreeSet<Path>) {
+            let Some(map) = value.as_object() else {
+                return;
+            };
+            for (step, child) in map {
+                if step == "." {
+                    out.insert(path.clone());
+                    continue;
+                }
+                path.push(step.clone());
+                if child.as_object().is_some_and(Map::is_empty) {
+                    out.insert(path.clone());
+                } else {
+                    decode(child, path, out);
+                }
+                path.pop();
+            }
+        }
+        let mut out = BTreeSet::new();
+        decode(value, &mut Vec::new(), &mut out);
+        FieldSet(out)
+    }
+}
+
+/// A path as Kubernetes prints it in conflicts: `.spec.replicas`,
+/// `.spec.template.spec.containers[name="server"].image`, `.metadata.finalizers[="x"]`.
+pub fn show(path: &Path) -> String {
+    let mut out = String::new();
+    for step in path {
+        if let Some(field) = step.strip_prefix("f:") {
+            out.push('.');
+            out.push_str(field);
+        } else if let Some(keys) = step.strip_prefix("k:") {
+            let keys: Map<String, Value> = serde_json::from_str(keys).unwrap_or_default();
+            let shown: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("[{}]", shown.join(",")));
+        } else if let Some(value) = step.strip_prefix("v:") {
+            out.push_str(&format!("[={value}]"));
+        }
+    }
+    out
+}
+
+fn field_step(name: &str) -> String {
+    format!("f:{name}")
+}
+
+/// The step naming a list item by its keys (a missing key reads as its default); none when a
+/// key without a default is missing.
+fn key_step(item: &Value, keys: ApplyKeys) -> Option<String> {
+    let mut map = Map::new();
+    for (key, default) in keys {
+        let value = match item.get(*key) {
+            Some(v) if !v.is_null() => v.clone(),
+            _ => json!((*default)?),
+        };
+        map.insert((*key).to_string(), value);
+    }
+    // Keys in name order, as FieldsV1 writes them.
+    map.sort_keys();
+    Some(format!("k:{}", Value::Object(map)))
+}
+
+fn value_step(item: &Value) -> String {
+    format!("v:{item}")
+}
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// What the schema says of the value a path leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    /// An object of the named type (unknown: fields as they come).
+    Struct(Option<&'static str>),
+    /// A map of values of the named type (unknown: scalars).
+    Map(Option<&'static str>),
+    /// A list, field `field` of the type `owner`, of items of the named type.
+    List {
+        owner: Option<&'static str>,
+        field: String,
+        item: Option<&'static str>,
+    },
+    Scalar,
+}
+
+impl Node {
+    /// The node of field `name` of this one; `top` when this is the object itself.
+    fn field(&self, name: &str, top: bool) -> Node {
+        match self {
+            Node::Struct(_) if top && name == "metadata" => Node::Struct(Some(OBJECT_META)),
+            Node::Struct(Some(ty)) => match schema::field(ty, name) {
+                Some(Field::Object(o)) => Node::Struct(Some(o)),
+                Some(Field::Map(item)) => Node::Map(item),
+                Some(Field::List(item)) => Node::List {
+                    owner: Some(ty),
+                    field: name.to_string(),
+                    item,
+                },
+                Some(Field::Scalar) | None => Node::Scalar,
+            },
+            Node::Struct(None) => Node::Struct(None),
+            Node::Map(Some(item)) => Node::Struct(Some(item)),
+            _ => Node::Scalar,
+        }
+    }
+
+    /// How this list merges and is owned.
+    fn list(&self) -> ApplyList {
+        match self {
+            Node::List { owner, field, .. } => apply_list(*owner, field),
+            _ => ApplyList::Atomic,
+        }
+    }
+
+    /// The node of an item of this list.
+    fn item(&self) -> Node {
+        match self {
+            Node::List { item, .. } => item.map_or(Node::Scalar, |t| Node::Struct(Some(t))),
+            _ => Node::Scalar,
+        }
+    }
+
+    fn atomic(&self) -> bool {
+        matches!(self, Node::Struct(Some(t)) if ATOMIC_TYPES.contains(t))
+    }
+}
+
+/// The item of `items` (a list like `list`) that `step` names.
+fn position(items: &[Value], list: ApplyList, step: &str) -> Option<usize> {
+    items.iter().position(|item| match list {
+        ApplyList::Map(keys) => key_step(item, keys).as_deref() == Some(step),
+        _ => value_step(item) == step,
+    })
+}
+
+/// The paths `obj` (an object of the type named `ty`) sets, as its owner would own them; the
+/// server's own metadata and, when `status` is false, the status are left out.
+pub fn fields_of(obj: &Value, ty: Option<&'static str>, status: bool) -> FieldSet {
+    let mut out = BTreeSet::new();
+    if let Some(map) = obj.as_object() {
+        let root = Node::Struct(ty);
+        for (name, value) in map {
+            let skip =
+                matches!(name.as_str(), "apiVersion" | "kind") || (name == "status" && !status);
+            if skip {
+                continue;
+            }
+            let node = root.field(name, true);
+            let mut path = vec![field_step(name)];
+            match (name.as_str(), value) {
+                ("metadata", Value::Object(meta)) => {
+                    for (m, v) in meta {
+                        if SERVER_METADATA.contains(&m.as_str()) {
+                            continue;
+                        }
+                        path.push(field_step(m));
+                        walk(v, &node.field(m, false), &mut path, &mut out);
+                        path.pop();
+                    }
+                }
+                _ => walk(value, &node, &mut path, &mut out),
+            }
+        }
+    }
+    FieldSet(out)
+}
+
+/// Adds the paths of `value`, found at `path`.
+fn walk(value: &Value, node: &Node, path: &mut Path, out: &mut BTreeSet<Path>) {
+    match (node, value) {
+        (Node::Struct(_), Value::Object(map)) if !node.atomic() && !map.is_empty() => {
+            for (name, child) in map {
+                path.push(field_step(name));
+                walk(child, &node.field(name, false), path, out);
+                path.pop();
+            }
+        }
+        (Node::Map(_), Value::Object(map)) => {
+            out.insert(path.clone());
+            for (name, child) in map {
+                path.push(field_step(name));
+                walk(child, &node.field(name, false), path, out);
+                path.pop();
+            }
+        }
+        (Node::List { .. }, Value::Array(items)) => match node.list() {
+            ApplyList::Atomic => {
+                out.insert(path.clone());
+            }
+            ApplyList::Set => {
+                out.insert(path.clone());
+                for v in items {
+                    path.push(value_step(v));
+                    out.insert(path.clone());
+                    path.pop();
+                }
+            }
+            ApplyList::Map(keys) => {
+                if items.is_empty() {
+                    out.insert(path.clone());
+                }
+                for v in items {
+                    let Some(step) = key_step(v, keys) else {
+                        continue;
+                    };
+                    path.push(step);
+                    out.insert(path.clone());
+                    walk(v, &node.item(), path, out);
+                    path.pop();
+                }
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// What `path` leads to in `obj` (of the type named `ty`), if anything.
+fn lookup<'a>(obj: &'a Value, ty: Option<&'static str>, path: &[String]) -> Option<&'a Value> {
+    let mut here = obj;
+    let mut node = Node::Struct(ty);
+    for (i, step) in path.iter().enumerate() {
+        if let Some(name) = step.strip_prefix("f:") {
+            here = here.get(name)?;
+            node = node.field(name, i == 0);
+        } else {
+            let items = here.as_array()?;
+            here = &items[position(items, node.list(), step)?];
+            node = node.item();
+        }
+    }
+    Some(here)
+}
+
+/// Removes what `path` leads to from `obj`, if it is there.
+fn remove(obj: &mut Value, ty: Option<&'static str>, path: &[String]) {
+    let mut here = obj;
+    let mut node = Node::Struct(ty);
+    for (i, step) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        if let Some(name) = step.strip_prefix("f:") {
+            if last {
+                if let Some(map) = here.as_object_mut() {
+                    map.shift_remove(name);
+                }
+                return;
+            }
+            let Some(next) = here.get_mut(name) else {
+                return;
+            };
+            here = next;
+            node = node.field(name, i == 0);
+        } else {
+            let Some(items) = here.as_array_mut() else {
+                return;
+            };
+            let Some(at) = position(items, node.list(), step) else {
+                return;
+            };
+            if last {
+                items.remove(at);
+                return;
+            }
+            here = &mut items[at];
+            node = node.item();
+        }
+    }
+}
+
+/// Merges the applied `config` into `live`, as server-side apply does: objects and maps field
+/// by field, lists by their apply type (maps by key, sets by value), the rest replaced.
+fn merge(live: &mut Value, config: &Value, node: &Node) {
+    match (node, live.is_object(), config) {
+        (Node::Struct(_) | Node::Map(_), true, Value::Object(fields)) if !node.atomic() => {
+            let map = live.as_object_mut().expect("checked above");
+            for (name, value) in fields {
+                let child = node.field(name, false);
+                match map.get_mut(name) {
+                    Some(existing) => merge(existing, value, &child),
+                    None => {
+                        map.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Node::List { .. }, _, Value::Array(applied)) if live.is_array() => {
+            let list = node.list();
+            let items = live.as_array_mut().expect("checked above");
+            match list {
+                ApplyList::Atomic => *items = applied.clone(),
+                ApplyList::Set => {
+                    for v in applied {
+                        if !items.contains(v) {
+                            items.push(v.clone());
+                        }
+                    }
+                }
+                ApplyList::Map(keys) => {
+                    for v in applied {
+                        let at = key_step(v, keys).and_then(|k| position(items, list, &k));
+                        match at {
+                            Some(at) => merge(&mut items[at], v, &node.item()),
+                            None => items.push(v.clone()),
+                        }
+                    }
+                }
+            }
+        }
+        _ => *live = config.clone(),
+    }
+}
+
+/// One entry of `managedFields`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub fields: FieldSet,
+    /// Kept as given for entries of subresources (`status`), which this does not compute.
+    pub subresource: Option<String>,
+}
+
+impl Entry {
+    pub fn from_json(v: &Value) -> Entry {
+        let text = |f: &str| v[f].as_str().unwrap_or("").to_string();
+        Entry {
+            manager: text("manager"),
+            operation: text("operation"),
+            api_version: text("apiVersion"),
+            time: text("time"),
+            fields: FieldSet::from_fields_v1(&v["fieldsV1"]),
+            subresource: v["subresource"].as_str().map(str::to_string),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({"manager": self.manager, "operation": self.operation,
+            "apiVersion": self.api_version, "time": self.time, "fieldsType": "FieldsV1",
+            "fieldsV1": self.fields.to_fields_v1()});
+        if let Some(sub) = &self.subresource {
+            v["subresource"] = json!(sub);
+        }
+        v
+    }
+
+    fn is(&self, manager: &str, operation: &str) -> bool {
+        self.manager == manager && self.operation == operation && self.subresource.is_none()
+    }
+
+    /// How Kubernetes names the manager in conflicts.
+    fn shown(&self) -> String {
+        if self.operation == "Update" {
+            format!("{:?} using {}", self.manager, self.api_version)
+        } else {
+            format!("{:?}", self.manager)
+        }
+    }
+}
+
+/// The entries of an object's `managedFields`.
+pub fn entries(obj: &Value) -> Vec<Entry> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().map(Entry::from_json).collect())
+        .unwrap_or_default()
+}
+
+/// Writes `entries` into `obj`'s metadata (none: the field goes).
+pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if entries.is_empty() {
+        meta.shift_remove("managedFields");
+    } else {
+        meta.insert(
+            "managedFields".into(),
+            Value::Array(entries.iter().map(Entry::to_json).collect()),
+        );
+    }
+}
+
+/// Who writes, and how the object is typed.
+#[derive(Clone, Copy, Debug)]
+pub struct Writer<'a> {
+    pub manager: &'a str,
+    /// The group-version written through (`apps/v1`).
+    pub api_version: &'a str,
+    /// The object's type in the schema.
+    pub ty: Option<&'static str>,
+    /// Now, RFC 3339.
+    pub now: &'a str,
+}
+
+/// Fields whose applied values differ from other managers', each with the manager.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conflicts(pub Vec<(String, Path)>);
+
+impl Conflicts {
+    /// Kubernetes' message: `Apply failed with 1 conflict: conflict with "kubectl-patch" using
+    /// apps/v1: .spec.replicas`.
+    pub fn message(&self) -> String {
+        if let [(manager, path)] = self.0.as_slice() {
+            return format!(
+                "Apply failed with 1 conflict: conflict with {manager}: {}",
+                show(path)
+            );
+        }
+        let mut by_manager: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
+        for (manager, path) in &self.0 {
+            by_manager.entry(manager).or_default().push(path);
+        }
+        let mut lines = Vec::new();
+        for (manager, paths) in by_manager {
+            lines.push(format!("conflicts with {manager}:"));
+            lines.extend(paths.into_iter().map(|p| format!("- {}", show(p))));
+        }
+        format!(
+            "Apply failed with {} conflicts: {}",
+            self.0.len(),
+            lines.join("\n")
+        )
+    }
+
+    /// (manager, field) pairs, as the Status' causes give them.
+    pub fn causes(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|(m, p)| (format!("conflict with {m}"), show(p)))
+            .collect()
+    }
+}
+
+/// Applies `config` (the applied configuration) to `live` (none: the object is created) for
+/// `writer`: the merged object with its new `managedFields`, or the conflicts with other
+/// managers' fields (unless `force`, which takes those fields from them). Fields the writer
+/// applied before and no longer applies are removed, unless another manager owns them.
+pub fn apply(
+    live: Option<&Value>,
+    config: &Value,
+    writer: &Writer<'_>,
+    force: bool,
+) -> Result<Value, Conflicts> {
+    let empty = json!({});
+    let before = live.unwrap_or(&empty);
+    let mut managed = entries(before);
+    let applied = fields_of(config, writer.ty, false);
+    let mut merged = before.clone();
+    merge(
+        &mut merged,
+        &strip_server_fields(config),
+        &Node::Struct(writer.ty),
+    );
+    // Conflicts: fields another manager owns whose value the configuration changes.
+    let mut conflicts = Vec::new();
+    for entry in managed.iter().filter(|e| !e.is(writer.manager, "Apply")) {
+        for path in applied.paths().filter(|p| entry.fields.contains(p)) {
+            if applied.has_below(path) {
+                continue;
+            }
+            if lookup(before, writer.ty, path) != lookup(config, writer.ty, path) {
+                conflicts.push((entry.shown(), path.clone()));
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(Conflicts(conflicts));
+    }
+    let taken = FieldSet(conflicts.into_iter().map(|(_, p)| p).collect());
+    for entry in managed.iter_mut() {
+        if !entry.is(writer.manager, "Apply") {
+            entry.fields.remove_all(&taken);
+        }
+    }
+    // Fields no longer applied go, unless someone else owns them.
+    let previous = managed
+        .iter()
+        .find(|e| e.is(writer.manager, "Apply"))
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+    let mut dropped: Vec<&Path> = previous
+        .paths()
+        .filter(|p| !applied.contains(p))
+        .filter(|p| {
+            !managed
+                .iter()
+                .any(|e| !e.is(writer.manager, "Apply") && e.fields.contains(p))
+        })
+        .collect();
+    // Deepest first, so that an item's fields go before the item.
+    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for path in dropped {
+        remove(&mut merged, writer.ty, path);
+    }
+    managed.retain(|e| !e.is(writer.manager, "Apply"));
+    managed.push(Entry {
+        manager: writer.manager.to_string(),
+        operation: "Apply".into(),
+        api_version: writer.api_version.to_string(),
+        time: writer.now.to_string(),
+        fields: applied,
+        subresource: None,
+    });
+    managed.retain(|e| !e.fields.is_empty());
+    set_entries(&mut merged, &managed);
+    Ok(merged)
+}
+
+/// The configuration without what the server keeps (it is not applied).
+fn strip_server_fields(config: &Value) -> Value {
+    let mut c = config.clone();
+    if let Some(meta) = c.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in SERVER_METADATA {
+            if !matches!(*field, "name" | "namespace") {
+                meta.shift_remove(*field);
+            }
+        }
+    }
+    c
+}
+
+/// The `managedFields` after an ordinary write (create, update, patch) by `writer` of `new` over
+/// `old` (none: a create): the writer owns what it changed, taken from the others, and what it
+/// removed is nobody's any more. A write that sets `managedFields` itself keeps them as given.
+pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
+    let old_entries = old.map(entries).unwrap_or_default();
+    if old.is_some() {
+        let given = new.pointer("/metadata/managedFields");
+        let kept = old.and_then(|o| o.pointer("/metadata/managedFields"));
+        if given.is_some() && given != kept {
+            // Set by the client (kubectl's move from client-side to server-side apply).
+            let given: Vec<Entry> = entries(new)
+                .into_iter()
+                .filter(|e| !e.fields.is_empty())
+                .collect();
+            set_entries(new, &given);
+            return;
+        }
+    }
+    let empty = json!({});
+    let before = old.unwrap_or(&empty);
+    let old_set = fields_of(before, writer.ty, false);
+    let new_set = fields_of(new, writer.ty, false);
+    let changed = FieldSet(
+        new_set
+            .paths()
+            .filter(|p| {
+                !old_set.contains(p)
+                    || (!new_set.has_below(p)
+                        && lookup(before, writer.ty, p) != lookup(new, writer.ty, p))
+            })
+            .cloned()
+            .collect(),
+    );
+    let removed = FieldSet(
+        old_set
+            .paths()
+            .filter(|p| !new_set.contains(p))
+            .cloned()
+            .collect(),
+    );
+    let mut managed = old_entries;
+    if changed.is_empty() && removed.is_empty() {
+        set_entries(new, &managed);
+        return;
+    }
+    for entry in managed.iter_mut() {
+        entry.fields.remove_all(&removed);
+        if !entry.is(writer.manager, "Update") && entry.subresource.is_none() {
+            entry.fields.remove_all(&changed);
+        }
+    }
+    match managed.iter_mut().find(|e| e.is(writer.manager, "Update")) {
+        Some(mine) => {
+            mine.fields.0.extend(changed.0);
+            mine.time = writer.now.to_string();
+            mine.api_version = writer.api_version.to_string();
+        }
+        None => managed.push(Entry {
+            manager: writer.manager.to_string(),
+            operation: "Update".into(),
+            api_version: writer.api_version.to_string(),
+            time: writer.now.to_string(),
+            fields: changed,
+            subresource: None,
+        }),
+    }
+    managed.retain(|e| !e.fields.is_empty() || e.subresource.is_some());
+    set_entries(new, &managed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment_type() -> Option<&'static str> {
+        schema::root(crate::kinds::find("apps", "v1", "deployments").unwrap())
+    }
+
+    fn writer(manager: &str) -> Writer<'_> {
+        Writer {
+            manager,
+            api_version: "apps/v1",
+            ty: deployment_type(),
+            now: "2026-12-01T00:00:00Z",
+        }
+    }
+
+    fn web(replicas: i64, labels: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "server", "image": "my-api:v2.1",
+                        "ports": [{"containerPort": 8080}]}]}}}})
+    }
+
+    fn owners(obj: &Value) -> Vec<(String, String)> {
+        entries(obj)
+            .into_iter()
+            .map(|e| (e.manager, e.operation))
+            .collect()
+    }
+
+    #[test]
+    fn fields_are_written_as_kubernetes_writes_them() {
+        let set = fields_of(&web(3, json!({"app": "web"})), deployment_type(), false);
+        let want = json!({
+            "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+            "f:spec": {"f:replicas": {}, "f:selector": {}, "f:template": {
+                "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                "f:spec": {"f:containers": {"k:{\"name\":\"server\"}": {
+                    ".": {}, "f:image": {}, "f:name": {},
+                    "f:ports": {"k:{\"containerPort\":8080,\"protocol\":\"TCP\"}": {
+                        ".": {}, "f:containerPort": {}}}}}}}}});
+        assert_eq!(set.to_fields_v1(), want);
+        assert_eq!(FieldSet::from_fields_v1(&want), set);
+        let port = set
+            .paths()
+            .find(|p| p.last().is_some_and(|s| s == "f:containerPort"))
+            .unwrap();
+        assert_eq!(
+            show(port),
+            ".spec.template.spec.containers[name=\"server\"].ports[containerPort=8080,protocol=\"TCP\"].containerPort"
+        );
+    }
+
+    #[test]
+    fn applying_creates_merges_and_removes_what_is_no_longer_applied() {
+        let created = apply(
+            None,
+            &web(3, json!({"app": "web", "tier": "api"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(owners(&created), [("kubectl".into(), "Apply".into())]);
+        assert_eq!(created["metadata"]["labels"]["tier"], "api");
+        // Another manager's field stays when the applier never set it.
+        let mut live = created.clone();
+        live["metadata"]["annotations"] = json!({"note": "x"});
+        update(Some(&created), &mut live, &writer("kubectl-annotate"));
+        // The tier label is no longer applied: it goes; the annotation stays.
+        let again = apply(
+            Some(&live),
+            &web(3, json!({"app": "web"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(again["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(again["metadata"]["annotations"], json!({"note": "x"}));
+        assert_eq!(
+            owners(&again),
+            [
+                ("kubectl-annotate".into(), "Update".into()),
+                ("kubectl".into(), "Apply".into())
+            ]
+        );
+        // A field another manager also owns is not removed when the applier drops it.
+        let mut shared = again.clone();
+        shared["metadata"]["labels"]["tier"] = json!("api");
+        update(Some(&again), &mut shared, &writer("kubectl-label"));
+        let with = apply(
+            Some(&shared),
+            &web(3, json!({"app": "web", "tier": "api"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap();
+        let without = apply(
+            Some(&with),
+            &web(3, json!({"app": "web"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(without["metadata"]["labels"]["tier"], "api");
+    }
+
+    #[test]
+    fn conflicts_name_the_other_manager_and_force_takes_the_fields() {
+        let created = apply(
+            None,
+            &web(3, json!({"app": "web"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap();
+        let mut scaled = created.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        update(Some(&created), &mut scaled, &writer("kubectl-patch"));
+        // The same value applied again: shared, no conflict.
+        let same = apply(
+            Some(&scaled),
+            &web(5, json!({"app": "web"})),
+            &writer("other"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(same["spec"]["replicas"], 5);
+        let err = apply(
+            Some(&scaled),
+            &web(3, json!({"app": "web"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using apps/v1: .spec.replicas"
+        );
+        assert_eq!(
+            err.causes(),
+            [(
+                "conflict with \"kubectl-patch\" using apps/v1".to_string(),
+                ".spec.replicas".to_string()
+            )]
+        );
+        let forced = apply(
+            Some(&scaled),
+            &web(3, json!({"app": "web"})),
+            &writer("kubectl"),
+            true,
+        )
+        .unwrap();
+        assert_eq!(forced["spec"]["replicas"], 3);
+        // kubectl-patch owned nothing else: its entry goes.
+        assert_eq!(owners(&forced), [("kubectl".into(), "Apply".into())]);
+        // Two conflicts with two managers.
+        let mut relabelled = forced.clone();
+        relabelled["metadata"]["labels"]["app"] = json!("other");
+        update(Some(&forced), &mut relabelled, &writer("kubectl-label"));
+        let mut both = relabelled.clone();
+        both["spec"]["replicas"] = json!(7);
+        update(Some(&relabelled), &mut both, &writer("kubectl-scale"));
+        let err = apply(
+            Some(&both),
+            &web(3, json!({"app": "web"})),
+            &writer("kubectl"),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 2 conflicts: conflicts with \"kubectl-label\" using apps/v1:\n- .metadata.labels.app\nconflicts with \"kubectl-scale\" using apps/v1:\n- .spec.replicas"
+        );
+    }
+
+    #[test]
+    fn writes_own_what_they_change() {
+        let mut created = web(3, json!({"app": "web"}));
+        update(None, &mut created, &writer("kubectl-create"));
+        assert_eq!(
+            owners(&created),
+            [("kubectl-create".into(), "Update".into())]
+        );
+        let mut image = created.clone();
+        image["spec"]["template"]["spec"]["containers"][0]["image"] = json!("my-api:v2.2");
+        update(Some(&created), &mut image, &writer("kubectl-set"));
+        let set = &entries(&image)[1];
+        assert_eq!(set.manager, "kubectl-set");
+        assert_eq!(
+            set.fields.paths().map(show).collect::<Vec<_>>(),
+            [".spec.template.spec.containers[name=\"server\"].image"]
+        );
+        assert!(!entries(&image)[0]
+            .fields
+            .paths()
+            .any(|p| show(p).ends_with(".image")));
+        // Nothing changed: nothing moves, not even the time.
+        let mut same = image.clone();
+        update(
+            Some(&image),
+            &mut same,
+            &Writer {
+                now: "2026-12-02T00:00:00Z",
+                ..writer("kubectl-set")
+            },
+        );
+        assert_eq!(same, image);
+        // Managed fields set by the client are kept as given.
+        let mut given = image.clone();
+        given["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply",
+            "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]);
+        update(
+            Some(&image),
+            &mut given,
+            &writer("kubectl-client-side-apply"),
+        );
+        assert_eq!(owners(&given), [("kubectl".into(), "Apply".into())]);
+    }
+}
