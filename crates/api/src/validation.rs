@@ -2,7 +2,7 @@
 //! templates), the workload kinds' selectors and replicas, ConfigMap and Secret keys and
 //! values, Secret types, EndpointSlices, Leases.
 //!
-//! FIXME(issue 5): quantities, probes, volumes, Nodes' and Events' fields are not checked yet.
+//! FIXME(issue 5): probes, volumes, Nodes' and Events' fields are not checked yet.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::kinds::Kind;
 use crate::names;
 use crate::object::{selector_from_json, FieldError};
+use crate::quantity::{self, Quantity};
 
 fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
@@ -46,6 +47,7 @@ fn containers(spec: &Value, list: &str, path: &str, errs: &mut Vec<FieldError>) 
         if str_at(c, "image").trim().is_empty() {
             errs.push(FieldError::required(at("image"), ""));
         }
+        resources(c, &at("resources"), errs);
         let ports = c
             .get("ports")
             .and_then(Value::as_array)
@@ -61,6 +63,57 @@ fn containers(spec: &Value, list: &str, path: &str, errs: &mut Vec<FieldError>) 
                     format!("{path}.{list}[{i}].ports[{j}].containerPort"),
                     &number.to_string(),
                     "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+    }
+}
+
+/// A container's requests and limits: quantities, none negative, no request above its limit.
+fn resources(container: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let read = |list: &str| -> Vec<(String, String, Option<Quantity>)> {
+        container
+            .pointer(&format!("/resources/{list}"))
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(name, v)| {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let parsed = quantity::parse(&text).ok();
+                (name.clone(), text, parsed)
+            })
+            .collect()
+    };
+    let (limits, requests) = (read("limits"), read("requests"));
+    for (list, items) in [("limits", &limits), ("requests", &requests)] {
+        for (name, text, parsed) in items {
+            let field = format!("{path}.{list}[{name}]");
+            match parsed {
+                None => errs.push(FieldError::invalid(
+                    field,
+                    text,
+                    &quantity::QuantityError.to_string(),
+                )),
+                Some(q) if q.milli() < 0 => errs.push(FieldError::invalid(
+                    field,
+                    text,
+                    "must be greater than or equal to 0",
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    for (name, text, request) in &requests {
+        let limit = limits.iter().find(|(n, _, _)| n == name);
+        if let (Some(request), Some((_, limit_text, Some(limit)))) = (request, limit) {
+            if request > limit {
+                errs.push(FieldError::invalid(
+                    format!("{path}.requests"),
+                    text,
+                    &format!("must be less than or equal to {name} limit of {limit_text}"),
                 ));
             }
         }

@@ -733,6 +733,18 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
         err.contains("`selector` does not match template `labels`"),
         "{err}"
     );
+    let above_limit = manifest.replace("cpu: \"250m\"", "cpu: \"2\"");
+    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &above_limit).err();
+    assert!(
+        err.contains("spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 500m"),
+        "{err}"
+    );
+    let not_a_quantity = manifest.replace("memory: \"256Mi\"", "memory: \"lots\"");
+    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &not_a_quantity).err();
+    assert!(
+        err.contains("spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\": quantities must match the regular expression"),
+        "{err}"
+    );
 
     apply(&server, &manifest);
     let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
