@@ -715,6 +715,17 @@ mod tests {
                         "ports": [{"containerPort": 8080}]}]}}}})
     }
 
+    /// `web(replicas, labels)` applied by `manager` over `live`.
+    fn applied(
+        live: Option<&Value>,
+        replicas: i64,
+        labels: Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Value, Conflicts> {
+        apply(live, &web(replicas, labels), &writer(manager), force)
+    }
+
     fn owners(obj: &Value) -> Vec<(String, String)> {
         entries(obj)
             .into_iter()
@@ -747,10 +758,11 @@ mod tests {
 
     #[test]
     fn applying_creates_merges_and_removes_what_is_no_longer_applied() {
-        let created = apply(
+        let created = applied(
             None,
-            &web(3, json!({"app": "web", "tier": "api"})),
-            &writer("kubectl"),
+            3,
+            json!({"app": "web", "tier": "api"}),
+            "kubectl",
             false,
         )
         .unwrap();
@@ -761,13 +773,7 @@ mod tests {
         live["metadata"]["annotations"] = json!({"note": "x"});
         update(Some(&created), &mut live, &writer("kubectl-annotate"));
         // The tier label is no longer applied: it goes; the annotation stays.
-        let again = apply(
-            Some(&live),
-            &web(3, json!({"app": "web"})),
-            &writer("kubectl"),
-            false,
-        )
-        .unwrap();
+        let again = applied(Some(&live), 3, json!({"app": "web"}), "kubectl", false).unwrap();
         assert_eq!(again["metadata"]["labels"], json!({"app": "web"}));
         assert_eq!(again["metadata"]["annotations"], json!({"note": "x"}));
         assert_eq!(
@@ -781,51 +787,28 @@ mod tests {
         let mut shared = again.clone();
         shared["metadata"]["labels"]["tier"] = json!("api");
         update(Some(&again), &mut shared, &writer("kubectl-label"));
-        let with = apply(
+        let with = applied(
             Some(&shared),
-            &web(3, json!({"app": "web", "tier": "api"})),
-            &writer("kubectl"),
+            3,
+            json!({"app": "web", "tier": "api"}),
+            "kubectl",
             false,
         )
         .unwrap();
-        let without = apply(
-            Some(&with),
-            &web(3, json!({"app": "web"})),
-            &writer("kubectl"),
-            false,
-        )
-        .unwrap();
+        let without = applied(Some(&with), 3, json!({"app": "web"}), "kubectl", false).unwrap();
         assert_eq!(without["metadata"]["labels"]["tier"], "api");
     }
 
     #[test]
     fn conflicts_name_the_other_manager_and_force_takes_the_fields() {
-        let created = apply(
-            None,
-            &web(3, json!({"app": "web"})),
-            &writer("kubectl"),
-            false,
-        )
-        .unwrap();
+        let created = applied(None, 3, json!({"app": "web"}), "kubectl", false).unwrap();
         let mut scaled = created.clone();
         scaled["spec"]["replicas"] = json!(5);
         update(Some(&created), &mut scaled, &writer("kubectl-patch"));
         // The same value applied again: shared, no conflict.
-        let same = apply(
-            Some(&scaled),
-            &web(5, json!({"app": "web"})),
-            &writer("other"),
-            false,
-        )
-        .unwrap();
+        let same = applied(Some(&scaled), 5, json!({"app": "web"}), "other", false).unwrap();
         assert_eq!(same["spec"]["replicas"], 5);
-        let err = apply(
-            Some(&scaled),
-            &web(3, json!({"app": "web"})),
-            &writer("kubectl"),
-            false,
-        )
-        .unwrap_err();
+        let err = applied(Some(&scaled), 3, json!({"app": "web"}), "kubectl", false).unwrap_err();
         assert_eq!(
             err.message(),
             "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using apps/v1: .spec.replicas"
@@ -837,13 +820,7 @@ mod tests {
                 ".spec.replicas".to_string()
             )]
         );
-        let forced = apply(
-            Some(&scaled),
-            &web(3, json!({"app": "web"})),
-            &writer("kubectl"),
-            true,
-        )
-        .unwrap();
+        let forced = applied(Some(&scaled), 3, json!({"app": "web"}), "kubectl", true).unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
         // kubectl-patch owned nothing else: its entry goes.
         assert_eq!(owners(&forced), [("kubectl".into(), "Apply".into())]);
@@ -854,13 +831,7 @@ mod tests {
         let mut both = relabelled.clone();
         both["spec"]["replicas"] = json!(7);
         update(Some(&relabelled), &mut both, &writer("kubectl-scale"));
-        let err = apply(
-            Some(&both),
-            &web(3, json!({"app": "web"})),
-            &writer("kubectl"),
-            false,
-        )
-        .unwrap_err();
+        let err = applied(Some(&both), 3, json!({"app": "web"}), "kubectl", false).unwrap_err();
         assert_eq!(
             err.message(),
             "Apply failed with 2 conflicts: conflicts with \"kubectl-label\" using apps/v1:\n- .metadata.labels.app\nconflicts with \"kubectl-scale\" using apps/v1:\n- .spec.replicas"

@@ -13,7 +13,7 @@ use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
-use crate::cache::Change;
+use crate::cache::{Change, KindCache};
 use crate::registry::{DeleteOptions, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
@@ -49,6 +49,14 @@ impl InProcess {
         Ok(updated)
     }
 
+    async fn cache(&self, kind: &'static Kind) -> Result<Arc<KindCache>, ClusterError> {
+        self.api
+            .cache
+            .of(kind)
+            .await
+            .map_err(|e| ClusterError::Other(e.to_string()))
+    }
+
     fn wrote(&self, obj: &Value) {
         let revision = obj
             .pointer("/metadata/resourceVersion")
@@ -57,6 +65,11 @@ impl InProcess {
             .unwrap_or(0);
         self.written.fetch_max(revision, Ordering::SeqCst);
     }
+}
+
+/// The cache did not catch up with this client's writes in time.
+fn behind() -> ClusterError {
+    ClusterError::Other("the watch cache is behind the store".into())
 }
 
 fn error(e: ApiError) -> ClusterError {
@@ -86,12 +99,7 @@ impl Cluster for InProcess {
         namespace: &str,
         filter: &Filter,
     ) -> Result<Vec<Value>, ClusterError> {
-        let cache = self
-            .api
-            .cache
-            .of(kind)
-            .await
-            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let cache = self.cache(kind).await?;
         let at_least = self.written.load(Ordering::SeqCst);
         // An empty namespace lists them all.
         let prefix = if namespace.is_empty() {
@@ -99,10 +107,7 @@ impl Cluster for InProcess {
         } else {
             kind.store_prefix_in(Some(namespace))
         };
-        let snapshot = cache
-            .snapshot(&prefix, at_least)
-            .await
-            .ok_or_else(|| ClusterError::Other("the watch cache is behind the store".into()))?;
+        let snapshot = cache.snapshot(&prefix, at_least).await.ok_or_else(behind)?;
         // Selected before parsing: only the objects asked for are decoded.
         snapshot
             .items
@@ -120,17 +125,12 @@ impl Cluster for InProcess {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Value>, ClusterError> {
-        let cache = self
-            .api
-            .cache
-            .of(kind)
-            .await
-            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let cache = self.cache(kind).await?;
         let key = kind.store_key(Some(namespace).filter(|n| !n.is_empty()), name);
         let found = cache
             .object(&key, self.written.load(Ordering::SeqCst))
             .await
-            .ok_or_else(|| ClusterError::Other("the watch cache is behind the store".into()))?;
+            .ok_or_else(behind)?;
         found
             .map(|obj| {
                 serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
@@ -139,12 +139,7 @@ impl Cluster for InProcess {
     }
 
     async fn changes(&self, kind: &'static Kind) -> Result<Feed, ClusterError> {
-        let cache = self
-            .api
-            .cache
-            .of(kind)
-            .await
-            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let cache = self.cache(kind).await?;
         let subscription = cache
             .subscribe(&kind.store_prefix(), &Filter::default(), false, None)
             .map_err(|e| ClusterError::Other(format!("{e:?}")))?;
