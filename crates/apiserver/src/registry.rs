@@ -245,7 +245,12 @@ impl Registry {
         let mut prepared = strategy::prepare_create(kind, body, &ctx)
             .map_err(|r| rejection(kind, &given_name, r))?;
         if let Some(manager) = manager {
-            apply::update(None, &mut prepared, &writer(kind, manager, &now));
+            let api_version = kind.api_version();
+            apply::update(
+                None,
+                &mut prepared,
+                &writer(kind, &api_version, manager, &now),
+            );
         }
         let target = Target {
             kind,
@@ -389,7 +394,9 @@ impl Registry {
             // Writes that name no manager (the server's own) keep the entries they carry.
             if let (Some(manager), Endpoint::Main) = (manager, endpoint) {
                 let now = object::timestamp(jiff::Timestamp::now());
-                apply::update(Some(&old), &mut new, &writer(target.kind, manager, &now));
+                let api_version = target.kind.api_version();
+                let writer = writer(target.kind, &api_version, manager, &now);
+                apply::update(Some(&old), &mut new, &writer);
             }
             let claims = self
                 .claims(target.kind, Some(&old), &mut new, &target.key())
@@ -456,7 +463,8 @@ impl Registry {
             ));
         }
         let now = object::timestamp(jiff::Timestamp::now());
-        let writer = writer(target.kind, manager, &now);
+        let api_version = target.kind.api_version();
+        let writer = writer(target.kind, &api_version, manager, &now);
         for _ in 0..UNCONDITIONAL_RETRIES {
             let live = match self.get(target).await {
                 Ok(live) => Some(live),
@@ -758,31 +766,20 @@ fn mark(obj: &Value, now: jiff::Timestamp, grace: i64, namespace: bool) -> Value
     obj
 }
 
-/// Who writes through the main endpoint of `kind`, for its managed fields.
-fn writer<'a>(kind: &'static Kind, manager: &'a str, now: &'a str) -> apply::Writer<'a> {
+/// Who writes through the main endpoint of `kind` (served as `api_version`), for its managed
+/// fields.
+fn writer<'a>(
+    kind: &'static Kind,
+    api_version: &'a str,
+    manager: &'a str,
+    now: &'a str,
+) -> apply::Writer<'a> {
     apply::Writer {
         manager,
-        api_version: kind_api_version(kind),
+        api_version,
         ty: skiff_api::schema::root(kind),
         now,
     }
-}
-
-/// `group/version` (or `v1`) of a kind, kept for the life of the server.
-fn kind_api_version(kind: &'static Kind) -> &'static str {
-    static NAMES: std::sync::OnceLock<std::collections::HashMap<(&str, &str), &'static str>> =
-        std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        kinds::all()
-            .iter()
-            .map(|k| {
-                (
-                    (k.group, k.version),
-                    &*Box::leak(k.api_version().into_boxed_str()),
-                )
-            })
-            .collect()
-    })[&(kind.group, kind.version)]
 }
 
 /// An object that client-side apply manages keeps its last-applied configuration in step with

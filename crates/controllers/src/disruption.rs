@@ -15,11 +15,8 @@ use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
+use crate::runtime::text;
 use crate::runtime::{controller_of, kind};
-
-fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 type BudgetKey = (String, String);
 

@@ -13,14 +13,11 @@ use tokio::sync::watch;
 use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::kind;
+use crate::runtime::text;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
-
-fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// A Service's port as its endpoints carry it: name, protocol, and the target (a number, or a
 /// container port's name to look up in each pod).

@@ -11,10 +11,7 @@ use skiff_api::object::Filter;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
-
-fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
+use crate::runtime::text;
 
 fn now() -> String {
     skiff_api::object::timestamp(jiff::Timestamp::now())

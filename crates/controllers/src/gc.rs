@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::queue::Queue;
+use crate::runtime::{deleting, text};
 
 /// How long a reference to an owner not seen yet waits before it is looked up: at start the
 /// owners' feeds may not have delivered them.
@@ -42,14 +43,6 @@ fn uid_of(text: &str) -> Option<Uid> {
     let mut low = std::collections::hash_map::DefaultHasher::new();
     (text, 1u8).hash(&mut low);
     Some((u128::from(high.finish()) << 64) | u128::from(low.finish()))
-}
-
-fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-fn deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
 }
 
 fn has_finalizer(obj: &Value, finalizer: &str) -> bool {

@@ -8,6 +8,7 @@ use crate::events::{Note, Recorder};
 use crate::replicaset::{self, PodView};
 use crate::rollout::{self, IntOrPercent, Set, Step};
 use crate::runtime::{controller_of, kind};
+use crate::runtime::{deleting, text};
 use skiff_api::kinds::Kind;
 use skiff_api::object::{selector_from_json, Filter};
 
@@ -15,10 +16,6 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX: &str = "deployment.kubernetes.io/max-replicas";
 const HASH_LABEL: &str = "pod-template-hash";
-
-fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
     obj.pointer(pointer)
@@ -79,10 +76,6 @@ fn selected_by(owner: &Value) -> Filter {
         labels,
         fields: None,
     }
-}
-
-fn deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
 }
 
 /// Creates and deletes pods until the ReplicaSet has its replicas; reports its status, with

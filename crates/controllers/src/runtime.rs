@@ -41,6 +41,16 @@ pub(crate) fn kind(group: &str, plural: &str) -> &'static Kind {
     kinds::find(group, "v1", plural).expect("a kind of the table")
 }
 
+/// The string at `pointer` in `obj`, or "".
+pub(crate) fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Whether `obj` is being deleted.
+pub(crate) fn deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+}
+
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
     obj.pointer(&format!("/metadata/{field}"))
         .and_then(Value::as_str)
