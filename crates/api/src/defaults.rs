@@ -58,6 +58,47 @@ fn container(c: &mut Map<String, Value>) {
             or_insert(port, "protocol", "TCP".into());
         }
     }
+    for which in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(probe) = c.get_mut(which).and_then(Value::as_object_mut) {
+            or_insert(probe, "timeoutSeconds", 1.into());
+            or_insert(probe, "periodSeconds", 10.into());
+            or_insert(probe, "successThreshold", 1.into());
+            or_insert(probe, "failureThreshold", 3.into());
+            http_get(probe);
+        }
+    }
+    if let Some(lifecycle) = c.get_mut("lifecycle").and_then(Value::as_object_mut) {
+        for hook in ["postStart", "preStop"] {
+            if let Some(handler) = lifecycle.get_mut(hook).and_then(Value::as_object_mut) {
+                http_get(handler);
+            }
+        }
+    }
+}
+
+/// An httpGet handler's path and scheme.
+fn http_get(handler: &mut Map<String, Value>) {
+    if let Some(http) = handler.get_mut("httpGet").and_then(Value::as_object_mut) {
+        or_insert(http, "path", "/".into());
+        or_insert(http, "scheme", "HTTP".into());
+    }
+}
+
+/// Volumes' file modes (0644) and host path types.
+fn volumes(spec: &mut Map<String, Value>) {
+    let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for volume in volumes.iter_mut().filter_map(Value::as_object_mut) {
+        for source in ["configMap", "secret", "downwardAPI", "projected"] {
+            if let Some(s) = volume.get_mut(source).and_then(Value::as_object_mut) {
+                or_insert(s, "defaultMode", 0o644.into());
+            }
+        }
+        if let Some(host) = volume.get_mut("hostPath").and_then(Value::as_object_mut) {
+            or_insert(host, "type", "".into());
+        }
+    }
 }
 
 /// Defaults of a pod spec (of a pod, or of a template).
@@ -68,6 +109,7 @@ pub fn pod_spec(spec: &mut Map<String, Value>) {
     or_insert(spec, "securityContext", json!({}));
     or_insert(spec, "schedulerName", "default-scheduler".into());
     or_insert(spec, "enableServiceLinks", true.into());
+    volumes(spec);
     for list in ["containers", "initContainers"] {
         if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in containers.iter_mut().filter_map(Value::as_object_mut) {
@@ -259,6 +301,37 @@ mod tests {
         let recreate = &mut json!({"spec": {"strategy": {"type": "Recreate"}}});
         apply(deploy, recreate);
         assert!(recreate["spec"]["strategy"].get("rollingUpdate").is_none());
+    }
+
+    #[test]
+    fn probes_hooks_and_volumes_get_kubernetes_defaults() {
+        let pods = find("", "v1", "pods").unwrap();
+        let mut obj = json!({"spec": {
+            "containers": [{"name": "c", "image": "x:1",
+                "livenessProbe": {"httpGet": {"port": 8080}},
+                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 2},
+                "lifecycle": {"preStop": {"httpGet": {"port": 80, "path": "/quit"}}}}],
+            "volumes": [{"name": "a", "configMap": {"name": "app-config"}},
+                        {"name": "b", "secret": {"secretName": "db-creds", "defaultMode": 256}},
+                        {"name": "c", "hostPath": {"path": "/data"}},
+                        {"name": "d", "emptyDir": {}}]}});
+        apply(pods, &mut obj);
+        let c = &obj["spec"]["containers"][0];
+        assert_eq!(
+            c["livenessProbe"],
+            json!({"httpGet": {"port": 8080, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1,
+                   "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 2, "given values stay");
+        assert_eq!(
+            c["lifecycle"]["preStop"]["httpGet"],
+            json!({"port": 80, "path": "/quit", "scheme": "HTTP"})
+        );
+        let volumes = &obj["spec"]["volumes"];
+        assert_eq!(volumes[0]["configMap"]["defaultMode"], 420);
+        assert_eq!(volumes[1]["secret"]["defaultMode"], 256);
+        assert_eq!(volumes[2]["hostPath"]["type"], "");
+        assert_eq!(volumes[3]["emptyDir"], json!({}));
     }
 
     #[test]

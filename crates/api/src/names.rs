@@ -43,6 +43,27 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
     errs
 }
 
+/// A port's name (an IANA service name): container ports, probes' and Services' named targets.
+pub fn port_name(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > 15 {
+        errs.push(too_long(15));
+    }
+    if !s.chars().all(|c| is_lower_alnum(c) || c == '-') {
+        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
+    }
+    if s.contains("--") {
+        errs.push("must not contain consecutive hyphens".into());
+    }
+    if !s.chars().any(|c| c.is_ascii_lowercase()) {
+        errs.push("must contain at least one letter (a-z)".into());
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        errs.push("must not begin or end with a hyphen".into());
+    }
+    errs
+}
+
 /// A DNS subdomain (RFC 1123): most object names, label key prefixes.
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut errs = Vec::new();

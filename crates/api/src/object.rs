@@ -46,6 +46,36 @@ impl FieldError {
             message: format!("Forbidden: {detail}"),
         }
     }
+
+    /// A value the field does not take, with those it does.
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let supported: Vec<String> = supported.iter().map(|v| format!("{v:?}")).collect();
+        FieldError {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                supported.join(", ")
+            ),
+        }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        FieldError {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {value:?}"),
+        }
+    }
+
+    /// A reference to something that is not there (a volume a mount names).
+    pub fn not_found(field: impl Into<String>, value: &str) -> Self {
+        FieldError {
+            reason: "FieldValueNotFound",
+            field: field.into(),
+            message: format!("Not found: {value:?}"),
+        }
+    }
 }
 
 /// RFC 3339 in whole seconds, as Kubernetes writes object timestamps.

@@ -170,13 +170,11 @@ pub fn validate(obj: &Value, ranges: &ServiceRanges) -> Vec<FieldError> {
         kind,
         "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
     ) {
-        errs.push(FieldError {
-            reason: "FieldValueNotSupported",
-            field: "spec.type".into(),
-            message: format!(
-                "Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
-            ),
-        });
+        errs.push(FieldError::not_supported(
+            "spec.type",
+            kind,
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
     }
     if kind == "ExternalName" && str_at(spec, "externalName").is_empty() {
         errs.push(FieldError::required("spec.externalName", ""));
@@ -218,13 +216,11 @@ pub fn validate(obj: &Value, ranges: &ServiceRanges) -> Vec<FieldError> {
         }
         let protocol = str_at(port, "protocol");
         if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
-            errs.push(FieldError {
-                reason: "FieldValueNotSupported",
-                field: at("protocol"),
-                message: format!(
-                    "Unsupported value: {protocol:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
-                ),
-            });
+            errs.push(FieldError::not_supported(
+                at("protocol"),
+                protocol,
+                &["SCTP", "TCP", "UDP"],
+            ));
         }
         let name = str_at(port, "name");
         if ports.len() > 1 && name.is_empty() {

@@ -2,7 +2,12 @@
 //! templates), the workload kinds' selectors and replicas, ConfigMap and Secret keys and
 //! values, Secret types, EndpointSlices, Leases.
 //!
-//! FIXME(issue 5): probes, volumes, Nodes' and Events' fields are not checked yet.
+//! Pod specs include probes and lifecycle handlers, volumes and their mounts, tolerations;
+//! Nodes their CIDRs and taints; core Events their type and involved object's namespace.
+//!
+//! FIXME(issue 5): checks that compare an update with the object before it (immutable fields
+//! such as a Node's podCIDR once set, a workload's selector) are not made here yet; securityContext,
+//! affinity and topology spread constraints are not checked.
 
 use std::collections::BTreeSet;
 
@@ -17,7 +22,13 @@ fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn containers(spec: &Value, list: &str, path: &str, errs: &mut Vec<FieldError>) {
+fn containers(
+    spec: &Value,
+    list: &str,
+    path: &str,
+    volumes: &BTreeSet<String>,
+    errs: &mut Vec<FieldError>,
+) {
     let items = spec
         .get(list)
         .and_then(Value::as_array)
@@ -37,17 +48,48 @@ fn containers(spec: &Value, list: &str, path: &str, errs: &mut Vec<FieldError>) 
                 errs.push(FieldError::invalid(at("name"), name, &problem));
             }
             if !seen.insert(name.to_string()) {
-                errs.push(FieldError {
-                    reason: "FieldValueDuplicate",
-                    field: at("name"),
-                    message: format!("Duplicate value: {name:?}"),
-                });
+                errs.push(FieldError::duplicate(at("name"), name));
             }
         }
         if str_at(c, "image").trim().is_empty() {
             errs.push(FieldError::required(at("image"), ""));
         }
         resources(c, &at("resources"), errs);
+        volume_mounts(c, volumes, &format!("{path}.{list}[{i}]"), errs);
+        // Init containers run to completion before the others start; only those that keep
+        // running beside them (sidecars, restartPolicy Always) are probed and hooked.
+        let plain_init = list == "initContainers" && str_at(c, "restartPolicy") != "Always";
+        if plain_init && c.get("lifecycle").is_some_and(|l| !l.is_null()) {
+            errs.push(FieldError::forbidden(
+                at("lifecycle"),
+                "may not be set for init containers without restartPolicy=Always",
+            ));
+        }
+        for which in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            if let Some(p) = c.get(which).filter(|p| !p.is_null()) {
+                if plain_init {
+                    errs.push(FieldError::forbidden(
+                        at(which),
+                        "may not be set for init containers without restartPolicy=Always",
+                    ));
+                } else {
+                    probe(p, &at(which), which, errs);
+                }
+            }
+        }
+        for hook in ["postStart", "preStop"] {
+            if let Some(h) = c
+                .pointer(&format!("/lifecycle/{hook}"))
+                .filter(|h| !h.is_null())
+            {
+                handler(
+                    h,
+                    &["exec", "httpGet", "tcpSocket", "sleep"],
+                    &at(&format!("lifecycle.{hook}")),
+                    errs,
+                );
+            }
+        }
         let ports = c
             .get("ports")
             .and_then(Value::as_array)
@@ -120,22 +162,517 @@ fn resources(container: &Value, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+fn nonnegative(obj: &Value, key: &str, path: &str, errs: &mut Vec<FieldError>) {
+    if let Some(n) = obj.get(key).and_then(Value::as_i64).filter(|n| *n < 0) {
+        errs.push(FieldError::invalid(
+            format!("{path}.{key}"),
+            &n.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// A port given as a number (1-65535) or as a container port's name (an IANA service name).
+fn port_number_or_name(port: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    match port {
+        Value::Number(n) => {
+            if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) {
+                errs.push(FieldError::invalid(
+                    path,
+                    &n.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+        Value::String(name) => {
+            for problem in names::port_name(name) {
+                errs.push(FieldError::invalid(path, name, &problem));
+            }
+        }
+        _ => errs.push(FieldError::required(path, "")),
+    }
+}
+
+const HANDLERS: [&str; 4] = ["exec", "httpGet", "tcpSocket", "grpc"];
+
+/// One probe: exactly one handler, sensible timings; liveness and startup probes succeed once.
+fn probe(probe: &Value, path: &str, which: &str, errs: &mut Vec<FieldError>) {
+    handler(probe, &HANDLERS, path, errs);
+    for key in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
+        nonnegative(probe, key, path, errs);
+    }
+    if let Some(n) = probe.get("successThreshold").and_then(Value::as_i64) {
+        if which != "readinessProbe" && n != 1 {
+            errs.push(FieldError::invalid(
+                format!("{path}.successThreshold"),
+                &n.to_string(),
+                "must be 1",
+            ));
+        }
+    }
+    if let Some(n) = probe
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+    {
+        let field = format!("{path}.terminationGracePeriodSeconds");
+        if which == "readinessProbe" {
+            errs.push(FieldError::invalid(
+                field,
+                &n.to_string(),
+                "must not be set for readinessProbes",
+            ));
+        } else if n <= 0 {
+            errs.push(FieldError::invalid(
+                field,
+                &n.to_string(),
+                "must be greater than 0",
+            ));
+        }
+    }
+}
+
+/// A probe's or hook's handler: exactly one of `kinds`, each with what it needs.
+fn handler(obj: &Value, kinds: &[&str], path: &str, errs: &mut Vec<FieldError>) {
+    let given: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
+        .collect();
+    match given.as_slice() {
+        [] => errs.push(FieldError::required(path, "must specify a handler type")),
+        [_] => {}
+        [_, more @ ..] => {
+            for k in more {
+                errs.push(FieldError::forbidden(
+                    format!("{path}.{k}"),
+                    "may not specify more than 1 handler type",
+                ));
+            }
+        }
+    }
+    if let Some(exec) = obj.get("exec").filter(|v| !v.is_null()) {
+        if exec
+            .get("command")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            errs.push(FieldError::required(format!("{path}.exec.command"), ""));
+        }
+    }
+    if let Some(http) = obj.get("httpGet").filter(|v| !v.is_null()) {
+        port_number_or_name(
+            http.get("port").unwrap_or(&Value::Null),
+            &format!("{path}.httpGet.port"),
+            errs,
+        );
+        let scheme = str_at(http, "scheme");
+        if !matches!(scheme, "" | "HTTP" | "HTTPS") {
+            errs.push(FieldError::not_supported(
+                format!("{path}.httpGet.scheme"),
+                scheme,
+                &["HTTP", "HTTPS"],
+            ));
+        }
+    }
+    if let Some(tcp) = obj.get("tcpSocket").filter(|v| !v.is_null()) {
+        port_number_or_name(
+            tcp.get("port").unwrap_or(&Value::Null),
+            &format!("{path}.tcpSocket.port"),
+            errs,
+        );
+    }
+    if let Some(grpc) = obj.get("grpc").filter(|v| !v.is_null()) {
+        let port = grpc.get("port").unwrap_or(&Value::Null);
+        if port.is_string() {
+            errs.push(FieldError::invalid(
+                format!("{path}.grpc.port"),
+                port.as_str().unwrap_or(""),
+                "must be between 1 and 65535, inclusive",
+            ));
+        } else {
+            port_number_or_name(port, &format!("{path}.grpc.port"), errs);
+        }
+    }
+}
+
+const VOLUME_SOURCES: [&str; 10] = [
+    "emptyDir",
+    "configMap",
+    "secret",
+    "hostPath",
+    "downwardAPI",
+    "projected",
+    "persistentVolumeClaim",
+    "nfs",
+    "csi",
+    "ephemeral",
+];
+/// `0` to `0777`, as file modes of volumes are.
+const FILE_MODE: &str = "must be a number between 0 and 0777 (octal), both inclusive";
+
+/// A path inside a volume: relative, without `..`.
+fn local_path(path: &str, field: &str, errs: &mut Vec<FieldError>) {
+    if path.is_empty() {
+        errs.push(FieldError::required(field, ""));
+    } else if path.starts_with('/') {
+        errs.push(FieldError::invalid(field, path, "must be a relative path"));
+    } else if path.split('/').any(|part| part == "..") {
+        errs.push(FieldError::invalid(field, path, "must not contain '..'"));
+    }
+}
+
+fn file_mode(obj: &Value, key: &str, path: &str, errs: &mut Vec<FieldError>) {
+    if let Some(mode) = obj.get(key).and_then(Value::as_i64) {
+        if !(0..=0o777).contains(&mode) {
+            errs.push(FieldError::invalid(
+                format!("{path}.{key}"),
+                &mode.to_string(),
+                FILE_MODE,
+            ));
+        }
+    }
+}
+
+/// `items` of configMap, secret and projected sources: a key and a path inside the volume each.
+fn key_items(source: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    file_mode(source, "defaultMode", path, errs);
+    for (i, item) in source
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{path}.items[{i}]");
+        if str_at(item, "key").is_empty() {
+            errs.push(FieldError::required(format!("{at}.key"), ""));
+        }
+        local_path(str_at(item, "path"), &format!("{at}.path"), errs);
+        file_mode(item, "mode", &at, errs);
+    }
+}
+
+/// The pod's volumes (names unique, one source each, with what that source needs); returns
+/// their names for the mounts to refer to.
+fn volumes(spec: &Value, path: &str, errs: &mut Vec<FieldError>) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for (i, volume) in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{path}.volumes[{i}]");
+        let name = str_at(volume, "name");
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name"), ""));
+        } else {
+            for problem in names::dns1123_label(name) {
+                errs.push(FieldError::invalid(format!("{at}.name"), name, &problem));
+            }
+            if !seen.insert(name.to_string()) {
+                errs.push(FieldError::duplicate(format!("{at}.name"), name));
+            }
+        }
+        let given: Vec<&str> = VOLUME_SOURCES
+            .iter()
+            .copied()
+            .filter(|k| volume.get(*k).is_some_and(|v| !v.is_null()))
+            .collect();
+        match given.as_slice() {
+            [] => errs.push(FieldError::required(&at, "must specify a volume type")),
+            [_] => {}
+            [_, more @ ..] => {
+                for k in more {
+                    errs.push(FieldError::forbidden(
+                        format!("{at}.{k}"),
+                        "may not specify more than 1 volume type",
+                    ));
+                }
+            }
+        }
+        let required = |source: &str, field: &str, errs: &mut Vec<FieldError>| {
+            if let Some(s) = volume.get(source).filter(|v| !v.is_null()) {
+                if str_at(s, field).is_empty() {
+                    errs.push(FieldError::required(format!("{at}.{source}.{field}"), ""));
+                }
+            }
+        };
+        required("configMap", "name", errs);
+        required("secret", "secretName", errs);
+        required("hostPath", "path", errs);
+        required("persistentVolumeClaim", "claimName", errs);
+        for source in ["configMap", "secret"] {
+            if let Some(s) = volume.get(source).filter(|v| !v.is_null()) {
+                key_items(s, &format!("{at}.{source}"), errs);
+            }
+        }
+        if let Some(projected) = volume.get("projected").filter(|v| !v.is_null()) {
+            file_mode(projected, "defaultMode", &format!("{at}.projected"), errs);
+        }
+        if let Some(d) = volume.get("downwardAPI").filter(|v| !v.is_null()) {
+            file_mode(d, "defaultMode", &format!("{at}.downwardAPI"), errs);
+            for (j, item) in d
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                local_path(
+                    str_at(item, "path"),
+                    &format!("{at}.downwardAPI.items[{j}].path"),
+                    errs,
+                );
+            }
+        }
+        if let Some(host) = volume.get("hostPath").filter(|v| !v.is_null()) {
+            let kind = str_at(host, "type");
+            const TYPES: [&str; 8] = [
+                "",
+                "DirectoryOrCreate",
+                "Directory",
+                "FileOrCreate",
+                "File",
+                "Socket",
+                "CharDevice",
+                "BlockDevice",
+            ];
+            if !TYPES.contains(&kind) {
+                errs.push(FieldError::not_supported(
+                    format!("{at}.hostPath.type"),
+                    kind,
+                    &TYPES,
+                ));
+            }
+        }
+        if let Some(dir) = volume.get("emptyDir").filter(|v| !v.is_null()) {
+            let medium = str_at(dir, "medium");
+            if !matches!(medium, "" | "Memory" | "HugePages") {
+                errs.push(FieldError::not_supported(
+                    format!("{at}.emptyDir.medium"),
+                    medium,
+                    &["", "HugePages", "Memory"],
+                ));
+            }
+        }
+    }
+    seen
+}
+
+/// A container's mounts: of volumes the pod has, each at its own absolute path.
+fn volume_mounts(
+    container: &Value,
+    volumes: &BTreeSet<String>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let mut paths = BTreeSet::new();
+    for (i, mount) in container
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{path}.volumeMounts[{i}]");
+        let name = str_at(mount, "name");
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name"), ""));
+        } else if !volumes.contains(name) {
+            errs.push(FieldError::not_found(format!("{at}.name"), name));
+        }
+        let mount_path = str_at(mount, "mountPath");
+        if mount_path.is_empty() {
+            errs.push(FieldError::required(format!("{at}.mountPath"), ""));
+        } else if !paths.insert(mount_path.to_string()) {
+            errs.push(FieldError::invalid(
+                format!("{at}.mountPath"),
+                mount_path,
+                "must be unique",
+            ));
+        }
+        let sub_path = str_at(mount, "subPath");
+        if !sub_path.is_empty() {
+            local_path(sub_path, &format!("{at}.subPath"), errs);
+        }
+    }
+}
+
+const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+/// A pod's tolerations, as Kubernetes checks them.
+fn tolerations(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    for (i, t) in spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = |f: &str| format!("{path}.tolerations[{i}].{f}");
+        let (key, operator, value, effect) = (
+            str_at(t, "key"),
+            str_at(t, "operator"),
+            str_at(t, "value"),
+            str_at(t, "effect"),
+        );
+        if !key.is_empty() {
+            for problem in names::qualified_name(key) {
+                errs.push(FieldError::invalid(at("key"), key, &problem));
+            }
+        }
+        match operator {
+            "" | "Equal" if key.is_empty() => errs.push(FieldError::invalid(at("operator"), operator,
+                "operator must be Exists when `key` is empty, which means \"match all values and all keys\"")),
+            "" | "Equal" => {
+                for problem in names::label_value(value) {
+                    errs.push(FieldError::invalid(at("value"), value, &problem));
+                }
+            }
+            "Exists" if !value.is_empty() => errs.push(FieldError::invalid(at("operator"), value,
+                "value must be empty when `operator` is 'Exists'")),
+            "Exists" => {}
+            other => errs.push(FieldError::not_supported(at("operator"), other, &["Equal", "Exists"])),
+        }
+        if !effect.is_empty() && !EFFECTS.contains(&effect) {
+            errs.push(FieldError::not_supported(at("effect"), effect, &EFFECTS));
+        }
+        if t.get("tolerationSeconds").is_some_and(|s| !s.is_null()) && effect != "NoExecute" {
+            errs.push(FieldError::invalid(
+                at("effect"),
+                effect,
+                "effect must be 'NoExecute' when `tolerationSeconds` is set",
+            ));
+        }
+    }
+}
+
+/// A Node's spec: its pod CIDRs and taints (a key and an effect each, unique by the pair).
+fn node(obj: &Value, errs: &mut Vec<FieldError>) {
+    let cidr = obj
+        .pointer("/spec/podCIDR")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !cidr.is_empty() && cidr.parse::<crate::cidr::Ipv4Cidr>().is_err() {
+        errs.push(FieldError::invalid(
+            "spec.podCIDR",
+            cidr,
+            "must be a valid CIDR",
+        ));
+    }
+    for (i, c) in obj
+        .pointer("/spec/podCIDRs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let c = c.as_str().unwrap_or("");
+        if c.parse::<crate::cidr::Ipv4Cidr>().is_err() {
+            errs.push(FieldError::invalid(
+                format!("spec.podCIDRs[{i}]"),
+                c,
+                "must be a valid CIDR",
+            ));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, t) in obj
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = |f: &str| format!("spec.taints[{i}].{f}");
+        let (key, value, effect) = (str_at(t, "key"), str_at(t, "value"), str_at(t, "effect"));
+        if key.is_empty() {
+            errs.push(FieldError::required(at("key"), ""));
+        }
+        for problem in names::qualified_name(key)
+            .into_iter()
+            .filter(|_| !key.is_empty())
+        {
+            errs.push(FieldError::invalid(at("key"), key, &problem));
+        }
+        for problem in names::label_value(value) {
+            errs.push(FieldError::invalid(at("value"), value, &problem));
+        }
+        if effect.is_empty() {
+            errs.push(FieldError::required(at("effect"), ""));
+        } else if !EFFECTS.contains(&effect) {
+            errs.push(FieldError::not_supported(at("effect"), effect, &EFFECTS));
+        }
+        if !seen.insert((key, effect)) {
+            errs.push(FieldError {
+                reason: "FieldValueDuplicate",
+                field: format!("spec.taints[{i}]"),
+                message: format!("Duplicate value: {{{key:?}: {effect:?}}}: taints must be unique by key and effect pair"),
+            });
+        }
+    }
+}
+
+/// A core Event: of a known type, about an object in its own namespace (cluster-scoped objects
+/// have none).
+fn event(obj: &Value, errs: &mut Vec<FieldError>) {
+    let kind = str_at(obj, "type");
+    if !matches!(kind, "" | "Normal" | "Warning") {
+        errs.push(FieldError::invalid(
+            "type",
+            kind,
+            "has invalid value: must be Normal or Warning",
+        ));
+    }
+    let namespace = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let involved = obj
+        .pointer("/involvedObject/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !involved.is_empty() && involved != namespace {
+        errs.push(FieldError::invalid(
+            "involvedObject.namespace",
+            involved,
+            "does not match event.namespace",
+        ));
+    }
+    for (field, limit) in [("reason", 128), ("action", 128)] {
+        let text = str_at(obj, field);
+        if text.len() > limit {
+            errs.push(FieldError::invalid(
+                field,
+                "",
+                &format!("can have at most {limit} characters"),
+            ));
+        }
+    }
+}
+
 /// Checks a pod spec at `path`; `restart_policies` are those its owner allows.
 pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    containers(spec, "containers", path, &mut errs);
-    containers(spec, "initContainers", path, &mut errs);
+    let volumes = volumes(spec, path, &mut errs);
+    containers(spec, "containers", path, &volumes, &mut errs);
+    containers(spec, "initContainers", path, &volumes, &mut errs);
+    tolerations(spec, path, &mut errs);
     let policy = str_at(spec, "restartPolicy");
     if !policy.is_empty() && !restart_policies.contains(&policy) {
-        let supported: Vec<String> = restart_policies.iter().map(|p| format!("{p:?}")).collect();
-        errs.push(FieldError {
-            reason: "FieldValueNotSupported",
-            field: format!("{path}.restartPolicy"),
-            message: format!(
-                "Unsupported value: {policy:?}: supported values: {}",
-                supported.join(", ")
-            ),
-        });
+        errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            policy,
+            restart_policies,
+        ));
     }
     errs
 }
@@ -298,6 +835,8 @@ pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
             secret_type(obj, &mut errs);
         }
         ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj, &mut errs),
+        ("", "Node") => node(obj, &mut errs),
+        ("", "Event") => event(obj, &mut errs),
         ("coordination.k8s.io", "Lease") => {
             if let Some(d) = obj
                 .pointer("/spec/leaseDurationSeconds")
@@ -320,13 +859,11 @@ pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
 fn endpoint_slice(obj: &Value, errs: &mut Vec<FieldError>) {
     let kind = str_at(obj, "addressType");
     if !matches!(kind, "IPv4" | "IPv6" | "FQDN") {
-        errs.push(FieldError {
-            reason: "FieldValueNotSupported",
-            field: "addressType".into(),
-            message: format!(
-                "Unsupported value: {kind:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""
-            ),
-        });
+        errs.push(FieldError::not_supported(
+            "addressType",
+            kind,
+            &["FQDN", "IPv4", "IPv6"],
+        ));
     }
     let endpoints = obj
         .get("endpoints")
@@ -389,6 +926,84 @@ mod tests {
              vec!["data[tls.crt]: Invalid value: \"not base64!\": must be base64-encoded data", "data[tls.key]: Required value"]),
             (find("discovery.k8s.io", "v1", "endpointslices").unwrap(), json!({"addressType": "IPv5", "endpoints": [{"addresses": []}]}),
              vec!["addressType: Unsupported value: \"IPv5\"", "endpoints[0].addresses: Required value"]),
+        ];
+        for (kind, obj, want) in cases {
+            crate::testing::check_errors(&obj, &validate(kind, &obj), &want);
+        }
+    }
+
+    #[test]
+    fn probes_volumes_tolerations_nodes_and_events() {
+        let pods = find("", "v1", "pods").unwrap();
+        let pod = |extra: Value| {
+            let mut spec = json!({"containers": [{"name": "c", "image": "x"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                if k == "container" {
+                    for (ck, cv) in v.as_object().unwrap() {
+                        spec["containers"][0][ck] = cv.clone();
+                    }
+                } else {
+                    spec[k] = v.clone();
+                }
+            }
+            json!({"spec": spec})
+        };
+        let cases = [
+            (pods, pod(json!({"container": {"livenessProbe": {"httpGet": {"port": 8080}, "periodSeconds": 10, "successThreshold": 1}}})), vec![]),
+            (pods, pod(json!({"container": {"livenessProbe": {"periodSeconds": 10}}})),
+             vec!["spec.containers[0].livenessProbe: Required value: must specify a handler type"]),
+            (pods, pod(json!({"container": {"readinessProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}, "successThreshold": 2}}})),
+             vec!["spec.containers[0].readinessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type"]),
+            (pods, pod(json!({"container": {"livenessProbe": {"exec": {}, "successThreshold": 2, "periodSeconds": -1}}})),
+             vec!["spec.containers[0].livenessProbe.exec.command: Required value",
+                  "spec.containers[0].livenessProbe.successThreshold: Invalid value: \"2\": must be 1",
+                  "spec.containers[0].livenessProbe.periodSeconds: Invalid value: \"-1\": must be greater than or equal to 0"]),
+            (pods, pod(json!({"container": {"startupProbe": {"httpGet": {"port": "Web_Port", "scheme": "FTP"}}}})),
+             vec!["spec.containers[0].startupProbe.httpGet.port: Invalid value: \"Web_Port\": must contain only alpha-numeric",
+                  "spec.containers[0].startupProbe.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\""]),
+            (pods, pod(json!({"container": {"readinessProbe": {"tcpSocket": {"port": 70000}, "terminationGracePeriodSeconds": 5}}})),
+             vec!["spec.containers[0].readinessProbe.tcpSocket.port: Invalid value: \"70000\": must be between 1 and 65535, inclusive",
+                  "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: Invalid value: \"5\": must not be set for readinessProbes"]),
+            (pods, pod(json!({"container": {"lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}})), vec![]),
+            (pods, pod(json!({
+                "volumes": [{"name": "config", "configMap": {"name": "app-config", "defaultMode": 420, "items": [{"key": "k", "path": "conf/app.yaml"}]}},
+                            {"name": "scratch", "emptyDir": {}}],
+                "container": {"volumeMounts": [{"name": "config", "mountPath": "/etc/app"}, {"name": "scratch", "mountPath": "/tmp", "subPath": "a/b"}]}})), vec![]),
+            (pods, pod(json!({
+                "volumes": [{"name": "v", "emptyDir": {}, "secret": {}}, {"name": "v", "configMap": {"name": "c", "defaultMode": 1000, "items": [{"key": "", "path": "../x"}]}}, {"name": "none"}],
+                "container": {"volumeMounts": [{"name": "gone", "mountPath": "/a"}, {"name": "v", "mountPath": "/a", "subPath": "/abs"}]}})),
+             vec!["spec.volumes[0].secret: Forbidden: may not specify more than 1 volume type",
+                  "spec.volumes[0].secret.secretName: Required value",
+                  "spec.volumes[1].name: Duplicate value: \"v\"",
+                  "spec.volumes[1].configMap.defaultMode: Invalid value: \"1000\": must be a number between 0 and 0777 (octal), both inclusive",
+                  "spec.volumes[1].configMap.items[0].key: Required value",
+                  "spec.volumes[1].configMap.items[0].path: Invalid value: \"../x\": must not contain '..'",
+                  "spec.volumes[2]: Required value: must specify a volume type",
+                  "spec.containers[0].volumeMounts[0].name: Not found: \"gone\"",
+                  "spec.containers[0].volumeMounts[1].mountPath: Invalid value: \"/a\": must be unique",
+                  "spec.containers[0].volumeMounts[1].subPath: Invalid value: \"/abs\": must be a relative path"]),
+            (pods, pod(json!({"tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"operator": "Exists"},
+                {"key": "k", "operator": "Exists", "value": "v"},
+                {"operator": "Equal", "value": "v"},
+                {"key": "k", "operator": "Like", "effect": "Sometimes"},
+                {"key": "k", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 30}]})),
+             vec!["spec.tolerations[2].operator: Invalid value: \"v\": value must be empty when `operator` is 'Exists'",
+                  "spec.tolerations[3].operator: Invalid value: \"Equal\": operator must be Exists when `key` is empty",
+                  "spec.tolerations[4].operator: Unsupported value: \"Like\": supported values: \"Equal\", \"Exists\"",
+                  "spec.tolerations[4].effect: Unsupported value: \"Sometimes\"",
+                  "spec.tolerations[5].effect: Invalid value: \"NoSchedule\": effect must be 'NoExecute' when `tolerationSeconds` is set"]),
+            (find("", "v1", "nodes").unwrap(), json!({"spec": {"podCIDR": "10.42.0.0/24", "taints": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]}}), vec![]),
+            (find("", "v1", "nodes").unwrap(), json!({"spec": {"podCIDR": "10.42.0.0/33", "taints": [
+                {"key": "gpu", "effect": "NoSchedule"}, {"key": "gpu", "effect": "NoSchedule"}, {"effect": "Never"}]}}),
+             vec!["spec.podCIDR: Invalid value: \"10.42.0.0/33\": must be a valid CIDR",
+                  "spec.taints[1]: Duplicate value: {\"gpu\": \"NoSchedule\"}: taints must be unique by key and effect pair",
+                  "spec.taints[2].key: Required value",
+                  "spec.taints[2].effect: Unsupported value: \"Never\""]),
+            (find("", "v1", "events").unwrap(), json!({"metadata": {"namespace": "default"}, "type": "Normal", "involvedObject": {"kind": "Pod", "namespace": "default"}}), vec![]),
+            (find("", "v1", "events").unwrap(), json!({"metadata": {"namespace": "default"}, "type": "Bad", "involvedObject": {"kind": "Pod", "namespace": "other"}}),
+             vec!["type: Invalid value: \"Bad\"", "involvedObject.namespace: Invalid value: \"other\": does not match event.namespace"]),
         ];
         for (kind, obj, want) in cases {
             crate::testing::check_errors(&obj, &validate(kind, &obj), &want);

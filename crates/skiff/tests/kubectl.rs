@@ -745,6 +745,47 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
         err.contains("spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\": quantities must match the regular expression"),
         "{err}"
     );
+    // A mount of a volume the pod lacks, and a liveness probe without a handler, each named
+    // by its field path.
+    let broken_pod = manifest.replace(
+        "        - containerPort: 8080\n",
+        "        - containerPort: 8080\n        volumeMounts:\n        - name: config\n          mountPath: /etc/app\n        livenessProbe:\n          periodSeconds: 5\n",
+    );
+    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &broken_pod).err();
+    for want in [
+        "spec.template.spec.containers[0].volumeMounts[0].name: Not found: \"config\"",
+        "spec.template.spec.containers[0].livenessProbe: Required value: must specify a handler type",
+    ] {
+        assert!(err.contains(want), "{want} in:\n{err}");
+    }
+
+    // With the volume and a handler, the probe and the volume come back with Kubernetes'
+    // defaults.
+    let probed = manifest.replace(
+        "        - containerPort: 8080\n",
+        "        - containerPort: 8080\n        volumeMounts:\n        - name: config\n          mountPath: /etc/app\n        livenessProbe:\n          httpGet:\n            port: 8080\n",
+    ) + "      volumes:\n      - name: config\n        configMap:\n          name: app-config\n";
+    apply(&server, &probed);
+    let pod_spec = json(
+        &kubectl(
+            &server,
+            &[
+                "get",
+                "deploy",
+                "api-server",
+                "-o",
+                "jsonpath={.spec.template.spec}",
+            ],
+        )
+        .out(),
+    );
+    assert_eq!(
+        pod_spec["containers"][0]["livenessProbe"],
+        serde_json::json!({"httpGet": {"port": 8080, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1,
+                           "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+    );
+    assert_eq!(pod_spec["volumes"][0]["configMap"]["defaultMode"], 420);
+    kubectl(&server, &["delete", "deploy", "api-server"]).out();
 
     apply(&server, &manifest);
     let deploy = json(&kubectl(&server, &["get", "deploy", "api-server", "-o", "json"]).out());
