@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skiff_api::object::{condition_true, selector_from_json, Filter};
@@ -18,6 +19,15 @@ use crate::runtime::text;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+/// Endpoints per EndpointSlice, Kubernetes' default (`--max-endpoints-per-slice`): a change of
+/// one endpoint of a large Service rewrites one slice, not all its addresses.
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+/// Addresses an `Endpoints` object keeps at most; beyond them it is truncated and says so, as
+/// in Kubernetes (EndpointSlices carry them all).
+pub const MAX_ENDPOINTS_ADDRESSES: usize = 1000;
+pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
+/// The cluster DNS endpoints are synced at most about once per this, however many nodes change.
+const DNS_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A Service's port as its endpoints carry it: name, protocol, and the target (a number, or a
 /// container port's name to look up in each pod).
@@ -196,29 +206,135 @@ pub fn desired(service: &Value, pods: &[Value]) -> (Value, Vec<Value>) {
         "kind": "Endpoints",
         "metadata": {"name": name, "namespace": namespace, "labels": {SERVICE_NAME_LABEL: name}},
     });
+    if truncate(&mut subsets) {
+        endpoints["metadata"]["annotations"] = json!({OVER_CAPACITY: "truncated"});
+    }
     if !subsets.is_empty() {
         endpoints["subsets"] = json!(subsets);
     }
     (endpoints, slices)
 }
 
+/// Cuts `subsets` to `MAX_ENDPOINTS_ADDRESSES` addresses, ready ones kept first, and says
+/// whether it had to.
+fn truncate(subsets: &mut Vec<Value>) -> bool {
+    let count = |list: &str| -> usize {
+        subsets
+            .iter()
+            .filter_map(|s| s.get(list).and_then(Value::as_array))
+            .map(Vec::len)
+            .sum()
+    };
+    if count("addresses") + count("notReadyAddresses") <= MAX_ENDPOINTS_ADDRESSES {
+        return false;
+    }
+    let mut room = MAX_ENDPOINTS_ADDRESSES;
+    for list in ["addresses", "notReadyAddresses"] {
+        for subset in subsets.iter_mut() {
+            let Some(addresses) = subset.get_mut(list).and_then(Value::as_array_mut) else {
+                continue;
+            };
+            addresses.truncate(room);
+            room -= addresses.len();
+            if addresses.is_empty() {
+                subset.as_object_mut().expect("a subset").remove(list);
+            }
+        }
+    }
+    subsets.retain(|s| s.get("addresses").is_some() || s.get("notReadyAddresses").is_some());
+    true
+}
+
+/// The slices to keep for `want` (one slice per port set, as `desired` gives them, of any
+/// length) given the `current` ones: at most `MAX_ENDPOINTS_PER_SLICE` endpoints each, every
+/// endpoint left in the slice it is in (so a change rewrites the slices it touches), new ones
+/// filling slices with room before new slices are named. Current slices that end up empty, or
+/// whose port set is no longer wanted, are not returned (the caller deletes them).
+pub fn pack_slices(want: Vec<Value>, current: &[Value]) -> Vec<Value> {
+    let key = |e: &Value| {
+        e.pointer("/addresses/0")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut taken: HashSet<String> = current
+        .iter()
+        .map(|c| text(c, "/metadata/name").to_string())
+        .collect();
+    let mut packed = Vec::new();
+    for mut template in want {
+        let base = text(&template, "/metadata/name").to_string();
+        // The endpoints are moved, not copied: a slice of the cluster DNS lists every node.
+        let mut wanted: Vec<Option<Value>> = match template.get_mut("endpoints").map(Value::take) {
+            Some(Value::Array(endpoints)) => endpoints.into_iter().map(Some).collect(),
+            _ => Vec::new(),
+        };
+        let index: HashMap<String, usize> = wanted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((key(e.as_ref()?)?, i)))
+            .collect();
+        let mut slices: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut same_ports: Vec<&Value> = current
+            .iter()
+            .filter(|c| c.get("ports") == template.get("ports"))
+            .collect();
+        same_ports.sort_by_key(|c| text(c, "/metadata/name"));
+        for slice in same_ports {
+            let kept: Vec<Value> = slice["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| wanted.get_mut(*index.get(&key(e)?)?)?.take())
+                .collect();
+            slices.push((text(slice, "/metadata/name").to_string(), kept));
+        }
+        let mut fresh = wanted.iter_mut().filter_map(Option::take).peekable();
+        for (_, endpoints) in &mut slices {
+            while endpoints.len() < MAX_ENDPOINTS_PER_SLICE {
+                match fresh.next() {
+                    Some(e) => endpoints.push(e),
+                    None => break,
+                }
+            }
+        }
+        while fresh.peek().is_some() {
+            let name = std::iter::once(base.clone())
+                .chain((1..).map(|n| format!("{base}-{n}")))
+                .find(|n| !taken.contains(n))
+                .expect("an unused name");
+            taken.insert(name.clone());
+            slices.push((name, fresh.by_ref().take(MAX_ENDPOINTS_PER_SLICE).collect()));
+        }
+        for (name, endpoints) in slices.into_iter().filter(|(_, e)| !e.is_empty()) {
+            let mut slice = template.clone();
+            slice["metadata"]["name"] = json!(name);
+            slice["endpoints"] = json!(endpoints);
+            packed.push(slice);
+        }
+    }
+    packed
+}
+
 /// The cluster DNS Service: its endpoints are the nodes' DNS servers, not pods.
 pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 /// The cluster DNS Service's endpoints: every node with a pod CIDR answers DNS on its
-/// gateway address (the CIDR's first host), ready while the node is Ready.
+/// gateway address (the CIDR's first host). Each is ready whatever the node's Ready condition
+/// says: kube-dns's `internalTrafficPolicy: Local` sends a pod only to its own node's server,
+/// which answers while the node's agent runs, also when the control plane has lost sight of
+/// it (a node coming back must not wait for its readiness to travel around before its pods
+/// can resolve names). So only a node's CIDR, not its status, changes these endpoints.
 pub fn node_dns(service: &Value, nodes: &[Value]) -> (Value, Vec<Value>) {
     let as_targets: Vec<Value> = nodes
         .iter()
         .filter_map(|node| {
             let cidr: skiff_api::cidr::Ipv4Cidr = text(node, "/spec/podCIDR").parse().ok()?;
-            let ready = condition_true(node, "Ready");
             let name = text(node, "/metadata/name");
             Some(json!({
                 "metadata": {"name": name, "uid": text(node, "/metadata/uid")},
                 "spec": {"nodeName": name},
                 "status": {"phase": "Running", "podIP": cidr.nth(1)?.to_string(),
-                           "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+                           "conditions": [{"type": "Ready", "status": "True"}]},
             }))
         })
         .collect();
@@ -231,8 +347,9 @@ pub fn node_dns(service: &Value, nodes: &[Value]) -> (Value, Vec<Value>) {
     };
     for subset in endpoints["subsets"].as_array_mut().into_iter().flatten() {
         for list in ["addresses", "notReadyAddresses"] {
-            subset[list]
-                .as_array_mut()
+            subset
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
                 .into_iter()
                 .flatten()
                 .for_each(retarget);
@@ -331,9 +448,13 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
     }
     {
         // Cluster DNS is served by every node at its pod CIDR's gateway: only a change of a
-        // node's CIDR or readiness (not its heartbeats) changes the kube-dns endpoints.
+        // node's CIDR (not its status or heartbeats) changes the kube-dns endpoints.
         let queue = queue.clone();
-        let mut known: HashMap<String, (String, bool)> = HashMap::new();
+        let mut known: HashMap<String, String> = HashMap::new();
+        // Thousands of nodes joining at once would sync all their addresses once per node:
+        // the first change is synced at once, those that follow within a second together.
+        let mut next_sync = Instant::now();
+        let mut deferred: Option<Instant> = None;
         tokio::spawn(crate::runtime::follow(
             cluster.clone(),
             kind("", "nodes"),
@@ -343,14 +464,19 @@ pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>) {
                 let changed = if change.deleted {
                     known.remove(&name).is_some()
                 } else {
-                    let now = (
-                        text(node, "/spec/podCIDR").to_string(),
-                        condition_true(node, "Ready"),
-                    );
-                    known.insert(name, now.clone()) != Some(now)
+                    let cidr = text(node, "/spec/podCIDR");
+                    known.insert(name, cidr.to_string()).as_deref() != Some(cidr)
                 };
                 if changed {
-                    queue.add((DNS_SERVICE.0.to_string(), DNS_SERVICE.1.to_string()));
+                    let key = (DNS_SERVICE.0.to_string(), DNS_SERVICE.1.to_string());
+                    let now = Instant::now();
+                    if now >= next_sync {
+                        queue.add(key);
+                        next_sync = now + DNS_SYNC_INTERVAL;
+                    } else if deferred != Some(next_sync) {
+                        queue.add_after(key, next_sync - now);
+                        deferred = Some(next_sync);
+                    }
                 }
             },
         ));
@@ -428,6 +554,7 @@ async fn sync(cluster: &dyn Cluster, namespace: &str, name: &str) -> Result<(), 
         &["subsets"],
     )
     .await?;
+    let want_slices = pack_slices(want_slices, &current_slices);
     let mut current: HashMap<String, Value> = current_slices
         .into_iter()
         .map(|s| (text(&s, "/metadata/name").to_string(), s))
@@ -462,8 +589,10 @@ async fn write(
     match (current, want) {
         (None, Some(want)) => cluster.create(kind, namespace, want).await.map(|_| ()),
         (Some(current), Some(want)) => {
+            let over = format!("/metadata/annotations/{}", OVER_CAPACITY.replace('/', "~1"));
             let differs = fields.iter().any(|f| current.get(*f) != want.get(*f))
-                || current.pointer("/metadata/labels") != want.pointer("/metadata/labels");
+                || current.pointer("/metadata/labels") != want.pointer("/metadata/labels")
+                || current.pointer(&over) != want.pointer(&over);
             if !differs {
                 return Ok(());
             }
@@ -477,6 +606,17 @@ async fn write(
                 }
             }
             next["metadata"]["labels"] = want["metadata"]["labels"].clone();
+            match want.pointer(&over) {
+                Some(v) => next["metadata"]["annotations"][OVER_CAPACITY] = v.clone(),
+                None => {
+                    if let Some(a) = next["metadata"]
+                        .get_mut("annotations")
+                        .and_then(Value::as_object_mut)
+                    {
+                        a.remove(OVER_CAPACITY);
+                    }
+                }
+            }
             cluster.update(kind, next).await.map(|_| ())
         }
         (Some(current), None) => {
@@ -593,16 +733,135 @@ mod tests {
             node("c", None, "True"),
         ];
         let (endpoints, slices) = node_dns(&svc, &nodes);
+        let target = |ip: &str, name: &str| json!({"ip": ip, "targetRef": {"kind": "Node", "name": name, "uid": name}, "nodeName": name});
         assert_eq!(
             endpoints["subsets"][0]["addresses"],
-            json!([{"ip": "10.42.0.1", "targetRef": {"kind": "Node", "name": "a", "uid": "a"}, "nodeName": "a"}])
+            json!([target("10.42.0.1", "a"), target("10.42.1.1", "b")]),
+            "a node's DNS serves its own pods whatever its Ready condition; no CIDR, no DNS"
+        );
+        assert!(endpoints["subsets"][0].get("notReadyAddresses").is_none());
+        assert_eq!(slices[0]["ports"].as_array().unwrap().len(), 2);
+        assert_eq!(slices[0]["endpoints"][1]["conditions"]["ready"], true);
+    }
+
+    fn pods(count: usize, ready: usize) -> Vec<Value> {
+        (0..count)
+            .map(|i| {
+                let ip = format!("10.42.{}.{}", i / 250, i % 250 + 2);
+                pod(&format!("p{i:04}"), &ip, i < ready, false, "http")
+            })
+            .collect()
+    }
+
+    fn names_and_sizes(slices: &[Value]) -> Vec<(String, usize)> {
+        slices
+            .iter()
+            .map(|s| {
+                (
+                    text(s, "/metadata/name").to_string(),
+                    s["endpoints"].as_array().unwrap().len(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_services_get_slices_of_a_hundred_and_a_change_rewrites_one() {
+        let (_, want) = desired(&service(false), &pods(250, 250));
+        let first = pack_slices(want, &[]);
+        let base = text(&first[0], "/metadata/name").to_string();
+        assert_eq!(
+            names_and_sizes(&first),
+            [
+                (base.clone(), 100),
+                (format!("{base}-1"), 100),
+                (format!("{base}-2"), 50)
+            ]
+        );
+        // One pod goes, two come: the gap is filled first, then the slice with room; the
+        // slice nothing happened in is left as it was.
+        let ips = |s: &Value| -> Vec<String> {
+            s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["addresses"][0].as_str().unwrap().to_string())
+                .collect()
+        };
+        let gone = "10.42.0.152";
+        let had_gone = first
+            .iter()
+            .position(|s| ips(s).contains(&gone.to_string()))
+            .unwrap();
+        let mut now = pods(252, 252);
+        now.retain(|p| p["status"]["podIP"] != gone);
+        let (_, want) = desired(&service(false), &now);
+        let second = pack_slices(want, &first);
+        assert_eq!(
+            names_and_sizes(&second),
+            [
+                (base.clone(), 100),
+                (format!("{base}-1"), 100),
+                (format!("{base}-2"), 51)
+            ]
+        );
+        for (i, (before, after)) in first.iter().zip(&second).enumerate() {
+            let (was, is) = (ips(before), ips(after));
+            if i == had_gone {
+                assert!(!is.contains(&gone.to_string()));
+                assert_eq!(
+                    is.iter().filter(|ip| !was.contains(ip)).collect::<Vec<_>>(),
+                    ["10.42.1.2"]
+                );
+            } else if i == 2 {
+                assert_eq!(is[..50], was[..], "kept in place");
+                assert_eq!(is[50], "10.42.1.3");
+            } else {
+                assert!(before == after, "slice {i} untouched");
+            }
+        }
+        // Fewer pods: the rest stay where they are; slices left empty are not kept (the
+        // caller deletes them), and none at all when no pod is left.
+        let (_, want) = desired(&service(false), &pods(30, 30));
+        let third = names_and_sizes(&pack_slices(want, &second));
+        assert_eq!(third.iter().map(|(_, n)| n).sum::<usize>(), 30);
+        assert!(third
+            .iter()
+            .all(|(name, n)| *n > 0 && name.starts_with(&base)));
+        let (_, want) = desired(&service(false), &[]);
+        assert!(pack_slices(want, &second).is_empty());
+    }
+
+    #[test]
+    fn a_new_port_set_gets_new_slices_and_the_old_ones_go() {
+        let (_, want) = desired(&service(false), &pods(3, 3));
+        let before = pack_slices(want, &[]);
+        let mut changed = service(false);
+        changed["spec"]["ports"][0]["targetPort"] = json!(9090);
+        let (_, want) = desired(&changed, &pods(3, 3));
+        let after = pack_slices(want, &before);
+        assert_eq!(after.len(), 1);
+        assert_ne!(after[0]["metadata"]["name"], before[0]["metadata"]["name"]);
+        assert_eq!(after[0]["ports"][0]["port"], 9090);
+    }
+
+    #[test]
+    fn endpoints_keep_a_thousand_addresses_ready_first_and_say_they_were_cut() {
+        let (endpoints, slices) = desired(&service(false), &pods(1200, 900));
+        let subset = &endpoints["subsets"][0];
+        assert_eq!(subset["addresses"].as_array().unwrap().len(), 900);
+        assert_eq!(subset["notReadyAddresses"].as_array().unwrap().len(), 100);
+        assert_eq!(
+            endpoints["metadata"]["annotations"][OVER_CAPACITY],
+            "truncated"
         );
         assert_eq!(
-            endpoints["subsets"][0]["notReadyAddresses"][0]["ip"],
-            "10.42.1.1"
+            slices[0]["endpoints"].as_array().unwrap().len(),
+            1200,
+            "slices carry all"
         );
-        assert_eq!(slices[0]["ports"].as_array().unwrap().len(), 2);
-        assert_eq!(slices[0]["endpoints"][1]["conditions"]["ready"], false);
+        let (endpoints, _) = desired(&service(false), &pods(1000, 1000));
+        assert!(endpoints["metadata"].get("annotations").is_none());
     }
 
     #[test]

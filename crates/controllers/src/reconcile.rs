@@ -105,47 +105,55 @@ pub async fn replica_set(
         message,
     };
     let mut failure: Option<(&str, ClusterError)> = None;
-    for _ in 0..plan.create {
-        match cluster.create(pods, namespace, pod_from(&rs)).await {
-            Ok(pod) => {
-                let message = format!("Created pod: {}", text(&pod, "/metadata/name"));
-                events
-                    .record(cluster, &rs, note(false, "SuccessfulCreate", message))
-                    .await;
-            }
-            Err(e) => {
-                let message = format!("Error creating: {e}");
-                events
-                    .record(cluster, &rs, note(true, "FailedCreate", message))
-                    .await;
-                failure = Some(("FailedCreate", e));
-                break;
-            }
-        }
+    // Kubernetes' slow start: pods are made in concurrent batches of 1, 2, 4, ..., so that a
+    // ReplicaSet whose pods cannot be made finds out after one try, and one whose pods can is
+    // not held up by one write (and its event) at a time.
+    let (mut left, mut batch) = (plan.create, 1);
+    while left > 0 && failure.is_none() {
+        let size = batch.min(left);
+        let made = futures::future::join_all((0..size).map(|_| async {
+            let made = cluster.create(pods, namespace, pod_from(&rs)).await;
+            let said = match &made {
+                Ok(pod) => note(
+                    false,
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", text(pod, "/metadata/name")),
+                ),
+                Err(e) => note(true, "FailedCreate", format!("Error creating: {e}")),
+            };
+            events.record(cluster, &rs, said).await;
+            made
+        }))
+        .await;
+        failure = made
+            .into_iter()
+            .find_map(Result::err)
+            .map(|e| ("FailedCreate", e));
+        left -= size;
+        batch *= 2;
     }
-    for gone in &plan.delete {
-        let pod_uid = mine
+    // Surplus pods are deleted all at once.
+    let (owned, owner) = (&mine, &rs);
+    let deleted = futures::future::join_all(plan.delete.iter().map(|gone| async move {
+        let pod_uid = owned
             .iter()
             .find(|p| text(p, "/metadata/name") == gone)
             .map(|p| text(p, "/metadata/uid"))
             .unwrap_or("");
-        match cluster.delete(pods, namespace, gone, pod_uid, false).await {
-            Ok(()) => {
-                let message = format!("Deleted pod: {gone}");
-                events
-                    .record(cluster, &rs, note(false, "SuccessfulDelete", message))
-                    .await;
-            }
-            Err(ClusterError::NotFound(_)) => {}
-            Err(e) => {
-                let message = format!("Error deleting: {e}");
-                events
-                    .record(cluster, &rs, note(true, "FailedDelete", message))
-                    .await;
-                failure = Some(("FailedDelete", e));
-                break;
-            }
-        }
+        let result = match cluster.delete(pods, namespace, gone, pod_uid, false).await {
+            Err(ClusterError::NotFound(_)) => return Ok(()),
+            result => result,
+        };
+        let said = match &result {
+            Ok(()) => note(false, "SuccessfulDelete", format!("Deleted pod: {gone}")),
+            Err(e) => note(true, "FailedDelete", format!("Error deleting: {e}")),
+        };
+        events.record(cluster, owner, said).await;
+        result
+    }))
+    .await;
+    if let Some(e) = deleted.into_iter().find_map(Result::err) {
+        failure = failure.or(Some(("FailedDelete", e)));
     }
     let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
         let selected = cluster.list(pods, namespace, &selects).await?;
