@@ -162,6 +162,35 @@ fn resources(container: &Value, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// The items of the list at `key` of `obj`, numbered (none when it is absent).
+fn items<'a>(obj: &'a Value, key: &str) -> impl Iterator<Item = (usize, &'a Value)> {
+    obj.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+}
+
+/// Exactly one of `kinds` is set in `obj` (a probe's handler, a volume's source): none is
+/// required (`missing` says what), each one beyond the first is forbidden (`extra`).
+fn exactly_one(
+    obj: &Value,
+    kinds: &[&str],
+    path: &str,
+    (missing, extra): (&str, &str),
+    errs: &mut Vec<FieldError>,
+) {
+    let mut given = kinds
+        .iter()
+        .filter(|k| obj.get(**k).is_some_and(|v| !v.is_null()));
+    if given.next().is_none() {
+        errs.push(FieldError::required(path, missing));
+    }
+    for k in given {
+        errs.push(FieldError::forbidden(format!("{path}.{k}"), extra));
+    }
+}
+
 fn nonnegative(obj: &Value, key: &str, path: &str, errs: &mut Vec<FieldError>) {
     if let Some(n) = obj.get(key).and_then(Value::as_i64).filter(|n| *n < 0) {
         errs.push(FieldError::invalid(
@@ -239,23 +268,16 @@ fn probe(probe: &Value, path: &str, which: &str, errs: &mut Vec<FieldError>) {
 
 /// A probe's or hook's handler: exactly one of `kinds`, each with what it needs.
 fn handler(obj: &Value, kinds: &[&str], path: &str, errs: &mut Vec<FieldError>) {
-    let given: Vec<&str> = kinds
-        .iter()
-        .copied()
-        .filter(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
-        .collect();
-    match given.as_slice() {
-        [] => errs.push(FieldError::required(path, "must specify a handler type")),
-        [_] => {}
-        [_, more @ ..] => {
-            for k in more {
-                errs.push(FieldError::forbidden(
-                    format!("{path}.{k}"),
-                    "may not specify more than 1 handler type",
-                ));
-            }
-        }
-    }
+    exactly_one(
+        obj,
+        kinds,
+        path,
+        (
+            "must specify a handler type",
+            "may not specify more than 1 handler type",
+        ),
+        errs,
+    );
     if let Some(exec) = obj.get("exec").filter(|v| !v.is_null()) {
         if exec
             .get("command")
@@ -342,13 +364,7 @@ fn file_mode(obj: &Value, key: &str, path: &str, errs: &mut Vec<FieldError>) {
 /// `items` of configMap, secret and projected sources: a key and a path inside the volume each.
 fn key_items(source: &Value, path: &str, errs: &mut Vec<FieldError>) {
     file_mode(source, "defaultMode", path, errs);
-    for (i, item) in source
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, item) in items(source, "items") {
         let at = format!("{path}.items[{i}]");
         if str_at(item, "key").is_empty() {
             errs.push(FieldError::required(format!("{at}.key"), ""));
@@ -362,13 +378,7 @@ fn key_items(source: &Value, path: &str, errs: &mut Vec<FieldError>) {
 /// their names for the mounts to refer to.
 fn volumes(spec: &Value, path: &str, errs: &mut Vec<FieldError>) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    for (i, volume) in spec
-        .get("volumes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, volume) in items(spec, "volumes") {
         let at = format!("{path}.volumes[{i}]");
         let name = str_at(volume, "name");
         if name.is_empty() {
@@ -381,23 +391,16 @@ fn volumes(spec: &Value, path: &str, errs: &mut Vec<FieldError>) -> BTreeSet<Str
                 errs.push(FieldError::duplicate(format!("{at}.name"), name));
             }
         }
-        let given: Vec<&str> = VOLUME_SOURCES
-            .iter()
-            .copied()
-            .filter(|k| volume.get(*k).is_some_and(|v| !v.is_null()))
-            .collect();
-        match given.as_slice() {
-            [] => errs.push(FieldError::required(&at, "must specify a volume type")),
-            [_] => {}
-            [_, more @ ..] => {
-                for k in more {
-                    errs.push(FieldError::forbidden(
-                        format!("{at}.{k}"),
-                        "may not specify more than 1 volume type",
-                    ));
-                }
-            }
-        }
+        exactly_one(
+            volume,
+            &VOLUME_SOURCES,
+            &at,
+            (
+                "must specify a volume type",
+                "may not specify more than 1 volume type",
+            ),
+            errs,
+        );
         let required = |source: &str, field: &str, errs: &mut Vec<FieldError>| {
             if let Some(s) = volume.get(source).filter(|v| !v.is_null()) {
                 if str_at(s, field).is_empty() {
@@ -419,13 +422,7 @@ fn volumes(spec: &Value, path: &str, errs: &mut Vec<FieldError>) -> BTreeSet<Str
         }
         if let Some(d) = volume.get("downwardAPI").filter(|v| !v.is_null()) {
             file_mode(d, "defaultMode", &format!("{at}.downwardAPI"), errs);
-            for (j, item) in d
-                .get("items")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (j, item) in items(d, "items") {
                 local_path(
                     str_at(item, "path"),
                     &format!("{at}.downwardAPI.items[{j}].path"),
@@ -475,13 +472,7 @@ fn volume_mounts(
     errs: &mut Vec<FieldError>,
 ) {
     let mut paths = BTreeSet::new();
-    for (i, mount) in container
-        .get("volumeMounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, mount) in items(container, "volumeMounts") {
         let at = format!("{path}.volumeMounts[{i}]");
         let name = str_at(mount, "name");
         if name.is_empty() {
@@ -510,13 +501,7 @@ const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
 
 /// A pod's tolerations, as Kubernetes checks them.
 fn tolerations(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    for (i, t) in spec
-        .get("tolerations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, t) in items(spec, "tolerations") {
         let at = |f: &str| format!("{path}.tolerations[{i}].{f}");
         let (key, operator, value, effect) = (
             str_at(t, "key"),
@@ -632,10 +617,7 @@ fn event(obj: &Value, errs: &mut Vec<FieldError>) {
             "has invalid value: must be Normal or Warning",
         ));
     }
-    let namespace = obj
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let namespace = crate::object::meta_str(obj, "namespace").unwrap_or("");
     let involved = obj
         .pointer("/involvedObject/namespace")
         .and_then(Value::as_str)

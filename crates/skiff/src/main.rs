@@ -1,6 +1,7 @@
 //! The `skiff` binary: parses the command line and hands each subcommand to its own module.
 
 mod agent;
+mod alloc;
 mod config;
 mod hollow;
 mod image;
@@ -70,11 +71,8 @@ struct KubeconfigArgs {
     data_dir: std::path::PathBuf,
 }
 
-/// mimalloc for every Rust allocation: the control plane lives on short-lived JSON values freed
-/// by other threads than made them, where glibc's malloc spent over half of the server's CPU
-/// (merging and unlinking free chunks) in the density benchmark.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Chosen = alloc::Chosen;
 
 /// glibc gives threads that allocate arenas of their own (up to eight per core), each keeping
 /// what was freed in it: an agent with a hundred pods held 8.6 MiB more so (pod-startup
@@ -93,6 +91,9 @@ fn main() -> std::process::ExitCode {
     // The container monitor must start before any thread exists (it forks), so it is looked
     // for before the command line parser, the logger and the async runtime.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "server") {
+        alloc::use_mimalloc();
+    }
     if args.get(1).is_some_and(|a| a == "monitor") {
         return monitor::main(&args[2..]);
     }
