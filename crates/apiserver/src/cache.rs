@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -17,9 +17,28 @@ use tokio::sync::{mpsc, watch};
 
 use crate::registry::set_resource_version;
 
-/// Changes kept per kind, by default, for watches that resume from a resourceVersion; older
-/// ones get 410.
-pub const DEFAULT_HISTORY: usize = 10_000;
+/// The changes kept per kind for watches that resume from a resourceVersion (older starts get
+/// 410 and list again): at least `changes` of them, and besides those every change younger
+/// than `fresh`, up to `MAX_HISTORY`. Kubernetes keeps its watch cache's events 75 s so: a
+/// watcher cut off for being slow while thousands of pods change a second resumes where it
+/// was instead of listing them all again.
+#[derive(Clone, Copy, Debug)]
+pub struct History {
+    pub changes: usize,
+    pub fresh: Duration,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            changes: 10_000,
+            fresh: Duration::from_secs(75),
+        }
+    }
+}
+
+/// The most changes a kind keeps however young (about 300 MB of pods).
+const MAX_HISTORY: usize = 150_000;
 
 /// Changes queued for one watcher; one that falls further behind is disconnected.
 const WATCHER_QUEUE: usize = 1_024;
@@ -102,7 +121,8 @@ struct State {
     /// Everything up to here is applied.
     revision: Revision,
     objects: BTreeMap<String, Arc<Cached>>,
-    history: VecDeque<Arc<Change>>,
+    /// Changes in order, each with when it was applied.
+    history: VecDeque<(Instant, Arc<Change>)>,
     /// The oldest revision a watch may resume after.
     oldest: Revision,
 }
@@ -110,7 +130,7 @@ struct State {
 /// The cache of one kind.
 pub struct KindCache {
     kind: &'static Kind,
-    history: usize,
+    history: History,
     state: RwLock<State>,
     watchers: Mutex<Vec<Watcher>>,
     applied: watch::Sender<Revision>,
@@ -201,6 +221,7 @@ impl KindCache {
             Some(after) => state
                 .history
                 .iter()
+                .map(|(_, c)| c)
                 .filter(|c| c.revision().is_some_and(|r| r > after))
                 .filter(|c| c.key().is_some_and(|k| k.starts_with(prefix)))
                 .cloned()
@@ -318,9 +339,17 @@ impl KindCache {
                 }
             };
             let change = Arc::new(change);
-            state.history.push_back(change.clone());
-            if state.history.len() > self.history {
-                if let Some(dropped) = state.history.pop_front() {
+            let now = Instant::now();
+            state.history.push_back((now, change.clone()));
+            while state.history.len() > self.history.changes {
+                let stale = state.history.front().is_some_and(|(at, _)| {
+                    now.duration_since(*at) > self.history.fresh
+                        || state.history.len() > MAX_HISTORY
+                });
+                if !stale {
+                    break;
+                }
+                if let Some((_, dropped)) = state.history.pop_front() {
                     state.oldest = dropped.revision().unwrap_or(state.oldest);
                 }
             }
@@ -348,13 +377,13 @@ impl KindCache {
 /// Every kind's cache, made on first use.
 pub struct WatchCache {
     store: Arc<dyn Store>,
-    history: usize,
+    history: History,
     kinds: Mutex<HashMap<String, Arc<KindCache>>>,
 }
 
 impl WatchCache {
-    /// A cache keeping `history` changes per kind for watch resume.
-    pub fn new(store: Arc<dyn Store>, history: usize) -> Self {
+    /// A cache keeping `history` per kind for watch resume.
+    pub fn new(store: Arc<dyn Store>, history: History) -> Self {
         WatchCache {
             store,
             history,
@@ -491,7 +520,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_stops_reading_is_disconnected_not_buffered() {
         let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory(RedbOptions::default()).unwrap());
-        let cache = WatchCache::new(store.clone(), DEFAULT_HISTORY);
+        let cache = WatchCache::new(store.clone(), History::default());
         let kind = skiff_api::kinds::find("", "v1", "configmaps").unwrap();
         let cms = cache.of(kind).await.unwrap();
         let everything = Filter::default();
@@ -529,5 +558,47 @@ mod tests {
             1,
             "only the reading watcher is left"
         );
+    }
+
+    /// Writes `count` ConfigMaps and waits until the cache applied them; answers the revision
+    /// of the first.
+    async fn burst(store: &Arc<dyn Store>, cms: &KindCache, count: usize) -> Revision {
+        let kind = cms.kind;
+        let mut first = None;
+        for i in 0..count {
+            let key = kind.store_key(Some("default"), &format!("b{i}"));
+            let value = format!(r#"{{"metadata":{{"name":"b{i}","namespace":"default"}}}}"#);
+            let revision = store.create(&key, value.into()).await.unwrap().mod_revision;
+            first.get_or_insert(revision);
+        }
+        let last = store.current_revision().await.unwrap();
+        cms.applied
+            .subscribe()
+            .wait_for(|r| *r >= last)
+            .await
+            .unwrap();
+        first.unwrap()
+    }
+
+    #[tokio::test]
+    async fn recent_changes_are_kept_beyond_the_count_so_a_watch_resumes() {
+        let kind = skiff_api::kinds::find("", "v1", "configmaps").unwrap();
+        let everything = Filter::default();
+        for (fresh, resumes) in [(Duration::from_secs(75), true), (Duration::ZERO, false)] {
+            let store: Arc<dyn Store> =
+                Arc::new(RedbStore::in_memory(RedbOptions::default()).unwrap());
+            let cache = WatchCache::new(store.clone(), History { changes: 10, fresh });
+            let cms = cache.of(kind).await.unwrap();
+            let first = burst(&store, &cms, 50).await;
+            let resumed = cms.subscribe(&kind.store_prefix(), &everything, false, Some(first));
+            match resumed {
+                Ok(sub) if resumes => {
+                    assert_eq!(sub.backlog.len(), 49, "every change after the first")
+                }
+                Err(WatchRefusal::TooOld { .. }) if !resumes => {}
+                Ok(_) => panic!("fresh {fresh:?}: resumed from beyond the last 10 changes"),
+                Err(_) => panic!("fresh {fresh:?}: young changes were dropped"),
+            }
+        }
     }
 }

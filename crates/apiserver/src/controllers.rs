@@ -67,11 +67,6 @@ impl InProcess {
     }
 }
 
-/// The cache did not catch up with this client's writes in time.
-fn behind() -> ClusterError {
-    ClusterError::Other("the watch cache is behind the store".into())
-}
-
 fn error(e: ApiError) -> ClusterError {
     match e.code {
         409 => ClusterError::Conflict(e.message),
@@ -107,7 +102,20 @@ impl Cluster for InProcess {
         } else {
             kind.store_prefix_in(Some(namespace))
         };
-        let snapshot = cache.snapshot(&prefix, at_least).await.ok_or_else(behind)?;
+        let Some(snapshot) = cache.snapshot(&prefix, at_least).await else {
+            // The cache is behind this client's writes (a burst keeps its feed busy): the
+            // store answers, as it answers kubectl's lists then. Failing instead sent the
+            // controller's key into backoff, and at 150,000 pods Deployments waited for
+            // seconds between their syncs.
+            let namespace = Some(namespace).filter(|n| !n.is_empty());
+            let page = self
+                .api
+                .registry
+                .list(kind, namespace, filter, None, None, None)
+                .await
+                .map_err(error)?;
+            return Ok(page.items);
+        };
         // Selected before parsing: only the objects asked for are decoded.
         snapshot
             .items
@@ -127,10 +135,22 @@ impl Cluster for InProcess {
     ) -> Result<Option<Value>, ClusterError> {
         let cache = self.cache(kind).await?;
         let key = kind.store_key(Some(namespace).filter(|n| !n.is_empty()), name);
-        let found = cache
+        let Some(found) = cache
             .object(&key, self.written.load(Ordering::SeqCst))
             .await
-            .ok_or_else(behind)?;
+        else {
+            // Behind this client's writes: read the store, as for lists.
+            let target = Target {
+                kind,
+                namespace: Some(namespace).filter(|n| !n.is_empty()),
+                name,
+            };
+            return match self.api.registry.get(&target).await {
+                Ok(obj) => Ok(Some(obj)),
+                Err(e) if e.code == 404 => Ok(None),
+                Err(e) => Err(error(e)),
+            };
+        };
         found
             .map(|obj| {
                 serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))

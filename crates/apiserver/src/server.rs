@@ -34,7 +34,7 @@ pub struct Config {
     /// Extra names and addresses for the serving certificate.
     pub tls_sans: Vec<String>,
     /// Changes kept per kind for watches resuming from a resourceVersion.
-    pub watch_history: usize,
+    pub watch_history: crate::cache::History,
     /// Where Services' cluster IPs and node ports come from.
     pub service_ranges: ServiceRanges,
     /// Run the controllers (Deployments, ReplicaSets, garbage collection) in this process.

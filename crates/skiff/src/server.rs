@@ -111,7 +111,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<server::Running> {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
         tls_sans: args.tls_sans.clone(),
-        watch_history: skiff_apiserver::cache::DEFAULT_HISTORY,
+        watch_history: skiff_apiserver::cache::History::default(),
         service_ranges: ServiceRanges::parse(&args.service_cidr, &args.service_node_port_range)
             .map_err(anyhow::Error::msg)?,
         controllers: true,
