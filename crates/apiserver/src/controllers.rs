@@ -67,6 +67,12 @@ impl InProcess {
     }
 }
 
+/// The namespace the controllers name ("" for cluster-scoped objects and for all of them), as
+/// the registry takes it.
+fn scope(namespace: &str) -> Option<&str> {
+    Some(namespace).filter(|n| !n.is_empty())
+}
+
 fn error(e: ApiError) -> ClusterError {
     match e.code {
         409 => ClusterError::Conflict(e.message),
@@ -97,17 +103,15 @@ impl Cluster for InProcess {
         let cache = self.cache(kind).await?;
         let at_least = self.written.load(Ordering::SeqCst);
         // An empty namespace lists them all.
-        let prefix = if namespace.is_empty() {
-            kind.store_prefix()
-        } else {
-            kind.store_prefix_in(Some(namespace))
-        };
-        let Some(snapshot) = cache.snapshot(&prefix, at_least).await else {
+        let namespace = scope(namespace);
+        let Some(snapshot) = cache
+            .snapshot(&kind.store_prefix_in(namespace), at_least)
+            .await
+        else {
             // The cache is behind this client's writes (a burst keeps its feed busy): the
             // store answers, as it answers kubectl's lists then. Failing instead sent the
             // controller's key into backoff, and at 150,000 pods Deployments waited for
             // seconds between their syncs.
-            let namespace = Some(namespace).filter(|n| !n.is_empty());
             let page = self
                 .api
                 .registry
@@ -134,7 +138,8 @@ impl Cluster for InProcess {
         name: &str,
     ) -> Result<Option<Value>, ClusterError> {
         let cache = self.cache(kind).await?;
-        let key = kind.store_key(Some(namespace).filter(|n| !n.is_empty()), name);
+        let namespace = scope(namespace);
+        let key = kind.store_key(namespace, name);
         let Some(found) = cache
             .object(&key, self.written.load(Ordering::SeqCst))
             .await
@@ -142,7 +147,7 @@ impl Cluster for InProcess {
             // Behind this client's writes: read the store, as for lists.
             let target = Target {
                 kind,
-                namespace: Some(namespace).filter(|n| !n.is_empty()),
+                namespace,
                 name,
             };
             return match self.api.registry.get(&target).await {

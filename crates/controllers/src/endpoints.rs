@@ -21,11 +21,11 @@ const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// Endpoints per EndpointSlice, Kubernetes' default (`--max-endpoints-per-slice`): a change of
 /// one endpoint of a large Service rewrites one slice, not all its addresses.
-pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 /// Addresses an `Endpoints` object keeps at most; beyond them it is truncated and says so, as
 /// in Kubernetes (EndpointSlices carry them all).
-pub const MAX_ENDPOINTS_ADDRESSES: usize = 1000;
-pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
+const MAX_ENDPOINTS_ADDRESSES: usize = 1000;
+const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// The cluster DNS endpoints are synced at most about once per this, however many nodes change.
 const DNS_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -718,45 +718,36 @@ fn unknown_fields_follow_field_validation() {
 fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
     let server = server();
     let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
-    let no_image = manifest.replace("image: my-api:v2.1", "");
-    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &no_image).err();
-    assert!(
-        err.contains("The Deployment \"api-server\" is invalid: spec.template.spec.containers[0].image: Required value"),
-        "{err}"
-    );
-    let mismatch = manifest.replace(
-        "      labels:\n        app: api",
-        "      labels:\n        app: web",
-    );
-    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &mismatch).err();
-    assert!(
-        err.contains("`selector` does not match template `labels`"),
-        "{err}"
-    );
-    let above_limit = manifest.replace("cpu: \"250m\"", "cpu: \"2\"");
-    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &above_limit).err();
-    assert!(
-        err.contains("spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 500m"),
-        "{err}"
-    );
-    let not_a_quantity = manifest.replace("memory: \"256Mi\"", "memory: \"lots\"");
-    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &not_a_quantity).err();
-    assert!(
-        err.contains("spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\": quantities must match the regular expression"),
-        "{err}"
-    );
-    // A mount of a volume the pod lacks, and a liveness probe without a handler, each named
-    // by its field path.
-    let broken_pod = manifest.replace(
-        "        - containerPort: 8080\n",
-        "        - containerPort: 8080\n        volumeMounts:\n        - name: config\n          mountPath: /etc/app\n        livenessProbe:\n          periodSeconds: 5\n",
-    );
-    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &broken_pod).err();
-    for want in [
-        "spec.template.spec.containers[0].volumeMounts[0].name: Not found: \"config\"",
-        "spec.template.spec.containers[0].livenessProbe: Required value: must specify a handler type",
-    ] {
-        assert!(err.contains(want), "{want} in:\n{err}");
+    // Each broken manifest (a piece of the article's replaced) and what kubectl must print.
+    let broken: [(&str, &str, &[&str]); 5] = [
+        ("image: my-api:v2.1", "", &["The Deployment \"api-server\" is invalid: spec.template.spec.containers[0].image: Required value"]),
+        ("      labels:\n        app: api", "      labels:\n        app: web", &["`selector` does not match template `labels`"]),
+        ("cpu: \"250m\"", "cpu: \"2\"", &["spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 500m"]),
+        ("memory: \"256Mi\"", "memory: \"lots\"", &["spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\": quantities must match the regular expression"]),
+        // A mount of a volume the pod lacks, and a liveness probe without a handler.
+        (
+            "        - containerPort: 8080\n",
+            "        - containerPort: 8080\n        volumeMounts:\n        - name: config\n          mountPath: /etc/app\n        livenessProbe:\n          periodSeconds: 5\n",
+            &[
+                "spec.template.spec.containers[0].volumeMounts[0].name: Not found: \"config\"",
+                "spec.template.spec.containers[0].livenessProbe: Required value: must specify a handler type",
+            ],
+        ),
+    ];
+    for (piece, replacement, wants) in broken {
+        assert!(
+            manifest.contains(piece),
+            "the article's manifest has {piece:?}"
+        );
+        let err = kubectl_stdin(
+            &server,
+            &["apply", "-f", "-"],
+            &manifest.replace(piece, replacement),
+        )
+        .err();
+        for want in wants {
+            assert!(err.contains(want), "{want} in:\n{err}");
+        }
     }
 
     // With the volume and a handler, the probe and the volume come back with Kubernetes'
