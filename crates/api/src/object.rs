@@ -27,6 +27,16 @@ impl FieldError {
         }
     }
 
+    /// An invalid value shown as it is (a number, a list or a struct as Kubernetes prints
+    /// them) rather than quoted.
+    pub fn invalid_shown(field: impl Into<String>, shown: &str, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {shown}: {detail}"),
+        }
+    }
+
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
         FieldError {
             reason: "FieldValueRequired",

@@ -384,6 +384,10 @@ pub fn prepare_update(
     strip_nulls(&mut result);
     defaults::apply(kind, &mut result);
     validate(&result, kind)?;
+    let errs = validation::validate_update(kind, old, &result);
+    if !errs.is_empty() {
+        return Err(Rejection::Invalid(errs));
+    }
     Ok(result)
 }
 

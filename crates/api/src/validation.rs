@@ -2,12 +2,12 @@
 //! templates), the workload kinds' selectors and replicas, ConfigMap and Secret keys and
 //! values, Secret types, EndpointSlices, Leases.
 //!
-//! Pod specs include probes and lifecycle handlers, volumes and their mounts, tolerations;
+//! Pod specs include probes and lifecycle handlers, volumes and their mounts, tolerations,
+//! security contexts, affinity and spread constraints;
 //! Nodes their CIDRs and taints; core Events their type and involved object's namespace.
 //!
-//! FIXME(issue 5): checks that compare an update with the object before it (immutable fields
-//! such as a Node's podCIDR once set, a workload's selector) are not made here yet; securityContext,
-//! affinity and topology spread constraints are not checked.
+//! Security contexts are checked in `security`, affinity and topology spread constraints in
+//! `placement`; what an update may not change in `update`.
 
 use std::collections::BTreeSet;
 
@@ -17,6 +17,11 @@ use crate::kinds::Kind;
 use crate::names;
 use crate::object::{selector_from_json, FieldError};
 use crate::quantity::{self, Quantity};
+
+mod placement;
+mod security;
+mod update;
+pub use update::validate_update;
 
 fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
@@ -55,6 +60,7 @@ fn containers(
             errs.push(FieldError::required(at("image"), ""));
         }
         resources(c, &at("resources"), errs);
+        security::container(c, &format!("{path}.{list}[{i}]"), errs);
         volume_mounts(c, volumes, &format!("{path}.{list}[{i}]"), errs);
         // Init containers run to completion before the others start; only those that keep
         // running beside them (sidecars, restartPolicy Always) are probed and hooked.
@@ -648,6 +654,9 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Vec<Fiel
     containers(spec, "containers", path, &volumes, &mut errs);
     containers(spec, "initContainers", path, &volumes, &mut errs);
     tolerations(spec, path, &mut errs);
+    security::pod(spec, path, &mut errs);
+    placement::affinity(spec, path, &mut errs);
+    placement::spread(spec, path, &mut errs);
     let policy = str_at(spec, "restartPolicy");
     if !policy.is_empty() && !restart_policies.contains(&policy) {
         errs.push(FieldError::not_supported(

@@ -797,6 +797,74 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
 }
 
 #[test]
+fn updates_cannot_change_what_kubernetes_fixes() {
+    let server = server();
+    let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
+    apply(&server, &manifest);
+    // A Deployment's selector is fixed: re-applying with other labels is refused.
+    let relabelled = manifest.replace("app: api", "app: api2");
+    let err = kubectl_stdin(&server, &["apply", "-f", "-"], &relabelled).err();
+    assert!(
+        err.contains("The Deployment \"api-server\" is invalid: spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"api2\"}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"),
+        "{err}"
+    );
+
+    // A pod takes a new image, not a new environment.
+    kubectl(
+        &server,
+        &["run", "one", "--image=busybox:1", "--restart=Never"],
+    )
+    .out();
+    kubectl(&server, &["set", "image", "pod/one", "one=busybox:2"]).out();
+    let image = kubectl(
+        &server,
+        &[
+            "get",
+            "pod",
+            "one",
+            "-o",
+            "jsonpath={.spec.containers[0].image}",
+        ],
+    )
+    .out();
+    assert_eq!(image, "busybox:2");
+    let err = kubectl(&server, &["set", "env", "pod/one", "MODE=fast"]).err();
+    assert!(
+        err.contains("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`")
+            && err.contains("+ spec.containers[0].env: [{\"name\":\"MODE\",\"value\":\"fast\"}]"),
+        "{err}"
+    );
+
+    // An immutable ConfigMap keeps its data, and stays immutable.
+    kubectl_stdin(
+        &server,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fixed\ndata:\n  mode: slow\nimmutable: true\n",
+    )
+    .out();
+    let err = kubectl(
+        &server,
+        &["patch", "cm", "fixed", "-p", r#"{"data":{"mode":"fast"}}"#],
+    )
+    .err();
+    assert!(
+        err.contains("The ConfigMap \"fixed\" is invalid: data: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    let err = kubectl(
+        &server,
+        &["patch", "cm", "fixed", "-p", r#"{"immutable":false}"#],
+    )
+    .err();
+    assert!(
+        err.contains("immutable: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    // Labels are metadata: they still change.
+    kubectl(&server, &["label", "cm", "fixed", "tier=config"]).out();
+}
+
+#[test]
 fn create_commands_and_auth_can_i_send_protobuf() {
     let server = server();
     let secret = kubectl(
