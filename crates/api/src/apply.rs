@@ -229,15 +229,16 @@ fn position(items: &[Value], list: ApplyList, step: &str) -> Option<usize> {
     })
 }
 
-/// The paths `obj` (an object of the type named `ty`) sets, as its owner would own them; the
-/// server's own metadata and, when `status` is false, the status are left out.
+/// The paths `obj` (an object of the type named `ty`) sets, as its owner would own them: with
+/// `status`, those of its status only (what the status subresource writes); else all but its
+/// status, and not the server's own metadata.
 pub fn fields_of(obj: &Value, ty: Option<&'static str>, status: bool) -> FieldSet {
     let mut out = BTreeSet::new();
     if let Some(map) = obj.as_object() {
         let root = Node::Struct(ty);
         for (name, value) in map {
             let skip =
-                matches!(name.as_str(), "apiVersion" | "kind") || (name == "status" && !status);
+                matches!(name.as_str(), "apiVersion" | "kind") || (name == "status") != status;
             if skip {
                 continue;
             }
@@ -416,7 +417,7 @@ pub struct Entry {
     pub api_version: String,
     pub time: String,
     pub fields: FieldSet,
-    /// Kept as given for entries of subresources (`status`), which this does not compute.
+    /// The subresource written through (`status`, `scale`); none for the object itself.
     pub subresource: Option<String>,
 }
 
@@ -443,17 +444,23 @@ impl Entry {
         v
     }
 
-    fn is(&self, manager: &str, operation: &str) -> bool {
-        self.manager == manager && self.operation == operation && self.subresource.is_none()
+    /// Whether this is the entry of `writer`'s `operation`s.
+    fn is(&self, writer: &Writer<'_>, operation: &str) -> bool {
+        self.manager == writer.manager
+            && self.operation == operation
+            && self.subresource.as_deref() == writer.subresource
     }
 
     /// How Kubernetes names the manager in conflicts.
     fn shown(&self) -> String {
-        if self.operation == "Update" {
-            format!("{:?} using {}", self.manager, self.api_version)
-        } else {
-            format!("{:?}", self.manager)
+        let mut shown = format!("{:?}", self.manager);
+        if let Some(sub) = &self.subresource {
+            shown.push_str(&format!(" with subresource {sub:?}"));
         }
+        if self.operation == "Update" {
+            shown.push_str(&format!(" using {}", self.api_version));
+        }
+        shown
     }
 }
 
@@ -465,7 +472,8 @@ pub fn entries(obj: &Value) -> Vec<Entry> {
         .unwrap_or_default()
 }
 
-/// Writes `entries` into `obj`'s metadata (none: the field goes).
+/// Writes `entries` into `obj`'s metadata (none: the field goes), in Kubernetes' order: Apply
+/// before Update, then oldest first, then by manager, version and subresource.
 pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
     let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
@@ -473,9 +481,22 @@ pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
     if entries.is_empty() {
         meta.shift_remove("managedFields");
     } else {
+        let mut sorted: Vec<&Entry> = entries.iter().collect();
+        sorted.sort_by(|p, q| {
+            let key = |e: &Entry| {
+                (
+                    e.operation.clone(),
+                    e.time.clone(),
+                    e.manager.clone(),
+                    e.api_version.clone(),
+                    e.subresource.clone().unwrap_or_default(),
+                )
+            };
+            key(p).cmp(&key(q))
+        });
         meta.insert(
             "managedFields".into(),
-            Value::Array(entries.iter().map(Entry::to_json).collect()),
+            Value::Array(sorted.into_iter().map(Entry::to_json).collect()),
         );
     }
 }
@@ -490,6 +511,15 @@ pub struct Writer<'a> {
     pub ty: Option<&'static str>,
     /// Now, RFC 3339.
     pub now: &'a str,
+    /// The subresource written through (`status`, `scale`), if any. Through `status` the
+    /// writer owns status fields only; otherwise anything but the status.
+    pub subresource: Option<&'a str>,
+}
+
+impl Writer<'_> {
+    fn status(&self) -> bool {
+        self.subresource == Some("status")
+    }
 }
 
 /// Fields whose applied values differ from other managers', each with the manager.
@@ -544,7 +574,7 @@ pub fn apply(
     let empty = json!({});
     let before = live.unwrap_or(&empty);
     let mut managed = entries(before);
-    let applied = fields_of(config, writer.ty, false);
+    let applied = fields_of(config, writer.ty, writer.status());
     let mut merged = before.clone();
     merge(
         &mut merged,
@@ -553,7 +583,7 @@ pub fn apply(
     );
     // Conflicts: fields another manager owns whose value the configuration changes.
     let mut conflicts = Vec::new();
-    for entry in managed.iter().filter(|e| !e.is(writer.manager, "Apply")) {
+    for entry in managed.iter().filter(|e| !e.is(writer, "Apply")) {
         for path in applied.paths().filter(|p| entry.fields.contains(p)) {
             if applied.has_below(path) {
                 continue;
@@ -568,14 +598,14 @@ pub fn apply(
     }
     let taken = FieldSet(conflicts.into_iter().map(|(_, p)| p).collect());
     for entry in managed.iter_mut() {
-        if !entry.is(writer.manager, "Apply") {
+        if !entry.is(writer, "Apply") {
             entry.fields.remove_all(&taken);
         }
     }
     // Fields no longer applied go, unless someone else owns them.
     let previous = managed
         .iter()
-        .find(|e| e.is(writer.manager, "Apply"))
+        .find(|e| e.is(writer, "Apply"))
         .map(|e| e.fields.clone())
         .unwrap_or_default();
     let mut dropped: Vec<&Path> = previous
@@ -584,7 +614,7 @@ pub fn apply(
         .filter(|p| {
             !managed
                 .iter()
-                .any(|e| !e.is(writer.manager, "Apply") && e.fields.contains(p))
+                .any(|e| !e.is(writer, "Apply") && e.fields.contains(p))
         })
         .collect();
     // Deepest first, so that an item's fields go before the item.
@@ -592,14 +622,14 @@ pub fn apply(
     for path in dropped {
         remove(&mut merged, writer.ty, path);
     }
-    managed.retain(|e| !e.is(writer.manager, "Apply"));
+    managed.retain(|e| !e.is(writer, "Apply"));
     managed.push(Entry {
         manager: writer.manager.to_string(),
         operation: "Apply".into(),
         api_version: writer.api_version.to_string(),
         time: writer.now.to_string(),
         fields: applied,
-        subresource: None,
+        subresource: writer.subresource.map(str::to_string),
     });
     managed.retain(|e| !e.fields.is_empty());
     set_entries(&mut merged, &managed);
@@ -639,8 +669,8 @@ pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
     }
     let empty = json!({});
     let before = old.unwrap_or(&empty);
-    let old_set = fields_of(before, writer.ty, false);
-    let new_set = fields_of(new, writer.ty, false);
+    let old_set = fields_of(before, writer.ty, writer.status());
+    let new_set = fields_of(new, writer.ty, writer.status());
     let changed = FieldSet(
         new_set
             .paths()
@@ -666,11 +696,11 @@ pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
     }
     for entry in managed.iter_mut() {
         entry.fields.remove_all(&removed);
-        if !entry.is(writer.manager, "Update") && entry.subresource.is_none() {
+        if !entry.is(writer, "Update") {
             entry.fields.remove_all(&changed);
         }
     }
-    match managed.iter_mut().find(|e| e.is(writer.manager, "Update")) {
+    match managed.iter_mut().find(|e| e.is(writer, "Update")) {
         Some(mine) => {
             mine.fields.0.extend(changed.0);
             mine.time = writer.now.to_string();
@@ -682,10 +712,10 @@ pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
             api_version: writer.api_version.to_string(),
             time: writer.now.to_string(),
             fields: changed,
-            subresource: None,
+            subresource: writer.subresource.map(str::to_string),
         }),
     }
-    managed.retain(|e| !e.fields.is_empty() || e.subresource.is_some());
+    managed.retain(|e| !e.fields.is_empty());
     set_entries(new, &managed);
 }
 
@@ -703,6 +733,7 @@ mod tests {
             api_version: "apps/v1",
             ty: deployment_type(),
             now: "2026-12-01T00:00:00Z",
+            subresource: None,
         }
     }
 
@@ -779,8 +810,8 @@ mod tests {
         assert_eq!(
             owners(&again),
             [
-                ("kubectl-annotate".into(), "Update".into()),
-                ("kubectl".into(), "Apply".into())
+                ("kubectl".into(), "Apply".into()),
+                ("kubectl-annotate".into(), "Update".into())
             ]
         );
         // A field another manager also owns is not removed when the applier drops it.
@@ -880,5 +911,72 @@ mod tests {
             &writer("kubectl-client-side-apply"),
         );
         assert_eq!(owners(&given), [("kubectl".into(), "Apply".into())]);
+    }
+
+    #[test]
+    fn status_writes_own_status_fields_apart() {
+        let status = |manager| Writer {
+            subresource: Some("status"),
+            ..writer(manager)
+        };
+        let mut live = web(3, json!({"app": "web"}));
+        update(None, &mut live, &writer("deployer"));
+        let mut counted = live.clone();
+        counted["status"] = json!({"replicas": 3, "readyReplicas": 1});
+        update(
+            Some(&live),
+            &mut counted,
+            &status("kube-controller-manager"),
+        );
+        let mine = entries(&counted);
+        assert_eq!(mine.len(), 2);
+        assert_eq!(mine[1].subresource.as_deref(), Some("status"));
+        let owned: Vec<String> = mine[1].fields.paths().map(show).collect();
+        assert_eq!(owned, [".status.readyReplicas", ".status.replicas"]);
+        // Another status writer takes what it changes; the object's writers keep theirs.
+        let mut ready = counted.clone();
+        ready["status"]["readyReplicas"] = json!(3);
+        update(Some(&counted), &mut ready, &status("kubelet"));
+        let owners: Vec<(String, Vec<String>)> = entries(&ready)
+            .iter()
+            .map(|e| (e.manager.clone(), e.fields.paths().map(show).collect()))
+            .collect();
+        assert_eq!(owners[0].0, "deployer");
+        assert!(owners[0].1.iter().all(|p| !p.starts_with(".status")));
+        assert_eq!(
+            owners[1],
+            (
+                "kube-controller-manager".into(),
+                vec![".status.replicas".into()]
+            )
+        );
+        assert_eq!(
+            owners[2],
+            ("kubelet".into(), vec![".status.readyReplicas".into()])
+        );
+        // Applying through status owns the applied status fields only, and meets the others'.
+        let config = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 9}, "status": {"replicas": 5}});
+        let err = apply(Some(&ready), &config, &status("tool"), false).unwrap_err();
+        assert!(
+            err.message().contains(
+                "conflict with \"kube-controller-manager\" with subresource \"status\" using apps/v1: .status.replicas"
+            ),
+            "{}",
+            err.message()
+        );
+        let applied = apply(Some(&ready), &config, &status("tool"), true).unwrap();
+        let tool = entries(&applied)
+            .into_iter()
+            .find(|e| e.manager == "tool")
+            .unwrap();
+        assert_eq!(
+            (tool.operation.as_str(), tool.subresource.as_deref()),
+            ("Apply", Some("status"))
+        );
+        assert_eq!(
+            tool.fields.paths().map(show).collect::<Vec<_>>(),
+            [".status.replicas"]
+        );
     }
 }

@@ -14,9 +14,13 @@ use skiff_store::Revision;
 use tokio::sync::mpsc;
 
 use crate::cache::{Change, KindCache};
-use crate::registry::{DeleteOptions, Propagation, Target};
+use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
+
+/// The manager the controllers' writes are recorded under in `managedFields`, as Kubernetes
+/// records its controllers'.
+pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
 
 /// The controllers' client inside the server.
 pub struct InProcess {
@@ -42,7 +46,13 @@ impl InProcess {
         let updated = self
             .api
             .registry
-            .update(&target(kind, &obj), obj.clone(), endpoint, false, None)
+            .update(
+                &target(kind, &obj),
+                obj.clone(),
+                endpoint,
+                false,
+                Ownership::by(CONTROLLER_MANAGER),
+            )
             .await
             .map_err(error)?;
         self.wrote(&updated);
@@ -219,7 +229,13 @@ impl Cluster for InProcess {
         let created = self
             .api
             .registry
-            .create(kind, Some(namespace), obj, false, None)
+            .create(
+                kind,
+                Some(namespace),
+                obj,
+                false,
+                Ownership::by(CONTROLLER_MANAGER),
+            )
             .await
             .map_err(error)?;
         self.wrote(&created);

@@ -4,8 +4,9 @@
 //! handles. Answers stay JSON.
 //!
 //! Protobuf writes out empty strings and zeros: they read as unset here, so defaults apply.
-//! FIXME(issue 5): only the kinds and fields those kubectl commands send are converted; other
-//! kinds are refused with a 415 asking for JSON.
+//! The fields those commands set are converted: each conversion takes its fields out of the
+//! decoded message, and a body with anything else left (a field no conversion reads) is
+//! refused with a 415 asking for JSON rather than stored without it; so are other kinds.
 
 use std::collections::BTreeMap;
 
@@ -47,113 +48,190 @@ fn object(fields: &[(&str, Value)]) -> Value {
     Value::Object(map)
 }
 
-fn strings(map: &BTreeMap<String, String>) -> Value {
-    json!(map)
+/// Takes a field out of a decoded message: what is left afterwards is what no conversion read.
+fn t<T: Default>(field: &mut T) -> T {
+    std::mem::take(field)
 }
 
-fn metadata(m: Option<&meta::ObjectMeta>) -> Value {
-    let Some(m) = m else { return json!({}) };
+fn strings(map: &mut BTreeMap<String, String>) -> Value {
+    json!(t(map))
+}
+
+/// A timestamp as RFC 3339 in whole seconds (none for the zero time Go writes when unset).
+fn time(at: &mut Option<meta::Time>) -> Value {
+    let seconds = at.take().and_then(|at| at.seconds).filter(|s| *s != 0);
+    json!(seconds
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map(skiff_api::object::timestamp))
+}
+
+/// An object's metadata: all of it, as a client that read an object writes it back whole
+/// (`kubectl certificate approve` does).
+fn metadata(m: &mut Option<meta::ObjectMeta>) -> Value {
+    let Some(m) = m.as_mut() else {
+        return json!({});
+    };
+    let owners: Vec<Value> = t(&mut m.owner_references)
+        .into_iter()
+        .map(|mut o| {
+            object(&[
+                ("apiVersion", json!(t(&mut o.api_version))),
+                ("kind", json!(t(&mut o.kind))),
+                ("name", json!(t(&mut o.name))),
+                ("uid", json!(t(&mut o.uid))),
+                ("controller", json!(t(&mut o.controller))),
+                ("blockOwnerDeletion", json!(t(&mut o.block_owner_deletion))),
+            ])
+        })
+        .collect();
+    let managed: Vec<Value> = t(&mut m.managed_fields)
+        .into_iter()
+        .map(|mut e| {
+            let fields = e
+                .fields_v1
+                .take()
+                .and_then(|f| f.raw)
+                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+            object(&[
+                ("manager", json!(t(&mut e.manager))),
+                ("operation", json!(t(&mut e.operation))),
+                ("apiVersion", json!(t(&mut e.api_version))),
+                ("time", time(&mut e.time)),
+                ("fieldsType", json!(t(&mut e.fields_type))),
+                ("fieldsV1", json!(fields)),
+                ("subresource", json!(t(&mut e.subresource))),
+            ])
+        })
+        .collect();
     object(&[
-        ("name", json!(m.name)),
-        ("generateName", json!(m.generate_name)),
-        ("namespace", json!(m.namespace)),
-        ("uid", json!(m.uid)),
-        ("resourceVersion", json!(m.resource_version)),
-        ("labels", strings(&m.labels)),
-        ("annotations", strings(&m.annotations)),
-        ("finalizers", json!(m.finalizers)),
+        ("name", json!(t(&mut m.name))),
+        ("generateName", json!(t(&mut m.generate_name))),
+        ("namespace", json!(t(&mut m.namespace))),
+        ("selfLink", json!(t(&mut m.self_link))),
+        ("uid", json!(t(&mut m.uid))),
+        ("resourceVersion", json!(t(&mut m.resource_version))),
+        ("generation", json!(t(&mut m.generation))),
+        ("creationTimestamp", time(&mut m.creation_timestamp)),
+        ("deletionTimestamp", time(&mut m.deletion_timestamp)),
+        (
+            "deletionGracePeriodSeconds",
+            json!(t(&mut m.deletion_grace_period_seconds)),
+        ),
+        ("labels", strings(&mut m.labels)),
+        ("annotations", strings(&mut m.annotations)),
+        ("ownerReferences", json!(owners)),
+        ("finalizers", json!(t(&mut m.finalizers))),
+        ("managedFields", json!(managed)),
     ])
 }
 
-fn int_or_string(v: Option<&IntOrString>) -> Value {
-    match v {
+fn int_or_string(v: &mut Option<IntOrString>) -> Value {
+    match v.take() {
         Some(v) if v.r#type == Some(1) => json!(v.str_val),
         Some(v) => json!(v.int_val),
         None => Value::Null,
     }
 }
 
-fn label_selector(s: Option<&meta::LabelSelector>) -> Value {
-    let Some(s) = s else { return Value::Null };
+fn label_selector(s: &mut Option<meta::LabelSelector>) -> Value {
+    let Some(mut s) = s.take() else {
+        return Value::Null;
+    };
     let expressions: Vec<Value> = s
         .match_expressions
-        .iter()
+        .iter_mut()
         .map(|e| {
             object(&[
-                ("key", json!(e.key)),
-                ("operator", json!(e.operator)),
-                ("values", json!(e.values)),
+                ("key", json!(t(&mut e.key))),
+                ("operator", json!(t(&mut e.operator))),
+                ("values", json!(t(&mut e.values))),
             ])
         })
         .collect();
     object(&[
-        ("matchLabels", strings(&s.match_labels)),
+        ("matchLabels", strings(&mut s.match_labels)),
         ("matchExpressions", json!(expressions)),
     ])
 }
 
-fn quantities(map: &BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>) -> Value {
-    json!(map
-        .iter()
-        .map(|(k, q)| (k.clone(), json!(q.string)))
+fn quantities(
+    map: &mut BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>,
+) -> Value {
+    json!(t(map)
+        .into_iter()
+        .map(|(k, q)| (k, json!(q.string)))
         .collect::<Map<String, Value>>())
 }
 
-fn container(c: &core::v1::Container) -> Value {
+fn container(c: &mut core::v1::Container) -> Value {
     let ports: Vec<Value> = c
         .ports
-        .iter()
+        .iter_mut()
         .map(|p| {
             object(&[
-                ("name", json!(p.name)),
-                ("containerPort", json!(p.container_port)),
-                ("protocol", json!(p.protocol)),
-                ("hostPort", json!(p.host_port)),
+                ("name", json!(t(&mut p.name))),
+                ("containerPort", json!(t(&mut p.container_port))),
+                ("protocol", json!(t(&mut p.protocol))),
+                ("hostPort", json!(t(&mut p.host_port))),
             ])
         })
         .collect();
     let env: Vec<Value> = c
         .env
-        .iter()
-        .map(|e| object(&[("name", json!(e.name)), ("value", json!(e.value))]))
+        .iter_mut()
+        .map(|e| {
+            object(&[
+                ("name", json!(t(&mut e.name))),
+                ("value", json!(t(&mut e.value))),
+            ])
+        })
         .collect();
-    let resources = c.resources.as_ref().map_or(Value::Null, |r| {
+    let resources = c.resources.as_mut().map_or(Value::Null, |r| {
         object(&[
-            ("limits", quantities(&r.limits)),
-            ("requests", quantities(&r.requests)),
+            ("limits", quantities(&mut r.limits)),
+            ("requests", quantities(&mut r.requests)),
         ])
     });
     object(&[
-        ("name", json!(c.name)),
-        ("image", json!(c.image)),
-        ("command", json!(c.command)),
-        ("args", json!(c.args)),
-        ("workingDir", json!(c.working_dir)),
+        ("name", json!(t(&mut c.name))),
+        ("image", json!(t(&mut c.image))),
+        ("command", json!(t(&mut c.command))),
+        ("args", json!(t(&mut c.args))),
+        ("workingDir", json!(t(&mut c.working_dir))),
         ("ports", json!(ports)),
         ("env", json!(env)),
         ("resources", resources),
-        ("imagePullPolicy", json!(c.image_pull_policy)),
+        ("imagePullPolicy", json!(t(&mut c.image_pull_policy))),
     ])
 }
 
-fn pod_template(t: Option<&core::v1::PodTemplateSpec>) -> Value {
-    let Some(t) = t else { return Value::Null };
-    let spec = t.spec.as_ref().map_or(Value::Null, |s| {
+fn pod_template(template: &mut Option<core::v1::PodTemplateSpec>) -> Value {
+    let Some(template) = template.as_mut() else {
+        return Value::Null;
+    };
+    let spec = template.spec.as_mut().map_or(Value::Null, |s| {
         object(&[
             (
                 "containers",
-                json!(s.containers.iter().map(container).collect::<Vec<_>>()),
+                json!(s.containers.iter_mut().map(container).collect::<Vec<_>>()),
             ),
             (
                 "initContainers",
-                json!(s.init_containers.iter().map(container).collect::<Vec<_>>()),
+                json!(s
+                    .init_containers
+                    .iter_mut()
+                    .map(container)
+                    .collect::<Vec<_>>()),
             ),
-            ("restartPolicy", json!(s.restart_policy)),
-            ("nodeSelector", strings(&s.node_selector)),
-            ("serviceAccountName", json!(s.service_account_name)),
+            ("restartPolicy", json!(t(&mut s.restart_policy))),
+            ("nodeSelector", strings(&mut s.node_selector)),
+            ("serviceAccountName", json!(t(&mut s.service_account_name))),
         ])
     });
-    object(&[("metadata", metadata(t.metadata.as_ref())), ("spec", spec)])
+    object(&[
+        ("metadata", metadata(&mut template.metadata)),
+        ("spec", spec),
+    ])
 }
 
 fn typed(api_version: &str, kind: &str, fields: &[(&str, Value)]) -> Value {
@@ -183,200 +261,225 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Value, ApiError> {
         )));
     }
     let b64 = |bytes: &Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
-    Ok(match kind {
+    let (obj, rest) = match kind {
         "Secret" => {
-            let s = core::v1::Secret::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            let data: Map<String, Value> = s
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(b64(v))))
+            let mut s = core::v1::Secret::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let data: Map<String, Value> = t(&mut s.data)
+                .into_iter()
+                .map(|(k, v)| (k, json!(b64(&v))))
                 .collect();
-            typed(
+            let obj = typed(
                 "v1",
                 kind,
                 &[
-                    ("metadata", metadata(s.metadata.as_ref())),
-                    ("type", json!(s.r#type)),
+                    ("metadata", metadata(&mut s.metadata)),
+                    ("type", json!(t(&mut s.r#type))),
                     ("data", Value::Object(data)),
-                    ("stringData", strings(&s.string_data)),
-                    ("immutable", json!(s.immutable)),
+                    ("stringData", strings(&mut s.string_data)),
+                    ("immutable", json!(t(&mut s.immutable))),
                 ],
-            )
+            );
+            (obj, s.encode_to_vec())
         }
         "ConfigMap" => {
-            let c = core::v1::ConfigMap::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            let binary: Map<String, Value> = c
-                .binary_data
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(b64(v))))
+            let mut c = core::v1::ConfigMap::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let binary: Map<String, Value> = t(&mut c.binary_data)
+                .into_iter()
+                .map(|(k, v)| (k, json!(b64(&v))))
                 .collect();
-            typed(
+            let obj = typed(
                 "v1",
                 kind,
                 &[
-                    ("metadata", metadata(c.metadata.as_ref())),
-                    ("data", strings(&c.data)),
+                    ("metadata", metadata(&mut c.metadata)),
+                    ("data", strings(&mut c.data)),
                     ("binaryData", Value::Object(binary)),
-                    ("immutable", json!(c.immutable)),
+                    ("immutable", json!(t(&mut c.immutable))),
                 ],
-            )
+            );
+            (obj, c.encode_to_vec())
         }
         "Namespace" => {
-            let n = core::v1::Namespace::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            typed("v1", kind, &[("metadata", metadata(n.metadata.as_ref()))])
+            let mut n = core::v1::Namespace::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let obj = typed("v1", kind, &[("metadata", metadata(&mut n.metadata))]);
+            (obj, n.encode_to_vec())
         }
         "ServiceAccount" => {
-            let a = core::v1::ServiceAccount::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            typed("v1", kind, &[("metadata", metadata(a.metadata.as_ref()))])
+            let mut a =
+                core::v1::ServiceAccount::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let obj = typed("v1", kind, &[("metadata", metadata(&mut a.metadata))]);
+            (obj, a.encode_to_vec())
         }
         "PriorityClass" => {
-            let c =
+            let mut c =
                 scheduling::v1::PriorityClass::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
             let mut obj = typed(
                 "scheduling.k8s.io/v1",
                 kind,
                 &[
-                    ("metadata", metadata(c.metadata.as_ref())),
-                    ("globalDefault", json!(c.global_default)),
-                    ("description", json!(c.description)),
-                    ("preemptionPolicy", json!(c.preemption_policy)),
+                    ("metadata", metadata(&mut c.metadata)),
+                    ("globalDefault", json!(t(&mut c.global_default))),
+                    ("description", json!(t(&mut c.description))),
+                    ("preemptionPolicy", json!(t(&mut c.preemption_policy))),
                 ],
             );
             // Zero is a value like any other here.
-            obj["value"] = json!(c.value.unwrap_or(0));
-            obj
+            obj["value"] = json!(c.value.take().unwrap_or(0));
+            (obj, c.encode_to_vec())
         }
         "Service" => {
-            let s = core::v1::Service::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            let spec = s.spec.as_ref().map_or(Value::Null, |spec| {
+            let mut s = core::v1::Service::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let spec = s.spec.as_mut().map_or(Value::Null, |spec| {
                 let ports: Vec<Value> = spec
                     .ports
-                    .iter()
+                    .iter_mut()
                     .map(|p| {
                         object(&[
-                            ("name", json!(p.name)),
-                            ("protocol", json!(p.protocol)),
-                            ("port", json!(p.port)),
-                            ("targetPort", int_or_string(p.target_port.as_ref())),
-                            ("nodePort", json!(p.node_port)),
+                            ("name", json!(t(&mut p.name))),
+                            ("protocol", json!(t(&mut p.protocol))),
+                            ("port", json!(t(&mut p.port))),
+                            ("targetPort", int_or_string(&mut p.target_port)),
+                            ("nodePort", json!(t(&mut p.node_port))),
                         ])
                     })
                     .collect();
                 object(&[
                     ("ports", json!(ports)),
-                    ("selector", strings(&spec.selector)),
-                    ("clusterIP", json!(spec.cluster_ip)),
-                    ("type", json!(spec.r#type)),
-                    ("externalName", json!(spec.external_name)),
+                    ("selector", strings(&mut spec.selector)),
+                    ("clusterIP", json!(t(&mut spec.cluster_ip))),
+                    ("type", json!(t(&mut spec.r#type))),
+                    ("externalName", json!(t(&mut spec.external_name))),
                 ])
             });
-            typed(
+            let obj = typed(
                 "v1",
                 kind,
-                &[("metadata", metadata(s.metadata.as_ref())), ("spec", spec)],
-            )
+                &[("metadata", metadata(&mut s.metadata)), ("spec", spec)],
+            );
+            (obj, s.encode_to_vec())
         }
         "Deployment" => {
-            let d = apps::v1::Deployment::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            let spec = d.spec.as_ref().map_or(Value::Null, |spec| {
-                let strategy = spec.strategy.as_ref().map_or(Value::Null, |s| {
-                    let rolling = s.rolling_update.as_ref().map_or(Value::Null, |r| {
+            let mut d = apps::v1::Deployment::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            // Zero replicas are a real request here, not an unset field.
+            let no_replicas = d.spec.as_ref().and_then(|s| s.replicas) == Some(0);
+            let spec = d.spec.as_mut().map_or(Value::Null, |spec| {
+                let strategy = spec.strategy.as_mut().map_or(Value::Null, |s| {
+                    let rolling = s.rolling_update.as_mut().map_or(Value::Null, |r| {
                         object(&[
-                            ("maxUnavailable", int_or_string(r.max_unavailable.as_ref())),
-                            ("maxSurge", int_or_string(r.max_surge.as_ref())),
+                            ("maxUnavailable", int_or_string(&mut r.max_unavailable)),
+                            ("maxSurge", int_or_string(&mut r.max_surge)),
                         ])
                     });
-                    object(&[("type", json!(s.r#type)), ("rollingUpdate", rolling)])
+                    object(&[
+                        ("type", json!(t(&mut s.r#type))),
+                        ("rollingUpdate", rolling),
+                    ])
                 });
                 object(&[
-                    ("replicas", json!(spec.replicas)),
-                    ("selector", label_selector(spec.selector.as_ref())),
-                    ("template", pod_template(spec.template.as_ref())),
+                    ("replicas", json!(t(&mut spec.replicas))),
+                    ("selector", label_selector(&mut spec.selector)),
+                    ("template", pod_template(&mut spec.template)),
                     ("strategy", strategy),
                 ])
             });
-            // Zero replicas are a real request here, not an unset field.
             let mut obj = typed(
                 "apps/v1",
                 kind,
-                &[("metadata", metadata(d.metadata.as_ref())), ("spec", spec)],
+                &[("metadata", metadata(&mut d.metadata)), ("spec", spec)],
             );
-            if d.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
+            if no_replicas {
                 obj["spec"]["replicas"] = json!(0);
             }
-            obj
+            (obj, d.encode_to_vec())
         }
         "CertificateSigningRequest" => {
-            let c =
+            let mut c =
                 k8s_pb::api::certificates::v1::CertificateSigningRequest::decode(raw.as_slice())
                     .map_err(|e| bad(kind, e))?;
-            let spec = c.spec.as_ref().map_or(Value::Null, |spec| {
+            let spec = c.spec.as_mut().map_or(Value::Null, |spec| {
                 object(&[
-                    ("request", json!(spec.request.as_ref().map(b64))),
-                    ("signerName", json!(spec.signer_name)),
-                    ("usages", json!(spec.usages)),
-                    ("expirationSeconds", json!(spec.expiration_seconds)),
+                    ("request", json!(t(&mut spec.request).as_ref().map(b64))),
+                    ("signerName", json!(t(&mut spec.signer_name))),
+                    ("usages", json!(t(&mut spec.usages))),
+                    ("expirationSeconds", json!(t(&mut spec.expiration_seconds))),
+                    ("username", json!(t(&mut spec.username))),
+                    ("uid", json!(t(&mut spec.uid))),
+                    ("groups", json!(t(&mut spec.groups))),
+                    (
+                        "extra",
+                        json!(t(&mut spec.extra)
+                            .into_iter()
+                            .map(|(k, v)| (k, json!(v.items)))
+                            .collect::<Map<String, Value>>()),
+                    ),
                 ])
             });
-            let time = |t: Option<&meta::Time>| {
-                t.and_then(|t| t.seconds)
-                    .and_then(|s| jiff::Timestamp::from_second(s).ok())
-                    .map(skiff_api::object::timestamp)
-            };
+            let certificate = c
+                .status
+                .as_mut()
+                .and_then(|s| s.certificate.take())
+                .map(|cert| b64(&cert));
             let conditions: Vec<Value> = c
                 .status
-                .iter()
-                .flat_map(|s| &s.conditions)
+                .iter_mut()
+                .flat_map(|s| &mut s.conditions)
                 .map(|c| {
                     object(&[
-                        ("type", json!(c.r#type)),
-                        ("status", json!(c.status)),
-                        ("reason", json!(c.reason)),
-                        ("message", json!(c.message)),
-                        ("lastUpdateTime", json!(time(c.last_update_time.as_ref()))),
-                        (
-                            "lastTransitionTime",
-                            json!(time(c.last_transition_time.as_ref())),
-                        ),
+                        ("type", json!(t(&mut c.r#type))),
+                        ("status", json!(t(&mut c.status))),
+                        ("reason", json!(t(&mut c.reason))),
+                        ("message", json!(t(&mut c.message))),
+                        ("lastUpdateTime", time(&mut c.last_update_time)),
+                        ("lastTransitionTime", time(&mut c.last_transition_time)),
                     ])
                 })
                 .collect();
-            typed(
+            let obj = typed(
                 "certificates.k8s.io/v1",
                 kind,
                 &[
-                    ("metadata", metadata(c.metadata.as_ref())),
+                    ("metadata", metadata(&mut c.metadata)),
                     ("spec", spec),
-                    ("status", object(&[("conditions", json!(conditions))])),
+                    (
+                        "status",
+                        object(&[
+                            ("conditions", json!(conditions)),
+                            ("certificate", json!(certificate)),
+                        ]),
+                    ),
                 ],
-            )
+            );
+            (obj, c.encode_to_vec())
         }
         "SelfSubjectAccessReview" => {
-            let r = authorization::v1::SelfSubjectAccessReview::decode(raw.as_slice())
+            let mut r = authorization::v1::SelfSubjectAccessReview::decode(raw.as_slice())
                 .map_err(|e| bad(kind, e))?;
-            let spec = r.spec.unwrap_or_default();
-            let resource = spec.resource_attributes.as_ref().map_or(Value::Null, |a| {
+            let spec = r.spec.get_or_insert_with(Default::default);
+            let resource = spec.resource_attributes.as_mut().map_or(Value::Null, |a| {
                 object(&[
-                    ("namespace", json!(a.namespace)),
-                    ("verb", json!(a.verb)),
-                    ("group", json!(a.group)),
-                    ("version", json!(a.version)),
-                    ("resource", json!(a.resource)),
-                    ("subresource", json!(a.subresource)),
-                    ("name", json!(a.name)),
+                    ("namespace", json!(t(&mut a.namespace))),
+                    ("verb", json!(t(&mut a.verb))),
+                    ("group", json!(t(&mut a.group))),
+                    ("version", json!(t(&mut a.version))),
+                    ("resource", json!(t(&mut a.resource))),
+                    ("subresource", json!(t(&mut a.subresource))),
+                    ("name", json!(t(&mut a.name))),
                 ])
             });
             let non_resource = spec
                 .non_resource_attributes
-                .as_ref()
+                .as_mut()
                 .map_or(Value::Null, |a| {
-                    object(&[("path", json!(a.path)), ("verb", json!(a.verb))])
+                    object(&[
+                        ("path", json!(t(&mut a.path))),
+                        ("verb", json!(t(&mut a.verb))),
+                    ])
                 });
-            typed(
+            let obj = typed(
                 "authorization.k8s.io/v1",
                 kind,
                 &[
-                    ("metadata", metadata(r.metadata.as_ref())),
+                    ("metadata", metadata(&mut r.metadata)),
                     (
                         "spec",
                         object(&[
@@ -385,47 +488,96 @@ pub fn decode(kind: &str, body: &[u8]) -> Result<Value, ApiError> {
                         ]),
                     ),
                 ],
-            )
+            );
+            (obj, r.encode_to_vec())
         }
         "SelfSubjectRulesReview" => {
-            let r = authorization::v1::SelfSubjectRulesReview::decode(raw.as_slice())
+            let mut r = authorization::v1::SelfSubjectRulesReview::decode(raw.as_slice())
                 .map_err(|e| bad(kind, e))?;
-            let namespace = r.spec.and_then(|s| s.namespace);
-            typed(
+            let namespace = r.spec.as_mut().and_then(|s| s.namespace.take());
+            let obj = typed(
                 "authorization.k8s.io/v1",
                 kind,
                 &[("spec", object(&[("namespace", json!(namespace))]))],
-            )
+            );
+            (obj, r.encode_to_vec())
         }
         "DeleteOptions" => {
-            let o = meta::DeleteOptions::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
-            let preconditions = o.preconditions.as_ref().map_or(Value::Null, |p| {
+            let mut o = meta::DeleteOptions::decode(raw.as_slice()).map_err(|e| bad(kind, e))?;
+            let preconditions = o.preconditions.as_mut().map_or(Value::Null, |p| {
                 object(&[
-                    ("uid", json!(p.uid)),
-                    ("resourceVersion", json!(p.resource_version)),
+                    ("uid", json!(t(&mut p.uid))),
+                    ("resourceVersion", json!(t(&mut p.resource_version))),
                 ])
             });
             let mut obj = object(&[
-                ("propagationPolicy", json!(o.propagation_policy)),
+                ("propagationPolicy", json!(t(&mut o.propagation_policy))),
                 ("preconditions", preconditions),
-                ("dryRun", json!(o.dry_run)),
+                ("dryRun", json!(t(&mut o.dry_run))),
             ]);
             // A grace period of 0 means "now", not "unset".
-            if let Some(grace) = o.grace_period_seconds {
+            if let Some(grace) = o.grace_period_seconds.take() {
                 obj["gracePeriodSeconds"] = json!(grace);
             }
-            obj
+            (obj, o.encode_to_vec())
         }
         other => {
             return Err(ApiError::new(
                 415,
                 "UnsupportedMediaType",
                 format!(
-                "protobuf bodies of {other} are not supported yet; send JSON (application/json)"
-            ),
+                    "protobuf bodies of {other} are not supported yet; send JSON (application/json)"
+                ),
             ))
         }
-    })
+    };
+    // What no conversion took would be lost: refused rather than dropped.
+    if !all_zero(&rest) {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "this protobuf {kind} sets fields the server reads only from JSON; send JSON (application/json)"
+            ),
+        ));
+    }
+    Ok(obj)
+}
+
+/// Whether protobuf bytes hold only zero values (zeros, empty strings, messages of zero values):
+/// what a Go client writes for the fields it leaves unset.
+fn all_zero(mut bytes: &[u8]) -> bool {
+    use prost::encoding::decode_varint;
+    while !bytes.is_empty() {
+        let Ok(key) = decode_varint(&mut bytes) else {
+            return false;
+        };
+        let width = match key & 7 {
+            0 => match decode_varint(&mut bytes) {
+                Ok(0) => continue,
+                _ => return false,
+            },
+            1 => 8,
+            5 => 4,
+            2 => match decode_varint(&mut bytes) {
+                Ok(len) if len as usize <= bytes.len() => {
+                    let (inner, rest) = bytes.split_at(len as usize);
+                    if !all_zero(inner) {
+                        return false;
+                    }
+                    bytes = rest;
+                    continue;
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        if bytes.len() < width || bytes[..width].iter().any(|b| *b != 0) {
+            return false;
+        }
+        bytes = &bytes[width..];
+    }
+    true
 }
 
 #[cfg(test)]
@@ -529,6 +681,38 @@ mod tests {
         assert_eq!(
             got,
             json!({"propagationPolicy": "Background", "gracePeriodSeconds": 0})
+        );
+    }
+
+    #[test]
+    fn fields_no_conversion_reads_are_refused_not_dropped() {
+        let deployment = |min_ready: Option<i32>| apps::v1::Deployment {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            }),
+            spec: Some(apps::v1::DeploymentSpec {
+                replicas: Some(0),
+                min_ready_seconds: min_ready,
+                ..Default::default()
+            }),
+            // Go clients write empty structs and zeros for what they leave unset.
+            status: Some(apps::v1::DeploymentStatus {
+                replicas: Some(0),
+                ..Default::default()
+            }),
+        };
+        let body = |d: apps::v1::Deployment| envelope("Deployment", "apps/v1", d.encode_to_vec());
+        let got = decode("Deployment", &body(deployment(None))).unwrap();
+        assert_eq!(got["spec"], json!({"replicas": 0}));
+        let refused = decode("Deployment", &body(deployment(Some(10)))).unwrap_err();
+        assert_eq!(refused.code, 415);
+        assert!(
+            refused
+                .message
+                .contains("sets fields the server reads only from JSON"),
+            "{}",
+            refused.message
         );
     }
 }

@@ -124,6 +124,33 @@ pub struct ListPage {
 }
 
 /// A stored object as `kind`'s endpoint serves it, with its resourceVersion set.
+/// The manager of the server's own writes (the objects it keeps at every start).
+pub const API_SERVER: &str = "kube-apiserver";
+
+/// Whose write it is, for `managedFields`.
+#[derive(Clone, Copy, Debug)]
+pub enum Ownership<'a> {
+    /// A manager's: it owns what it changes. Through `subresource` (`scale`) when one is
+    /// named; a write through the status endpoint names `status` itself.
+    Manager {
+        name: &'a str,
+        subresource: Option<&'static str>,
+    },
+    /// The object carries its `managedFields` as they are to be stored (server-side apply
+    /// computed them).
+    AsGiven,
+}
+
+impl<'a> Ownership<'a> {
+    /// A manager's write through the endpoint itself.
+    pub fn by(name: &'a str) -> Self {
+        Ownership::Manager {
+            name,
+            subresource: None,
+        }
+    }
+}
+
 pub fn decode(kind: &Kind, kv: &KeyValue) -> Result<Value, ApiError> {
     let stored: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
@@ -223,7 +250,7 @@ impl Registry {
         namespace: Option<&str>,
         body: Value,
         dry_run: bool,
-        manager: Option<&str>,
+        ownership: Ownership<'_>,
     ) -> Result<Value, ApiError> {
         if let (true, Some(ns)) = (kind.namespaced, namespace) {
             self.check_namespace(ns).await?;
@@ -244,12 +271,12 @@ impl Registry {
         }
         let mut prepared = strategy::prepare_create(kind, body, &ctx)
             .map_err(|r| rejection(kind, &given_name, r))?;
-        if let Some(manager) = manager {
+        if let Ownership::Manager { name, .. } = ownership {
             let api_version = kind.api_version();
             apply::update(
                 None,
                 &mut prepared,
-                &writer(kind, &api_version, manager, &now),
+                &writer(kind, &api_version, name, None, &now),
             );
         }
         let target = Target {
@@ -375,7 +402,7 @@ impl Registry {
         body: Value,
         endpoint: Endpoint,
         dry_run: bool,
-        manager: Option<&str>,
+        ownership: Ownership<'_>,
     ) -> Result<Value, ApiError> {
         let wanted_rv = object::meta_str(&body, "resourceVersion")
             .filter(|rv| !rv.is_empty())
@@ -391,12 +418,22 @@ impl Registry {
             let old = without_resource_version(current.clone());
             let mut new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
                 .map_err(|r| rejection(target.kind, target.name, r))?;
-            // Writes that name no manager (the server's own) keep the entries they carry.
-            if let (Some(manager), Endpoint::Main) = (manager, endpoint) {
-                let now = object::timestamp(jiff::Timestamp::now());
-                let api_version = target.kind.api_version();
-                let writer = writer(target.kind, &api_version, manager, &now);
-                apply::update(Some(&old), &mut new, &writer);
+            match ownership {
+                Ownership::Manager { name, subresource } => {
+                    let subresource =
+                        subresource.or((endpoint == Endpoint::Status).then_some("status"));
+                    let now = object::timestamp(jiff::Timestamp::now());
+                    let api_version = target.kind.api_version();
+                    let writer = writer(target.kind, &api_version, name, subresource, &now);
+                    apply::update(Some(&old), &mut new, &writer);
+                }
+                // The status endpoint keeps the stored metadata, but for what apply owns.
+                Ownership::AsGiven if endpoint == Endpoint::Status => {
+                    if let Some(managed) = body.pointer("/metadata/managedFields") {
+                        new["metadata"]["managedFields"] = managed.clone();
+                    }
+                }
+                Ownership::AsGiven => {}
             }
             let claims = self
                 .claims(target.kind, Some(&old), &mut new, &target.key())
@@ -426,7 +463,7 @@ impl Registry {
         patch: &Value,
         endpoint: Endpoint,
         dry_run: bool,
-        manager: Option<&str>,
+        ownership: Ownership<'_>,
     ) -> Result<Value, ApiError> {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
         let ty = skiff_api::schema::root(target.kind);
@@ -436,7 +473,7 @@ impl Registry {
                 .apply(&mut patched, patch, ty)
                 .map_err(|e| crate::subresources::patch_error(target.name, e))?;
             match self
-                .update(target, patched, endpoint, dry_run, manager)
+                .update(target, patched, endpoint, dry_run, ownership)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
@@ -446,14 +483,15 @@ impl Registry {
         Err(target.conflict())
     }
 
-    /// Server-side apply of `config` by `manager`: merged into the object as it is now (created
-    /// when there is none), with a 409 naming the fields other managers own that it changes,
-    /// unless `force`.
+    /// Server-side apply of `config` by `manager` (through `subresource`, `status` or `scale`,
+    /// when one is named): merged into the object as it is now (created when there is none,
+    /// unless applied through a subresource), with a 409 naming the fields other managers own
+    /// that it changes, unless `force`.
     pub async fn apply(
         &self,
         target: &Target<'_>,
         config: &Value,
-        manager: &str,
+        (manager, subresource): (&str, Option<&'static str>),
         force: bool,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
@@ -464,11 +502,16 @@ impl Registry {
         }
         let now = object::timestamp(jiff::Timestamp::now());
         let api_version = target.kind.api_version();
-        let writer = writer(target.kind, &api_version, manager, &now);
+        let writer = writer(target.kind, &api_version, manager, subresource, &now);
+        let endpoint = if subresource == Some("status") {
+            Endpoint::Status
+        } else {
+            Endpoint::Main
+        };
         for _ in 0..UNCONDITIONAL_RETRIES {
             let live = match self.get(target).await {
                 Ok(live) => Some(live),
-                Err(e) if e.code == 404 => None,
+                Err(e) if e.code == 404 && subresource.is_none() => None,
                 Err(e) => return Err(e),
             };
             let mut merged = apply::apply(live.as_ref(), config, &writer, force)
@@ -476,12 +519,18 @@ impl Registry {
             keep_last_applied(live.as_ref(), config, &mut merged);
             let result = match live {
                 None => {
-                    self.create(target.kind, target.namespace, merged, dry_run, None)
-                        .await
+                    self.create(
+                        target.kind,
+                        target.namespace,
+                        merged,
+                        dry_run,
+                        Ownership::AsGiven,
+                    )
+                    .await
                 }
                 // The read's resourceVersion makes the write a compare-and-swap.
                 Some(_) => {
-                    self.update(target, merged, Endpoint::Main, dry_run, None)
+                    self.update(target, merged, endpoint, dry_run, Ownership::AsGiven)
                         .await
                 }
             };
@@ -610,7 +659,16 @@ impl Registry {
         fields: &[&str],
     ) -> Result<(), ApiError> {
         let name = object::name(&obj).to_string();
-        match self.create(kind, namespace, obj.clone(), false, None).await {
+        match self
+            .create(
+                kind,
+                namespace,
+                obj.clone(),
+                false,
+                Ownership::by(API_SERVER),
+            )
+            .await
+        {
             Err(e) if e.reason == "AlreadyExists" => {
                 let target = Target {
                     kind,
@@ -628,9 +686,15 @@ impl Registry {
                         }
                     }
                 }
-                self.update(&target, current, Endpoint::Main, false, None)
-                    .await
-                    .map(|_| ())
+                self.update(
+                    &target,
+                    current,
+                    Endpoint::Main,
+                    false,
+                    Ownership::by(API_SERVER),
+                )
+                .await
+                .map(|_| ())
             }
             other => other.map(|_| ()),
         }
@@ -642,7 +706,10 @@ impl Registry {
         namespace: Option<&str>,
         obj: Value,
     ) -> Result<(), ApiError> {
-        match self.create(kind, namespace, obj, false, None).await {
+        match self
+            .create(kind, namespace, obj, false, Ownership::by(API_SERVER))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => Ok(()),
             Err(e) => Err(e),
@@ -766,12 +833,13 @@ fn mark(obj: &Value, now: jiff::Timestamp, grace: i64, namespace: bool) -> Value
     obj
 }
 
-/// Who writes through the main endpoint of `kind` (served as `api_version`), for its managed
+/// Who writes `kind` (served as `api_version`), through `subresource` if any, for its managed
 /// fields.
 fn writer<'a>(
     kind: &'static Kind,
     api_version: &'a str,
     manager: &'a str,
+    subresource: Option<&'a str>,
     now: &'a str,
 ) -> apply::Writer<'a> {
     apply::Writer {
@@ -779,6 +847,7 @@ fn writer<'a>(
         api_version,
         ty: skiff_api::schema::root(kind),
         now,
+        subresource,
     }
 }
 

@@ -20,7 +20,7 @@ use skiff_store::Revision;
 
 use crate::format::{self, json_response, Format};
 use crate::paths::{self, ApiPath, ResourcePath};
-use crate::registry::{DeleteOptions, Registry, Target};
+use crate::registry::{DeleteOptions, Ownership, Registry, Target};
 use crate::server::Api;
 use crate::status::ApiError;
 use crate::subresources::{self, ScaleChange};
@@ -292,7 +292,13 @@ async fn serve_resource(
                 }
                 let manager = field_manager(&query, &parts.headers)?;
                 let created = registry
-                    .create(kind, namespace, obj, query.dry_run()?, Some(&manager))
+                    .create(
+                        kind,
+                        namespace,
+                        obj,
+                        query.dry_run()?,
+                        Ownership::by(&manager),
+                    )
                     .await?;
                 api.after_create(kind, &created).await;
                 warnings.extend(not_enforced(kind));
@@ -321,32 +327,27 @@ async fn serve_resource(
             warnings = FieldValidation::of(&query)?.check(kind, &mut body)?;
             let manager = field_manager(&query, &parts.headers)?;
             registry
-                .update(&target, body, endpoint, query.dry_run()?, Some(&manager))
+                .update(
+                    &target,
+                    body,
+                    endpoint,
+                    query.dry_run()?,
+                    Ownership::by(&manager),
+                )
                 .await?
         }
         Method::PATCH => match read_patch(&parts.headers, body).await? {
             Patch::Apply(mut config) => {
                 let Some(manager) = query.get("fieldManager") else {
-                    return Err(ApiError::new(
-                        422,
-                        "Invalid",
-                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-                    ));
+                    return Err(apply_needs_manager());
                 };
-                if endpoint != Endpoint::Main {
-                    // FIXME(issue 5): apply through the status subresource.
-                    return Err(ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        "server-side apply through the status subresource is not supported yet",
-                    ));
-                }
                 warnings = FieldValidation::of(&query)?.check(kind, &mut config)?;
+                let subresource = (endpoint == Endpoint::Status).then_some("status");
                 registry
                     .apply(
                         &target,
                         &config,
-                        manager,
+                        (manager, subresource),
                         query.flag("force"),
                         query.dry_run()?,
                     )
@@ -371,7 +372,7 @@ async fn serve_resource(
                         &patch,
                         endpoint,
                         query.dry_run()?,
-                        Some(&manager),
+                        Ownership::by(&manager),
                     )
                     .await?
             }
@@ -410,22 +411,32 @@ async fn serve_subresource(
             ))
         }
         ("scale", &Method::PUT | &Method::PATCH) => {
-            let change =
-                if parts.method == Method::PUT {
-                    ScaleChange::Replace(read_body(&parts.headers, body, "Scale").await?)
-                } else {
-                    match read_patch(&parts.headers, body).await? {
-                        Patch::Typed(patch_type, patch) => ScaleChange::Patch(patch_type, patch),
-                        // FIXME(issue 5): apply through the scale subresource.
-                        Patch::Apply(_) => return Err(ApiError::new(
-                            415,
-                            "UnsupportedMediaType",
-                            "server-side apply through the scale subresource is not supported yet",
-                        )),
+            let manager = field_manager(query, &parts.headers)?;
+            let change = if parts.method == Method::PUT {
+                ScaleChange::Replace(read_body(&parts.headers, body, "Scale").await?)
+            } else {
+                match read_patch(&parts.headers, body).await? {
+                    Patch::Typed(patch_type, patch) => ScaleChange::Patch(patch_type, patch),
+                    Patch::Apply(config) => {
+                        let Some(manager) = query.get("fieldManager") else {
+                            return Err(apply_needs_manager());
+                        };
+                        let scale = subresources::apply_scale(
+                            registry,
+                            target,
+                            &config,
+                            manager,
+                            query.flag("force"),
+                            query.dry_run()?,
+                        )
+                        .await?;
+                        return Ok(json_response(StatusCode::OK, &scale));
                     }
-                };
+                }
+            };
             let scale =
-                subresources::update_scale(registry, target, change, query.dry_run()?).await?;
+                subresources::update_scale(registry, target, change, &manager, query.dry_run()?)
+                    .await?;
             Ok(json_response(StatusCode::OK, &scale))
         }
         ("binding", &Method::POST) => {
@@ -511,6 +522,15 @@ async fn read_patch(headers: &HeaderMap, body: Body) -> Result<Patch, ApiError> 
 
 /// Who writes, for the managed fields: `fieldManager` when given (at most 128 characters),
 /// else the client's name from its User-Agent (`kubectl/v1.33.0 (...)`: `kubectl`).
+/// Kubernetes' answer to an apply patch without `fieldManager`.
+fn apply_needs_manager() -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+    )
+}
+
 fn field_manager(query: &Query, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(manager) = query.get("fieldManager") {
         if manager.chars().count() > 128 {

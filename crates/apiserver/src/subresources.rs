@@ -8,7 +8,7 @@ use skiff_api::object::{self, selector_from_json, Filter};
 use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
 
-use crate::registry::{DeleteOptions, Registry, Target};
+use crate::registry::{DeleteOptions, Ownership, Registry, Target};
 use crate::status::{ApiError, Cause, Details};
 
 /// The `autoscaling/v1` Scale of a workload object.
@@ -52,11 +52,12 @@ pub enum ScaleChange {
     Patch(PatchType, Value),
 }
 
-/// Sets the replicas of a workload through its Scale; answers the new Scale.
+/// Sets the replicas of a workload through its Scale, as `manager`; answers the new Scale.
 pub async fn update_scale(
     registry: &Registry,
     target: &Target<'_>,
     change: ScaleChange,
+    manager: &str,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     let current = registry.get(target).await?;
@@ -92,8 +93,50 @@ pub async fn update_scale(
     if let (Some(rv), Some(meta)) = (rv, obj.get_mut("metadata").and_then(Value::as_object_mut)) {
         meta.insert("resourceVersion".into(), rv.into());
     }
+    let ownership = Ownership::Manager {
+        name: manager,
+        subresource: Some("scale"),
+    };
     let updated = registry
-        .update(target, obj, Endpoint::Main, dry_run, None)
+        .update(target, obj, Endpoint::Main, dry_run, ownership)
+        .await?;
+    scale_of(&updated)
+}
+
+/// Server-side apply of a Scale: `manager` then owns the workload's `spec.replicas` through the
+/// `scale` subresource (meeting the other owners of the replicas, unless `force`); answers the
+/// new Scale.
+pub async fn apply_scale(
+    registry: &Registry,
+    target: &Target<'_>,
+    config: &Value,
+    manager: &str,
+    force: bool,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let mut parent = json!({
+        "apiVersion": target.kind.api_version(),
+        "kind": target.kind.kind,
+        "metadata": {"name": target.name},
+    });
+    if let Some(replicas) = config.pointer("/spec/replicas") {
+        if replicas.as_i64().is_none_or(|r| r < 0) {
+            return Err(ApiError::invalid(
+                "Scale",
+                target.name,
+                vec![Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!(
+                        "Invalid value: {replicas}: must be greater than or equal to 0"
+                    ),
+                    field: "spec.replicas".into(),
+                }],
+            ));
+        }
+        parent["spec"] = json!({"replicas": replicas});
+    }
+    let updated = registry
+        .apply(target, &parent, (manager, Some("scale")), force, dry_run)
         .await?;
     scale_of(&updated)
 }

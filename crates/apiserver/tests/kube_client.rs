@@ -11,7 +11,9 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::json;
@@ -279,6 +281,156 @@ async fn status_is_its_own_endpoint_and_generation_counts_spec_changes() {
         "status writes leave generation alone"
     );
     assert_eq!(after.status.unwrap().replicas, Some(5));
+}
+
+/// The managers of an object's `managedFields`, `manager/operation[/subresource]`, sorted
+/// (Kubernetes orders them by the second they wrote in, which a test cannot fix).
+fn managers(meta: &kube::api::ObjectMeta) -> Vec<String> {
+    let mut managers: Vec<String> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|e| {
+            let mut m = format!(
+                "{}/{}",
+                e.manager.as_deref().unwrap_or(""),
+                e.operation.as_deref().unwrap_or("")
+            );
+            if let Some(sub) = e.subresource.as_deref().filter(|s| !s.is_empty()) {
+                m.push_str(&format!("/{sub}"));
+            }
+            m
+        })
+        .collect();
+    managers.sort();
+    managers
+}
+
+#[tokio::test]
+async fn status_and_scale_writes_and_applies_own_their_fields() {
+    let c = cluster().await;
+    let deploys: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let web = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "server", "image": "my-api:v2.1"}]}}}});
+    let applied = deploys
+        .patch("web", &PatchParams::apply("deployer"), &Patch::Apply(&web))
+        .await
+        .unwrap();
+    assert_eq!(managers(&applied.metadata), ["deployer/Apply"]);
+
+    // Applying a Scale meets the owner of the replicas; forced, it takes them.
+    let scale = json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"},
+        "spec": {"replicas": 5}});
+    let err = deploys
+        .patch_scale(
+            "web",
+            &PatchParams::apply("autoscaler"),
+            &Patch::Apply(&scale),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code, 409);
+    assert!(
+        status
+            .message
+            .contains("conflict with \"deployer\": .spec.replicas"),
+        "{}",
+        status.message
+    );
+    let scaled = deploys
+        .patch_scale(
+            "web",
+            &PatchParams::apply("autoscaler").force(),
+            &Patch::Apply(&scale),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scaled.spec.unwrap().replicas, Some(5));
+    let d = deploys.get("web").await.unwrap();
+    assert_eq!(
+        managers(&d.metadata),
+        ["autoscaler/Apply/scale", "deployer/Apply"]
+    );
+    // The deployer re-applying its 3 now meets the autoscaler, named with its subresource.
+    let err = deploys
+        .patch("web", &PatchParams::apply("deployer"), &Patch::Apply(&web))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("conflict with \"autoscaler\" with subresource \"scale\": .spec.replicas"),
+        "{err}"
+    );
+
+    // A status update owns what it changed, through the status subresource.
+    let mut observed = d.clone();
+    observed.status =
+        Some(serde_json::from_value(json!({"replicas": 5, "readyReplicas": 2})).unwrap());
+    let after = deploys
+        .replace_status(
+            "web",
+            &PostParams {
+                field_manager: Some("counter".into()),
+                ..PostParams::default()
+            },
+            &observed,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        managers(&after.metadata),
+        [
+            "autoscaler/Apply/scale",
+            "counter/Update/status",
+            "deployer/Apply"
+        ]
+    );
+    // An apply through status meets it, and forced takes the field it applies.
+    let status = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "status": {"readyReplicas": 5}});
+    let err = deploys
+        .patch_status("web", &PatchParams::apply("prober"), &Patch::Apply(&status))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "conflict with \"counter\" with subresource \"status\" using apps/v1: .status.readyReplicas"
+        ),
+        "{err}"
+    );
+    let probed = deploys
+        .patch_status(
+            "web",
+            &PatchParams::apply("prober").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let status = probed.status.as_ref().unwrap();
+    assert_eq!((status.replicas, status.ready_replicas), (Some(5), Some(5)));
+    assert_eq!(
+        managers(&probed.metadata),
+        [
+            "autoscaler/Apply/scale",
+            "counter/Update/status",
+            "deployer/Apply",
+            "prober/Apply/status"
+        ]
+    );
+    // Nothing to apply a status to: 404, nothing made.
+    let err = deploys
+        .patch_status("gone", &PatchParams::apply("prober"), &Patch::Apply(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gone"}, "status": {"replicas": 1}})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -1121,21 +1121,36 @@ fn flags_come_from_the_environment_and_the_kubeconfig_is_printed() {
     );
 }
 
-/// The managers of an object, each with its operation: `kubectl/Apply kubectl-patch/Update`.
+/// The managers of an object, each with its operation and subresource, sorted (see [`sorted`]):
+/// `kubectl-patch/Update kubectl/Apply kubectl/Update/scale`.
 fn managers(server: &SkiffServer, what: &str) -> String {
-    kubectl(
+    let shown = kubectl(
         server,
         &[
             "get",
             what,
             "-o",
-            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}/{.subresource} {end}",
         ],
     )
-    .out()
-    .trim()
-    .to_string()
+    .out();
+    sorted(&shown)
 }
+
+/// Words sorted: the managers of an object compared in any order.
+fn sorted(words: &str) -> String {
+    let mut words: Vec<&str> = words
+        .split_whitespace()
+        .map(|w| w.trim_end_matches('/'))
+        .collect();
+    words.sort();
+    words.join(" ")
+}
+
+/// What the controllers own of a Deployment once they have seen it: its revision annotation,
+/// and its status. (`managers` sorts them: Kubernetes orders entries by time, which races the
+/// controllers' writes here.)
+const CONTROLLERS: &str = "kube-controller-manager/Update kube-controller-manager/Update/status";
 
 #[test]
 fn server_side_apply_owns_fields_meets_conflicts_and_takes_over_from_client_side_apply() {
@@ -1174,7 +1189,10 @@ spec:
     let both = "    app: web\n    tier: api";
     let out = ssa(&web(3, both), &[]).out();
     assert_eq!(out, "deployment.apps/web serverside-applied\n");
-    assert_eq!(managers(&server, "deploy/web"), "kubectl/Apply");
+    eventually("the controllers' fields", || {
+        let m = managers(&server, "deploy/web");
+        (m != sorted(&format!("kubectl/Apply {CONTROLLERS}"))).then_some(m)
+    });
     let fields = kubectl(
         &server,
         &[
@@ -1200,7 +1218,7 @@ spec:
     .out();
     assert_eq!(
         managers(&server, "deploy/web"),
-        "kubectl/Apply kubectl-patch/Update"
+        sorted(&format!("kubectl/Apply {CONTROLLERS} kubectl-patch/Update"))
     );
     let err = ssa(&web(3, both), &[]).err();
     assert!(
@@ -1217,7 +1235,24 @@ spec:
     )
     .out();
     assert_eq!(replicas, "3");
-    assert_eq!(managers(&server, "deploy/web"), "kubectl/Apply");
+    assert_eq!(
+        managers(&server, "deploy/web"),
+        sorted(&format!("kubectl/Apply {CONTROLLERS}"))
+    );
+    // Scaling writes through the scale subresource, which the next apply meets.
+    kubectl(&server, &["scale", "deploy/web", "--replicas=4"]).out();
+    assert_eq!(
+        managers(&server, "deploy/web"),
+        sorted(&format!("kubectl/Apply {CONTROLLERS} kubectl/Update/scale"))
+    );
+    let err = ssa(&web(3, both), &[]).err();
+    assert!(
+        err.contains(
+            "conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        ),
+        "{err}"
+    );
+    ssa(&web(3, both), &["--force-conflicts"]).out();
 
     // A field no longer applied goes.
     ssa(&web(3, "    app: web"), &[]).out();
@@ -1242,14 +1277,14 @@ spec:
     assert_eq!(out, "configmap/settings created\n");
     assert_eq!(
         managers(&server, "configmap/settings"),
-        "kubectl-client-side-apply/Update"
+        sorted("kubectl-client-side-apply/Update")
     );
     let out = ssa(&settings("  a: \"1\"\n  b: \"2\"\n"), &[]).out();
     assert_eq!(out, "configmap/settings serverside-applied\n");
     // (kubectl gives the last-applied annotation a manager of its own.)
     assert_eq!(
         managers(&server, "configmap/settings"),
-        "kubectl-last-applied/Apply kubectl/Apply"
+        sorted("kubectl-last-applied/Apply kubectl/Apply")
     );
     ssa(&settings("  a: \"1\"\n"), &[]).out();
     let data = kubectl(
@@ -1261,4 +1296,51 @@ spec:
     // Client-side apply still works after, from the last-applied configuration the server keeps.
     let out = kubectl_stdin(&server, &["apply", "-f", "-"], &settings("  a: \"3\"\n")).out();
     assert_eq!(out, "configmap/settings configured\n");
+
+    // A load balancer's controller applies a Service's status through its subresource: the
+    // address shows, the fields are its own, and applying without them takes them away.
+    kubectl_stdin(
+        &server,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  type: LoadBalancer\n  selector:\n    app: web\n  ports:\n  - port: 80\n",
+    )
+    .out();
+    let lb = |ingress: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nstatus:\n  loadBalancer:\n{ingress}")
+    };
+    let apply_status = |manifest: &str| {
+        kubectl_stdin(
+            &server,
+            &[
+                "apply",
+                "--server-side",
+                "--subresource=status",
+                "--field-manager=lb",
+                "-f",
+                "-",
+            ],
+            manifest,
+        )
+        .out()
+    };
+    apply_status(&lb("    ingress:\n    - ip: 192.0.2.10\n"));
+    let shown = kubectl(&server, &["get", "svc", "front", "--no-headers"]).out();
+    assert!(shown.contains("192.0.2.10"), "{shown}");
+    assert_eq!(
+        managers(&server, "svc/front"),
+        sorted("kubectl-client-side-apply/Update lb/Apply/status")
+    );
+    apply_status(&lb("    {}\n"));
+    let ingress = kubectl(
+        &server,
+        &[
+            "get",
+            "svc",
+            "front",
+            "-o",
+            "jsonpath={.status.loadBalancer}",
+        ],
+    )
+    .out();
+    assert_eq!(ingress, "{}");
 }
