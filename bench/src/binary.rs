@@ -36,5 +36,12 @@ pub fn release_binary() -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join("release/skiff"))
+    let binary = target.join("release/skiff");
+    // Just linked, the binary's pages are dirty in the page cache until written back; dirty
+    // file pages stay resident in every process mapping them and count as their memory, as
+    // an installed binary's never do. Written back before anything runs.
+    std::fs::File::open(&binary)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {} back to disk", binary.display()))?;
+    Ok(binary)
 }

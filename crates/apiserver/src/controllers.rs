@@ -136,7 +136,7 @@ impl Cluster for InProcess {
             .iter()
             .filter(|(_, obj)| crate::cache::matches(filter, obj))
             .map(|(_, obj)| {
-                serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
+                without_managed_fields(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
             })
             .collect()
     }
@@ -168,7 +168,7 @@ impl Cluster for InProcess {
         };
         found
             .map(|obj| {
-                serde_json::from_slice(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
+                without_managed_fields(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
             })
             .transpose()
     }
@@ -201,7 +201,7 @@ impl Cluster for InProcess {
                     Change::Progress(_) => continue,
                     Change::Reset => return,
                 };
-                let object = match serde_json::from_slice(json) {
+                let object = match without_managed_fields(json) {
                     Ok(object) => object,
                     Err(e) => {
                         // The cache keeps JSON this server wrote: never expected.
@@ -303,5 +303,69 @@ impl Cluster for InProcess {
             .map_err(error)?;
         self.wrote(&last);
         Ok(())
+    }
+}
+
+/// An object of the watch cache as the controllers read it: without `metadata.managedFields`,
+/// which they never use (a write without them keeps the stored ones) and which is most of a
+/// pod's JSON; skipped, not built, as the controllers' feeds parse every change of every pod.
+fn without_managed_fields(json: &[u8]) -> Result<Value, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde_json::Map;
+
+    /// An object with the field at the end of a path (of keys, outermost first) scanned past
+    /// rather than built.
+    struct Skipping(&'static [&'static str]);
+
+    impl<'de> DeserializeSeed<'de> for Skipping {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Skipping {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                match self.0 {
+                    [last] if key == *last => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                    [first, rest @ ..] if key == *first => {
+                        let value = map.next_value_seed(Skipping(rest))?;
+                        out.insert(key, value);
+                    }
+                    _ => {
+                        out.insert(key, map.next_value()?);
+                    }
+                }
+            }
+            Ok(Value::Object(out))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = Skipping(&["metadata", "managedFields"]).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn controllers_read_objects_without_managed_fields() {
+        let json = br#"{"metadata": {"name": "p", "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}],
+            "labels": {"managedFields": "kept"}}, "spec": {"managedFields": "kept"}}"#;
+        assert_eq!(
+            super::without_managed_fields(json).unwrap(),
+            serde_json::json!({"metadata": {"name": "p", "labels": {"managedFields": "kept"}},
+                "spec": {"managedFields": "kept"}})
+        );
+        assert!(super::without_managed_fields(b"{} x").is_err());
     }
 }
