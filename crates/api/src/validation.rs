@@ -7,7 +7,14 @@
 //! Nodes their CIDRs and taints; core Events their type and involved object's namespace.
 //!
 //! Security contexts are checked in `security`, affinity and topology spread constraints in
-//! `placement`; what an update may not change in `update`.
+//! `placement`, the workload and scheduling kinds' own fields (Deployment strategies, Job
+//! counts, CronJob schedules, HPA bounds, PodDisruptionBudgets, PriorityClasses) in
+//! `workloads`; what an update may not change in `update`.
+//!
+//! FIXME: the other kinds get the checks every kind gets (metadata, field validation against
+//! their schema, immutable fields) but not their own yet: Ingress rules and path types,
+//! NetworkPolicy peers and ports, RBAC rules and subjects, PersistentVolume and claim specs,
+//! StorageClass parameters, ServiceAccount secrets, ControllerRevision data.
 
 use std::collections::BTreeSet;
 
@@ -21,6 +28,7 @@ use crate::quantity::{self, Quantity};
 mod placement;
 mod security;
 mod update;
+mod workloads;
 pub use update::validate_update;
 
 fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -808,18 +816,31 @@ pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
             replicas(obj, &mut errs);
             selector_and_template(obj, &mut errs);
             errs.extend(pod_spec(template, "spec.template.spec", &["Always"]));
+            match kind.kind {
+                "Deployment" => workloads::deployment(obj, &mut errs),
+                "ReplicaSet" => {
+                    let spec = obj.get("spec").unwrap_or(&empty);
+                    nonnegative(spec, "minReadySeconds", "spec", &mut errs);
+                }
+                _ => workloads::update_strategy(obj, &mut errs),
+            }
         }
         ("", "ReplicationController") => {
             replicas(obj, &mut errs);
             errs.extend(pod_spec(template, "spec.template.spec", &["Always"]));
         }
         ("batch", "Job") => {
+            workloads::job_spec(obj.get("spec").unwrap_or(&empty), "spec", &mut errs);
             errs.extend(pod_spec(
                 template,
                 "spec.template.spec",
                 &["OnFailure", "Never"],
             ));
         }
+        ("batch", "CronJob") => workloads::cron_job(obj, &mut errs),
+        ("autoscaling", "HorizontalPodAutoscaler") => workloads::autoscaler(obj, &mut errs),
+        ("policy", "PodDisruptionBudget") => workloads::disruption_budget(obj, &mut errs),
+        ("scheduling.k8s.io", "PriorityClass") => workloads::priority_class(obj, &mut errs),
         ("", "ConfigMap") => data_keys(obj, false, &mut errs),
         ("", "Secret") => {
             data_keys(obj, true, &mut errs);
