@@ -719,11 +719,21 @@ fn invalid_workloads_and_defaults_read_as_in_kubernetes() {
     let server = server();
     let manifest = std::fs::read_to_string(example("api-server.yaml")).unwrap();
     // Each broken manifest (a piece of the article's replaced) and what kubectl must print.
-    let broken: [(&str, &str, &[&str]); 5] = [
+    let broken: [(&str, &str, &[&str]); 7] = [
         ("image: my-api:v2.1", "", &["The Deployment \"api-server\" is invalid: spec.template.spec.containers[0].image: Required value"]),
         ("      labels:\n        app: api", "      labels:\n        app: web", &["`selector` does not match template `labels`"]),
         ("cpu: \"250m\"", "cpu: \"2\"", &["spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 500m"]),
         ("memory: \"256Mi\"", "memory: \"lots\"", &["spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\": quantities must match the regular expression"]),
+        (
+            "  replicas: 3\n",
+            "  replicas: 3\n  strategy:\n    rollingUpdate:\n      maxSurge: 0\n      maxUnavailable: 0\n",
+            &["spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0"],
+        ),
+        (
+            "      containers:\n",
+            "      topologySpreadConstraints:\n      - maxSkew: 0\n        topologyKey: zone\n        whenUnsatisfiable: DoNotSchedule\n      containers:\n",
+            &["spec.template.spec.topologySpreadConstraints[0].maxSkew: Invalid value: 0: must be greater than zero"],
+        ),
         // A mount of a volume the pod lacks, and a liveness probe without a handler.
         (
             "        - containerPort: 8080\n",
