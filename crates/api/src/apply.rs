@@ -482,17 +482,14 @@ pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
         meta.shift_remove("managedFields");
     } else {
         let mut sorted: Vec<&Entry> = entries.iter().collect();
-        sorted.sort_by(|p, q| {
-            let key = |e: &Entry| {
-                (
-                    e.operation.clone(),
-                    e.time.clone(),
-                    e.manager.clone(),
-                    e.api_version.clone(),
-                    e.subresource.clone().unwrap_or_default(),
-                )
-            };
-            key(p).cmp(&key(q))
+        sorted.sort_by_key(|e| {
+            (
+                &e.operation,
+                &e.time,
+                &e.manager,
+                &e.api_version,
+                e.subresource.as_deref().unwrap_or(""),
+            )
         });
         meta.insert(
             "managedFields".into(),

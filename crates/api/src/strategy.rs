@@ -384,9 +384,12 @@ pub fn prepare_update(
     strip_nulls(&mut result);
     defaults::apply(kind, &mut result);
     validate(&result, kind)?;
-    let errs = validation::validate_update(kind, old, &result);
-    if !errs.is_empty() {
-        return Err(Rejection::Invalid(errs));
+    // Through the status endpoint only the status changes: nothing fixed can have moved.
+    if endpoint == Endpoint::Main {
+        let errs = validation::validate_update(kind, old, &result);
+        if !errs.is_empty() {
+            return Err(Rejection::Invalid(errs));
+        }
     }
     Ok(result)
 }

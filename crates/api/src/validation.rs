@@ -205,6 +205,19 @@ fn exactly_one(
     }
 }
 
+/// The string at `key` of `obj` (at `path`; empty at the top), when set, is one of `allowed`.
+fn one_of(obj: &Value, key: &str, path: &str, allowed: &[&str], errs: &mut Vec<FieldError>) {
+    let given = str_at(obj, key);
+    if !given.is_empty() && !allowed.contains(&given) {
+        let at = if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        };
+        errs.push(FieldError::not_supported(at, given, allowed));
+    }
+}
+
 fn nonnegative(obj: &Value, key: &str, path: &str, errs: &mut Vec<FieldError>) {
     if let Some(n) = obj.get(key).and_then(Value::as_i64).filter(|n| *n < 0) {
         errs.push(FieldError::invalid(
@@ -541,9 +554,13 @@ fn tolerations(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             "Exists" => {}
             other => errs.push(FieldError::not_supported(at("operator"), other, &["Equal", "Exists"])),
         }
-        if !effect.is_empty() && !EFFECTS.contains(&effect) {
-            errs.push(FieldError::not_supported(at("effect"), effect, &EFFECTS));
-        }
+        one_of(
+            t,
+            "effect",
+            &format!("{path}.tolerations[{i}]"),
+            &EFFECTS,
+            errs,
+        );
         if t.get("tolerationSeconds").is_some_and(|s| !s.is_null()) && effect != "NoExecute" {
             errs.push(FieldError::invalid(
                 at("effect"),
@@ -665,14 +682,7 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Vec<Fiel
     security::pod(spec, path, &mut errs);
     placement::affinity(spec, path, &mut errs);
     placement::spread(spec, path, &mut errs);
-    let policy = str_at(spec, "restartPolicy");
-    if !policy.is_empty() && !restart_policies.contains(&policy) {
-        errs.push(FieldError::not_supported(
-            format!("{path}.restartPolicy"),
-            policy,
-            restart_policies,
-        ));
-    }
+    one_of(spec, "restartPolicy", path, restart_policies, &mut errs);
     errs
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{items, str_at};
+use super::{items, one_of, str_at};
 use crate::names;
 use crate::object::{selector_from_json, FieldError};
 
@@ -229,10 +229,7 @@ pub(super) fn spread(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             }
         }
         for policy in ["nodeAffinityPolicy", "nodeTaintsPolicy"] {
-            let given = str_at(c, policy);
-            if !given.is_empty() && !POLICIES.contains(&given) {
-                errs.push(FieldError::not_supported(at(policy), given, &POLICIES));
-            }
+            one_of(c, policy, &path, &POLICIES, errs);
         }
         selector(c, "labelSelector", &path, errs);
     }

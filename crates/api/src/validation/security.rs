@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{items, str_at};
+use super::{items, one_of, str_at};
 use crate::object::FieldError;
 
 const MAX_ID: i64 = 2_147_483_647;
@@ -88,15 +88,8 @@ pub(super) fn pod(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             ));
         }
     }
-    let policy = str_at(sc, "fsGroupChangePolicy");
-    const POLICIES: [&str; 2] = ["OnRootMismatch", "Always"];
-    if !policy.is_empty() && !POLICIES.contains(&policy) {
-        errs.push(FieldError::not_supported(
-            format!("{path}.fsGroupChangePolicy"),
-            policy,
-            &POLICIES,
-        ));
-    }
+    let policies = ["OnRootMismatch", "Always"];
+    one_of(sc, "fsGroupChangePolicy", &path, &policies, errs);
     let mut seen = BTreeSet::new();
     for (i, sysctl) in items(sc, "sysctls") {
         let at = format!("{path}.sysctls[{i}].name");
@@ -125,15 +118,7 @@ pub(super) fn container(container: &Value, path: &str, errs: &mut Vec<FieldError
     for key in ["runAsUser", "runAsGroup"] {
         id(sc, key, &path, errs);
     }
-    let proc_mount = str_at(sc, "procMount");
-    const PROC_MOUNTS: [&str; 2] = ["Default", "Unmasked"];
-    if !proc_mount.is_empty() && !PROC_MOUNTS.contains(&proc_mount) {
-        errs.push(FieldError::not_supported(
-            format!("{path}.procMount"),
-            proc_mount,
-            &PROC_MOUNTS,
-        ));
-    }
+    one_of(sc, "procMount", &path, &["Default", "Unmasked"], errs);
     if sc.get("allowPrivilegeEscalation") == Some(&Value::Bool(false)) {
         let shown = sc.to_string();
         if sc.get("privileged") == Some(&Value::Bool(true)) {

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{nonnegative, pod_spec, str_at};
+use super::{nonnegative, one_of, pod_spec, str_at};
 use crate::object::FieldError;
 
 const NONNEGATIVE: &str = "must be greater than or equal to 0";
@@ -111,24 +111,11 @@ pub(super) fn deployment(obj: &Value, errs: &mut Vec<FieldError>) {
 pub(super) fn update_strategy(obj: &Value, errs: &mut Vec<FieldError>) {
     let spec = spec(obj);
     nonnegative(spec, "minReadySeconds", "spec", errs);
-    let ty = str_at(spec.get("updateStrategy").unwrap_or(&Value::Null), "type");
-    const TYPES: [&str; 2] = ["OnDelete", "RollingUpdate"];
-    if !ty.is_empty() && !TYPES.contains(&ty) {
-        errs.push(FieldError::not_supported(
-            "spec.updateStrategy.type",
-            ty,
-            &TYPES,
-        ));
-    }
-    let policy = str_at(spec, "podManagementPolicy");
-    const POLICIES: [&str; 2] = ["OrderedReady", "Parallel"];
-    if !policy.is_empty() && !POLICIES.contains(&policy) {
-        errs.push(FieldError::not_supported(
-            "spec.podManagementPolicy",
-            policy,
-            &POLICIES,
-        ));
-    }
+    let strategy = spec.get("updateStrategy").unwrap_or(&Value::Null);
+    let types = ["OnDelete", "RollingUpdate"];
+    one_of(strategy, "type", "spec.updateStrategy", &types, errs);
+    let policies = ["OrderedReady", "Parallel"];
+    one_of(spec, "podManagementPolicy", "spec", &policies, errs);
 }
 
 /// A Job's counts and deadlines (its template is checked as a pod spec).
@@ -150,15 +137,13 @@ pub(super) fn job_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             ));
         }
     }
-    let mode = str_at(spec, "completionMode");
-    const MODES: [&str; 2] = ["NonIndexed", "Indexed"];
-    if !mode.is_empty() && !MODES.contains(&mode) {
-        errs.push(FieldError::not_supported(
-            format!("{path}.completionMode"),
-            mode,
-            &MODES,
-        ));
-    }
+    one_of(
+        spec,
+        "completionMode",
+        path,
+        &["NonIndexed", "Indexed"],
+        errs,
+    );
 }
 
 const SCHEDULE_MACROS: [&str; 7] = [
@@ -201,15 +186,8 @@ pub(super) fn cron_job(obj: &Value, errs: &mut Vec<FieldError>) {
             ),
         ));
     }
-    let policy = str_at(spec, "concurrencyPolicy");
-    const POLICIES: [&str; 3] = ["Allow", "Forbid", "Replace"];
-    if !policy.is_empty() && !POLICIES.contains(&policy) {
-        errs.push(FieldError::not_supported(
-            "spec.concurrencyPolicy",
-            policy,
-            &POLICIES,
-        ));
-    }
+    let policies = ["Allow", "Forbid", "Replace"];
+    one_of(spec, "concurrencyPolicy", "spec", &policies, errs);
     for field in [
         "startingDeadlineSeconds",
         "successfulJobsHistoryLimit",
@@ -302,15 +280,13 @@ pub(super) fn priority_class(obj: &Value, errs: &mut Vec<FieldError>) {
             &format!("maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}"),
         ));
     }
-    let policy = str_at(obj, "preemptionPolicy");
-    const POLICIES: [&str; 2] = ["Never", "PreemptLowerPriority"];
-    if !policy.is_empty() && !POLICIES.contains(&policy) {
-        errs.push(FieldError::not_supported(
-            "preemptionPolicy",
-            policy,
-            &POLICIES,
-        ));
-    }
+    one_of(
+        obj,
+        "preemptionPolicy",
+        "",
+        &["Never", "PreemptLowerPriority"],
+        errs,
+    );
 }
 
 #[cfg(test)]
