@@ -84,14 +84,16 @@ fn metadata(m: &mut Option<meta::ObjectMeta>) -> Value {
             ])
         })
         .collect();
-    let managed: Vec<Value> = t(&mut m.managed_fields)
-        .into_iter()
-        .map(|mut e| {
-            let fields = e
-                .fields_v1
-                .take()
-                .and_then(|f| f.raw)
-                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+    let managed: Vec<Value> = m
+        .managed_fields
+        .iter_mut()
+        .map(|e| {
+            // Fields that are not JSON stay in the message, which the body is then refused for.
+            let raw = e.fields_v1.as_ref().and_then(|f| f.raw.as_deref());
+            let fields = raw.and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
+            if fields.is_some() || raw.is_none() {
+                e.fields_v1 = None;
+            }
             object(&[
                 ("manager", json!(t(&mut e.manager))),
                 ("operation", json!(t(&mut e.operation))),
@@ -707,6 +709,31 @@ mod tests {
         assert_eq!(got["spec"], json!({"replicas": 0}));
         let refused = decode("Deployment", &body(deployment(Some(10)))).unwrap_err();
         assert_eq!(refused.code, 415);
+        // Managed fields whose FieldsV1 is not JSON are not dropped either.
+        let namespace = |raw: &[u8]| core::v1::Namespace {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("team".into()),
+                managed_fields: vec![meta::ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    fields_v1: Some(meta::FieldsV1 {
+                        raw: Some(raw.to_vec()),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sent = |raw: &[u8]| envelope("Namespace", "v1", namespace(raw).encode_to_vec());
+        let got = decode("Namespace", &sent(br#"{"f:metadata":{}}"#)).unwrap();
+        assert_eq!(
+            got["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:metadata": {}})
+        );
+        assert_eq!(
+            decode("Namespace", &sent(b"not json")).unwrap_err().code,
+            415
+        );
         assert!(
             refused
                 .message
