@@ -80,7 +80,7 @@ pub struct Agent {
     /// What the API last said of the node's pods, for a restart while the server is away.
     pub local: Local,
     /// The uid of each pod of the node by namespace and name, for the log endpoint.
-    pods: Mutex<HashMap<(String, String), Pod>>,
+    pods: Mutex<HashMap<(String, String), Arc<Pod>>>,
     /// How each worker is woken when the relist sees its containers change, by pod uid.
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -112,7 +112,7 @@ impl Agent {
     }
 
     /// The pod of this node with that namespace and name, as last seen.
-    pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods
             .lock()
             .expect("pods lock")
@@ -432,7 +432,7 @@ async fn follow_pods(agent: Arc<Agent>, offline: bool) {
     let pods: Api<Pod> = Api::all(agent.client.clone());
     let selector = format!("spec.nodeName={}", agent.config.node.name);
     let mut events = watcher(pods, watcher::Config::default().fields(&selector)).boxed();
-    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     if offline {
         for pod in agent.local.pods() {
             tracing::info!(pod = ?pod_name(&pod), "running the pod as last told");
@@ -490,10 +490,17 @@ async fn follow_pods(agent: Arc<Agent>, offline: bool) {
     }
 }
 
-fn route(agent: &Arc<Agent>, workers: &mut HashMap<String, watch::Sender<Option<Pod>>>, pod: Pod) {
+fn route(
+    agent: &Arc<Agent>,
+    workers: &mut HashMap<String, watch::Sender<Option<Arc<Pod>>>>,
+    mut pod: Pod,
+) {
     let Some(uid) = pod.metadata.uid.clone() else {
         return;
     };
+    // The agent never reads who owns which field; every pod it keeps would carry them.
+    pod.metadata.managed_fields = None;
+    let pod = Arc::new(pod);
     agent
         .pods
         .lock()
@@ -520,7 +527,7 @@ fn route(agent: &Arc<Agent>, workers: &mut HashMap<String, watch::Sender<Option<
 /// Sandboxes (and volumes) no pod of the API claims: pods deleted while the agent was away.
 async fn remove_orphans(
     agent: &Arc<Agent>,
-    workers: &mut HashMap<String, watch::Sender<Option<Pod>>>,
+    workers: &mut HashMap<String, watch::Sender<Option<Arc<Pod>>>>,
 ) {
     let runtime = agent.runtime.clone();
     let Ok(sandboxes) = worker::blocking(move || runtime.sandboxes()).await else {

@@ -103,7 +103,7 @@ impl Drop for Waker {
 
 /// Runs until the pod is gone from the node: `pod` carries the API's view, `None` once the pod
 /// was deleted from the API.
-pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option<Pod>>) {
+pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option<Arc<Pod>>>) {
     let waker = Waker {
         notify: agent.waker(&uid),
         agent: agent.clone(),
@@ -123,23 +123,26 @@ pub async fn run(agent: Arc<Agent>, uid: String, mut pod: watch::Receiver<Option
         backoff_told: BTreeSet::new(),
         known: Sources::default(),
     };
+    // A sync's and a tear-down's futures are large (every await of starting containers, probing
+    // and writing status is in them); boxed, they take memory only while they run, and what a
+    // pod's worker keeps between syncs stays small.
     loop {
         let current = pod.borrow_and_update().clone();
         let wake = match current {
             None => {
                 // Deleted without a grace period we saw: end it as a forced deletion does.
                 let grace = Duration::from_secs(2);
-                worker.tear_down(None, grace).await;
+                Box::pin(worker.tear_down(None, grace)).await;
                 worker.agent.local.forget_pod(&worker.uid);
                 return;
             }
             Some(p) if p.metadata.deletion_timestamp.is_some() => {
-                worker.tear_down(Some(&p), grace(&p)).await;
-                worker.finish_deletion(&p).await;
+                Box::pin(worker.tear_down(Some(&p), grace(&p))).await;
+                Box::pin(worker.finish_deletion(&p)).await;
                 worker.agent.local.forget_pod(&worker.uid);
                 return;
             }
-            Some(p) => worker.sync(&p).await,
+            Some(p) => Box::pin(worker.sync(&p)).await,
         };
         let sleep = wake
             .map(|at| {
@@ -848,4 +851,19 @@ fn image_of(pod: &Pod, name: &str) -> String {
     find_container(pod, name)
         .and_then(|c| c.image.clone())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of what `f` returns: here, of a future that is never made.
+    fn returned_size<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_pods_worker_between_syncs_is_small() {
+        // Every pod of the node keeps one such future for its whole life.
+        let size = returned_size(super::run);
+        assert!(size < 2048, "a pod worker's future takes {size} bytes");
+    }
 }
