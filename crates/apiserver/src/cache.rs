@@ -56,7 +56,7 @@ pub struct Cached {
 }
 
 impl Cached {
-    fn new(kind: &Kind, obj: Value) -> Cached {
+    pub(crate) fn new(kind: &Kind, obj: Value) -> Cached {
         Cached {
             selectable: Selectable::of(kind, &obj),
             json: Bytes::from(serde_json::to_vec(&obj).expect("a JSON value serializes")),

@@ -1,8 +1,9 @@
 //! The API as the in-process controllers see it: lists from the watch cache that include their
 //! own writes, feeds of changes from it, and writes through the registry, as kubectl's go.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -13,7 +14,7 @@ use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
-use crate::cache::{Change, KindCache};
+use crate::cache::{Cached, Change, KindCache};
 use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
@@ -27,6 +28,60 @@ pub struct InProcess {
     api: Arc<Api>,
     /// The newest revision this client wrote: its lists wait until the cache has it.
     written: AtomicI64,
+    /// The objects the feeds parsed lately.
+    parsed: Arc<Recent>,
+}
+
+/// Objects the feeds parsed lately, by the watch cache's entry they came from: four feeds follow
+/// pods (workloads and collector, disruption budgets, endpoints, scheduler) and deliver the same
+/// changes at about the same time; each change is parsed once for all of them. Bounded, and
+/// not kept in the cache itself, whose history would then hold a parsed copy of every version.
+#[derive(Default)]
+struct Recent(Mutex<Kept>);
+
+/// The parsed objects by their cache entry's address (the entry held, so that no other can
+/// take that address), and those addresses oldest first.
+#[derive(Default)]
+struct Kept {
+    objects: HashMap<usize, (Arc<Cached>, Arc<Value>)>,
+    order: VecDeque<usize>,
+}
+
+/// A cache entry as the controllers read it.
+fn parse(cached: &Cached) -> Value {
+    without_managed_fields(&cached.json).unwrap_or_else(|e| {
+        // The cache keeps JSON this server wrote: never expected.
+        tracing::error!(error = %e, "an object of the watch cache does not parse");
+        Value::Null
+    })
+}
+
+/// How many parsed objects [`Recent`] keeps: more than a feed's channel lets one lag behind.
+const RECENT: usize = 2048;
+
+impl Recent {
+    /// `cached` as the controllers read it, parsed unless a feed just did.
+    fn object(&self, cached: &Arc<Cached>) -> Arc<Value> {
+        let key = Arc::as_ptr(cached) as usize;
+        if let Some((_, object)) = self.0.lock().expect("recent lock").objects.get(&key) {
+            return object.clone();
+        }
+        let object = Arc::new(parse(cached));
+        let mut kept = self.0.lock().expect("recent lock");
+        let Kept { objects, order } = &mut *kept;
+        if objects
+            .insert(key, (cached.clone(), object.clone()))
+            .is_none()
+        {
+            order.push_back(key);
+        }
+        while order.len() > RECENT {
+            if let Some(oldest) = order.pop_front() {
+                objects.remove(&oldest);
+            }
+        }
+        object
+    }
 }
 
 impl InProcess {
@@ -34,6 +89,7 @@ impl InProcess {
         InProcess {
             api,
             written: AtomicI64::new(0),
+            parsed: Arc::default(),
         }
     }
 
@@ -184,6 +240,8 @@ impl Cluster for InProcess {
             .filter(|c| matches!(&***c, Change::Put { .. } | Change::Delete { .. }))
             .count();
         let (tx, rx) = mpsc::channel(1024);
+        // Only pods have several feeds; the others would only push pods out of the memo.
+        let parsed = (kind.plural == "pods").then(|| self.parsed.clone());
         tokio::spawn(async move {
             let mut live = subscription.live;
             let mut backlog = subscription.backlog.into_iter();
@@ -195,19 +253,15 @@ impl Cluster for InProcess {
                         None => return,
                     },
                 };
-                let (json, deleted) = match &*change {
-                    Change::Put { new, .. } => (&new.json, false),
-                    Change::Delete { old, .. } => (&old.json, true),
+                let (cached, deleted) = match &*change {
+                    Change::Put { new, .. } => (new, false),
+                    Change::Delete { old, .. } => (old, true),
                     Change::Progress(_) => continue,
                     Change::Reset => return,
                 };
-                let object = match without_managed_fields(json) {
-                    Ok(object) => object,
-                    Err(e) => {
-                        // The cache keeps JSON this server wrote: never expected.
-                        tracing::error!(error = %e, "an object of the watch cache does not parse");
-                        Value::Null
-                    }
+                let object = match &parsed {
+                    Some(parsed) => parsed.object(cached),
+                    None => Arc::new(parse(cached)),
                 };
                 if tx.send(Changed { object, deleted }).await.is_err() {
                     return;
@@ -367,5 +421,29 @@ mod tests {
                 "spec": {"managedFields": "kept"}})
         );
         assert!(super::without_managed_fields(b"{} x").is_err());
+    }
+
+    #[test]
+    fn feeds_share_each_change_parsed_once_and_keep_only_the_latest() {
+        use std::sync::Arc;
+        let pods = skiff_api::kinds::find("", "v1", "pods").unwrap();
+        let cached = |name: &str| {
+            Arc::new(super::Cached::new(
+                pods,
+                serde_json::json!({"metadata": {"name": name, "managedFields": []}}),
+            ))
+        };
+        let recent = super::Recent::default();
+        let first = cached("p0");
+        let parsed = recent.object(&first);
+        assert_eq!(*parsed, serde_json::json!({"metadata": {"name": "p0"}}));
+        assert!(Arc::ptr_eq(&parsed, &recent.object(&first)));
+        // An equal object from another entry of the cache is parsed on its own.
+        assert!(!Arc::ptr_eq(&parsed, &recent.object(&cached("p0"))));
+        for i in 0..super::RECENT {
+            recent.object(&cached(&format!("p{i}")));
+        }
+        assert_eq!(recent.0.lock().unwrap().objects.len(), super::RECENT);
+        assert!(!Arc::ptr_eq(&parsed, &recent.object(&first)));
     }
 }

@@ -1,6 +1,8 @@
 //! What the controllers need of the API: lists that include their own writes, a feed of
 //! changes per kind, and writes that go through the same registry path as kubectl's.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::Value;
 use skiff_api::kinds::Kind;
@@ -22,8 +24,9 @@ pub enum ClusterError {
 /// One change of a watched kind.
 #[derive(Clone, Debug)]
 pub struct Changed {
-    /// The object as it is now, or its last state when deleted.
-    pub object: Value,
+    /// The object as it is now, or its last state when deleted; shared by every feed that
+    /// delivers the same change.
+    pub object: Arc<Value>,
     pub deleted: bool,
 }
 

@@ -508,14 +508,14 @@ mod tests {
 
     fn put(object: Value) -> Changed {
         Changed {
-            object,
+            object: object.into(),
             deleted: false,
         }
     }
 
     fn gone(object: Value) -> Changed {
         Changed {
-            object,
+            object: object.into(),
             deleted: true,
         }
     }

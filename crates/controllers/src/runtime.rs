@@ -337,7 +337,7 @@ mod tests {
             keys_for(
                 kind,
                 &Changed {
-                    object: obj.clone(),
+                    object: obj.clone().into(),
                     deleted,
                 },
                 &selectors,
@@ -352,7 +352,7 @@ mod tests {
         // Relabelled before its controller is known: nothing to release yet.
         assert_eq!(keys(kind("", "pods"), &pod("debug"), false), rs_key);
         selectors.observe(&Changed {
-            object: rs.clone(),
+            object: rs.clone().into(),
             deleted: false,
         });
         assert_eq!(keys(kind("", "pods"), &pod("web"), false), rs_key);

@@ -27,7 +27,7 @@ const BINDERS: usize = 64;
 struct Pending {
     info: Arc<PodInfo>,
     /// The pod as last seen, for status writes and events.
-    json: Value,
+    json: Arc<Value>,
     attempts: u32,
     /// The message of its last failure, to write the condition only when it changes.
     last_message: Option<String>,
@@ -249,7 +249,7 @@ impl Scheduler {
         }
     }
 
-    async fn bind(&self, info: &PodInfo, json: Value, node: &str) {
+    async fn bind(&self, info: &PodInfo, json: Arc<Value>, node: &str) {
         match self
             .cluster
             .bind(&info.namespace, &info.name, &info.uid, node)
@@ -339,7 +339,7 @@ impl Scheduler {
         let _ = self.cluster.update_status(pods, nominated).await;
     }
 
-    async fn unschedulable(&self, uid: &str, json: Value, message: &str) {
+    async fn unschedulable(&self, uid: &str, json: Arc<Value>, message: &str) {
         let changed = {
             let mut state = self.state.lock().expect("scheduler lock");
             let Some(p) = state.pending.get_mut(uid) else {
@@ -362,7 +362,7 @@ impl Scheduler {
             )
             .await;
         if changed {
-            let mut pod = json;
+            let mut pod = Arc::unwrap_or_clone(json);
             let now = skiff_api::object::timestamp(jiff::Timestamp::now());
             skiff_api::object::set_condition(
                 &mut pod,
