@@ -79,7 +79,7 @@ pub struct Agent {
     pub network: Option<Arc<crate::network::Network>>,
     /// What the API last said of the node's pods, for a restart while the server is away.
     pub local: Local,
-    /// The uid of each pod of the node by namespace and name, for the log endpoint.
+    /// Each pod of the node by namespace and name, as last seen, for the log endpoint.
     pods: Mutex<HashMap<(String, String), Arc<Pod>>>,
     /// How each worker is woken when the relist sees its containers change, by pod uid.
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
