@@ -6,6 +6,7 @@ mod controllers;
 mod density;
 mod failover;
 mod footprint;
+mod hottext;
 mod network;
 mod nodes;
 mod podstartup;
@@ -113,6 +114,16 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Not a benchmark: profiles an idle node agent under callgrind and writes the linker script
+    /// that packs the code it runs (`crates/skiff/hot-text.ld`); rerun when the agent changes.
+    HotText {
+        /// Where to write the script.
+        #[arg(long, default_value = "crates/skiff/hot-text.ld")]
+        out: PathBuf,
+        /// Seconds the agent stays idle under the profiler once ready.
+        #[arg(long, default_value_t = 45)]
+        seconds: u64,
+    },
     /// Loads objects into a fresh redb store and prints this process's memory (used by `store`).
     #[command(hide = true)]
     StoreMemoryChild {
@@ -164,6 +175,9 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .block_on(network::run(network::Sizes::new(quick)))?
                 .write(&out)?;
+        }
+        Command::HotText { out, seconds } => {
+            runtime.block_on(hottext::run(&out, seconds))?;
         }
         Command::StoreMemoryChild { path, count } => {
             runtime.block_on(store::memory_child(&path, count))?;

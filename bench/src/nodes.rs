@@ -100,6 +100,12 @@ impl Cluster {
 
     /// A new node `bench-<label>-<pid>` joined with the token, ready.
     pub fn join(&mut self, label: &str) -> anyhow::Result<Node> {
+        self.join_under(label, &[])
+    }
+
+    /// Like [`Cluster::join`], the agent run by `wrapper` (a profiler and its options, e.g.
+    /// `valgrind --tool=callgrind`; the agent's PID is then the wrapper's); on this machine only.
+    pub fn join_under(&mut self, label: &str, wrapper: &[&str]) -> anyhow::Result<Node> {
         let name = format!("bench-{label}-{}", std::process::id());
         let dir = self.work.path().join(&name);
         for archive in &self.archives {
@@ -114,6 +120,10 @@ impl Cluster {
                 archive.display()
             );
         }
+        anyhow::ensure!(
+            wrapper.is_empty() || self.lan.is_none(),
+            "a wrapped agent runs on this machine, not on a LAN host"
+        );
         let host = match &self.lan {
             Some(lan) => Some(
                 lan.hosts
@@ -128,7 +138,15 @@ impl Cluster {
         let url = self.server.url();
         let agent = match &host {
             Some(host) => SkiffAgent::start_on(&self.skiff, host, &url, &dir, &name, &args),
-            None => SkiffAgent::start(&self.skiff, &url, &dir, &name, &args),
+            None => match wrapper.split_first() {
+                Some((program, options)) => {
+                    let mut command = Command::new(program);
+                    command.args(options).arg(&self.skiff);
+                    command.args(["agent", "--node-ip", "127.0.0.1"]);
+                    SkiffAgent::start_command(command, &url, &dir, &name, &args)
+                }
+                None => SkiffAgent::start(&self.skiff, &url, &dir, &name, &args),
+            },
         }
         .map_err(anyhow::Error::msg)?;
         Ok(Node {

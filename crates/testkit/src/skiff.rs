@@ -295,7 +295,9 @@ impl SkiffAgent {
         Self::start_command(command, server, dir, node, extra)
     }
 
-    fn start_command(
+    /// Starts `command` (a `skiff agent` with its `--node-ip`, possibly run by a profiler)
+    /// with the arguments [`SkiffAgent::start`] adds, and waits until its node is ready.
+    pub fn start_command(
         mut command: Command,
         server: &str,
         dir: &Path,
