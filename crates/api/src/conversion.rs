@@ -21,6 +21,13 @@ fn is(kind: &Kind, group: &str, version: &str, name: &str) -> bool {
     kind.group == group && kind.version == version && kind.kind == name
 }
 
+/// Whether `kind`'s endpoint serves objects as the store keeps them (most kinds): then
+/// [`to_storage`] and [`from_storage`] return what they are given.
+pub fn stored_as_served(kind: &Kind) -> bool {
+    !is(kind, "events.k8s.io", "v1", "Event")
+        && !is(kind, "autoscaling", "v1", "HorizontalPodAutoscaler")
+}
+
 /// The object as the store keeps it.
 pub fn to_storage(kind: &Kind, obj: Value) -> Value {
     if is(kind, "events.k8s.io", "v1", "Event") {
@@ -124,6 +131,25 @@ fn hpa_v2_to_v1(obj: Value) -> Value {
 mod tests {
     use super::*;
     use crate::kinds::find;
+
+    #[test]
+    fn only_the_converted_kinds_are_stored_otherwise_than_served() {
+        for (group, version, plural, converted) in [
+            ("events.k8s.io", "v1", "events", true),
+            ("autoscaling", "v1", "horizontalpodautoscalers", true),
+            ("", "v1", "events", false),
+            ("autoscaling", "v2", "horizontalpodautoscalers", false),
+            ("", "v1", "pods", false),
+            ("coordination.k8s.io", "v1", "leases", false),
+        ] {
+            let kind = find(group, version, plural).unwrap();
+            assert_eq!(
+                stored_as_served(kind),
+                !converted,
+                "{group}/{version} {plural}"
+            );
+        }
+    }
 
     #[test]
     fn events_convert_both_ways() {

@@ -56,10 +56,10 @@ pub struct Cached {
 }
 
 impl Cached {
-    pub(crate) fn new(kind: &Kind, obj: Value) -> Cached {
+    pub(crate) fn new(kind: &Kind, obj: &Value) -> Cached {
         Cached {
-            selectable: Selectable::of(kind, &obj),
-            json: Bytes::from(serde_json::to_vec(&obj).expect("a JSON value serializes")),
+            selectable: Selectable::of(kind, obj),
+            json: Bytes::from(serde_json::to_vec(obj).expect("a JSON value serializes")),
         }
     }
 
@@ -68,7 +68,7 @@ impl Cached {
     fn decode(kind: &Kind, kv: &KeyValue, revision: Revision) -> Result<Cached, String> {
         let mut obj = crate::registry::decode(kind, kv).map_err(|e| e.message)?;
         set_resource_version(&mut obj, revision);
-        Ok(Cached::new(kind, obj))
+        Ok(Cached::new(kind, &obj))
     }
 }
 
@@ -135,6 +135,9 @@ pub struct KindCache {
     watchers: Mutex<Vec<Watcher>>,
     applied: watch::Sender<Revision>,
     progress: mpsc::Sender<()>,
+    /// Objects just written through this kind's endpoint, by store key, with the revision they
+    /// were written at: their store events are taken from here rather than decoded again.
+    handed: Mutex<HashMap<String, (Revision, Arc<Cached>)>>,
 }
 
 /// A live watcher as the feed sees it.
@@ -282,6 +285,19 @@ impl KindCache {
         self.kind
     }
 
+    /// Takes `obj`, just written under `key` at `revision` through this kind's endpoint (with
+    /// its resourceVersion), for that write's store event: the event then costs no parsing.
+    /// Kinds stored in another version than they are served in are decoded as before.
+    pub fn hand(&self, key: &str, revision: Revision, obj: &Value) {
+        if !skiff_api::conversion::stored_as_served(self.kind) || *self.applied.borrow() >= revision
+        {
+            return;
+        }
+        let cached = Arc::new(Cached::new(self.kind, obj));
+        let mut handed = self.handed.lock().expect("handed lock");
+        handed.insert(key.to_string(), (revision, cached));
+    }
+
     /// Hands changes to the watchers they concern; drops watchers that are gone or too slow.
     fn dispatch(&self, changes: &[Arc<Change>]) {
         let mut watchers = self.watchers.lock().expect("watchers lock");
@@ -314,11 +330,20 @@ impl KindCache {
     /// Applies one store response; returns the changes to publish.
     fn apply(&self, events: &[Event], revision: Revision) -> Result<Vec<Arc<Change>>, String> {
         let mut state = self.state.write().expect("cache lock");
+        let mut handed = self.handed.lock().expect("handed lock");
         let mut out = Vec::with_capacity(events.len().max(1));
         for event in events {
             let change = match event {
                 Event::Put { kv, .. } => {
-                    let new = Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?);
+                    let new = match handed.remove(&kv.key) {
+                        Some((at, cached)) if at == kv.mod_revision => cached,
+                        // A later write of the same object, for a later event.
+                        Some(later) if later.0 > kv.mod_revision => {
+                            handed.insert(kv.key.clone(), later);
+                            Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?)
+                        }
+                        _ => Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?),
+                    };
                     let old = state.objects.insert(kv.key.clone(), new.clone());
                     Change::Put {
                         revision: kv.mod_revision,
@@ -356,6 +381,8 @@ impl KindCache {
             out.push(change);
         }
         state.revision = state.revision.max(revision);
+        // Handed after their event was applied: not wanted any more.
+        handed.retain(|_, (at, _)| *at > state.revision);
         if events.is_empty() {
             out.push(Arc::new(Change::Progress(state.revision)));
         }
@@ -365,6 +392,7 @@ impl KindCache {
     /// Replaces everything with a fresh list (at start, and after losing the store watch).
     fn load(&self, objects: BTreeMap<String, Arc<Cached>>, revision: Revision) {
         let mut state = self.state.write().expect("cache lock");
+        self.handed.lock().expect("handed lock").clear();
         *state = State {
             revision,
             objects,
@@ -391,10 +419,20 @@ impl WatchCache {
         }
     }
 
+    /// The cache of `kind` if it is loaded.
+    pub fn loaded(&self, kind: &'static Kind) -> Option<Arc<KindCache>> {
+        let kinds = self.kinds.lock().expect("caches lock");
+        kinds.get(&Self::id(kind)).cloned()
+    }
+
+    fn id(kind: &Kind) -> String {
+        format!("{}/{}/{}", kind.group, kind.version, kind.plural)
+    }
+
     /// The cache of `kind`, loading it on first use.
     /// A kind served in two group-versions has a cache per version, each in its own version.
     pub async fn of(&self, kind: &'static Kind) -> Result<Arc<KindCache>, StoreError> {
-        let id = format!("{}/{}/{}", kind.group, kind.version, kind.plural);
+        let id = Self::id(kind);
         if let Some(cache) = self.kinds.lock().expect("caches lock").get(&id) {
             return Ok(cache.clone());
         }
@@ -412,6 +450,7 @@ impl WatchCache {
             watchers: Mutex::new(Vec::new()),
             applied: watch::channel(revision).0,
             progress: progress_tx,
+            handed: Mutex::new(HashMap::new()),
         });
         let mut kinds = self.kinds.lock().expect("caches lock");
         // Another request may have loaded it meanwhile; the first one stays.
@@ -516,6 +555,57 @@ pub fn matches(filter: &Filter, obj: &Cached) -> bool {
 mod tests {
     use super::*;
     use skiff_store::{RedbOptions, RedbStore};
+
+    #[tokio::test]
+    async fn a_handed_write_is_taken_for_its_event_and_none_is_kept_after() {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory(RedbOptions::default()).unwrap());
+        let cache = WatchCache::new(store.clone(), History::default());
+        let kind = skiff_api::kinds::find("", "v1", "configmaps").unwrap();
+        let cms = cache.of(kind).await.unwrap();
+        let key = kind.store_key(Some("default"), "c");
+        let stored = serde_json::json!({"metadata": {"name": "c", "namespace": "default"}});
+        let applied = |at: Revision| {
+            let mut applied = cms.applied.subscribe();
+            async move { applied.wait_for(|r| *r >= at).await.map(|_| ()) }
+        };
+        let handed_count = || cms.handed.lock().unwrap().len();
+
+        // Handed before the write, so that the feed cannot apply it first; marked, so that
+        // the test tells the handed object from one decoded from the store.
+        let next = store.current_revision().await.unwrap() + 1;
+        let mut marked = stored.clone();
+        marked["data"] = serde_json::json!({"handed": "yes"});
+        set_resource_version(&mut marked, next);
+        cms.hand(&key, next, &marked);
+        let written = store
+            .create(&key, serde_json::to_vec(&stored).unwrap().into())
+            .await
+            .unwrap();
+        assert_eq!(written.mod_revision, next);
+        applied(next).await.unwrap();
+        let got = cms.object(&key, next).await.unwrap().unwrap();
+        let got: Value = serde_json::from_slice(&got.json).unwrap();
+        assert_eq!(got, marked, "the event took the handed object");
+        assert_eq!(handed_count(), 0);
+
+        // Handed once its event is applied: ignored.
+        cms.hand(&key, next, &marked);
+        assert_eq!(handed_count(), 0);
+
+        // Handed for a revision another object's write takes: dropped with that event, and
+        // the object written is decoded from the store.
+        let other = kind.store_key(Some("default"), "d");
+        let next = next + 1;
+        cms.hand(&key, next, &marked);
+        let value = r#"{"metadata":{"name":"d","namespace":"default"}}"#;
+        store.create(&other, value.into()).await.unwrap();
+        applied(next).await.unwrap();
+        assert_eq!(handed_count(), 0);
+        let got = cms.object(&other, next).await.unwrap().unwrap();
+        let got: Value = serde_json::from_slice(&got.json).unwrap();
+        assert_eq!(got["metadata"]["name"], "d");
+        assert!(got.get("data").is_none());
+    }
 
     #[tokio::test]
     async fn a_watcher_that_stops_reading_is_disconnected_not_buffered() {

@@ -431,7 +431,7 @@ mod tests {
         let cached = |name: &str| {
             Arc::new(super::Cached::new(
                 pods,
-                serde_json::json!({"metadata": {"name": name, "managedFields": []}}),
+                &serde_json::json!({"metadata": {"name": name, "managedFields": []}}),
             ))
         };
         let recent = super::Recent::default();

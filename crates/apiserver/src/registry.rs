@@ -15,6 +15,7 @@ use skiff_api::service::ServiceRanges;
 use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
 use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 
+use crate::cache::WatchCache;
 use crate::services;
 use crate::status::{ApiError, Cause, Details};
 
@@ -27,6 +28,8 @@ pub struct Registry {
     pub store: Arc<dyn Store>,
     /// Where Services' cluster IPs and node ports come from.
     pub ranges: ServiceRanges,
+    /// Handed each object written, so that its store event is not parsed again.
+    pub cache: Arc<WatchCache>,
 }
 
 /// Where an object lives: its kind, namespace (for namespaced kinds) and name.
@@ -174,8 +177,12 @@ fn without_resource_version(mut obj: Value) -> Value {
 
 /// An object of `kind`'s endpoint as the store keeps it.
 fn encode(kind: &Kind, obj: &Value) -> Bytes {
-    let stored = conversion::to_storage(kind, obj.clone());
-    Bytes::from(serde_json::to_vec(&stored).expect("a JSON value serializes"))
+    let json = if conversion::stored_as_served(kind) {
+        serde_json::to_vec(obj)
+    } else {
+        serde_json::to_vec(&conversion::to_storage(kind, obj.clone()))
+    };
+    Bytes::from(json.expect("a JSON value serializes"))
 }
 
 /// Five characters as Kubernetes' generateName suffixes have them (no vowels, no look-alikes).
@@ -297,6 +304,7 @@ impl Registry {
             match self.store.txn(txn).await {
                 Ok(resp) => {
                     set_resource_version(&mut obj, resp.revision);
+                    self.hand(kind, &key, resp.revision, &obj);
                     return Ok(obj);
                 }
                 Err(StoreError::AlreadyExists { key: taken }) if taken == key => {
@@ -404,18 +412,36 @@ impl Registry {
         dry_run: bool,
         ownership: Ownership<'_>,
     ) -> Result<Value, ApiError> {
+        self.update_from(None, target, body, endpoint, dry_run, ownership)
+            .await
+    }
+
+    /// [`Registry::update`] starting from `read`, the object and revision its caller has just
+    /// read (a patch, an apply), rather than reading it again; later attempts read it anew.
+    async fn update_from(
+        &self,
+        mut read: Option<(Value, Revision)>,
+        target: &Target<'_>,
+        body: Value,
+        endpoint: Endpoint,
+        dry_run: bool,
+        ownership: Ownership<'_>,
+    ) -> Result<Value, ApiError> {
         let wanted_rv = object::meta_str(&body, "resourceVersion")
             .filter(|rv| !rv.is_empty())
             .map(str::to_string);
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let (current, revision) = self.get_raw(target).await?;
+            let (current, revision) = match read.take() {
+                Some(read) => read,
+                None => self.get_raw(target).await?,
+            };
             if wanted_rv
                 .as_deref()
                 .is_some_and(|rv| rv != revision.to_string())
             {
                 return Err(target.conflict());
             }
-            let old = without_resource_version(current.clone());
+            let old = without_resource_version(current);
             let mut new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
                 .map_err(|r| rejection(target.kind, target.name, r))?;
             match ownership {
@@ -468,12 +494,14 @@ impl Registry {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
         let ty = skiff_api::schema::root(target.kind);
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let mut patched = self.get(target).await?;
+            let (current, revision) = self.get_raw(target).await?;
+            let mut patched = current.clone();
             patch_type
                 .apply(&mut patched, patch, ty)
                 .map_err(|e| crate::subresources::patch_error(target.name, e))?;
+            let read = Some((current, revision));
             match self
-                .update(target, patched, endpoint, dry_run, ownership)
+                .update_from(read, target, patched, endpoint, dry_run, ownership)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
@@ -509,15 +537,16 @@ impl Registry {
             Endpoint::Main
         };
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let live = match self.get(target).await {
-                Ok(live) => Some(live),
+            let read = match self.get_raw(target).await {
+                Ok(read) => Some(read),
                 Err(e) if e.code == 404 && subresource.is_none() => None,
                 Err(e) => return Err(e),
             };
-            let mut merged = apply::apply(live.as_ref(), config, &writer, force)
+            let live = read.as_ref().map(|(live, _)| live);
+            let mut merged = apply::apply(live, config, &writer, force)
                 .map_err(|c| conflict_error(target, &c))?;
-            keep_last_applied(live.as_ref(), config, &mut merged);
-            let result = match live {
+            keep_last_applied(live, config, &mut merged);
+            let result = match read {
                 None => {
                     self.create(
                         target.kind,
@@ -529,8 +558,9 @@ impl Registry {
                     .await
                 }
                 // The read's resourceVersion makes the write a compare-and-swap.
-                Some(_) => {
-                    self.update(target, merged, endpoint, dry_run, Ownership::AsGiven)
+                Some(read) => {
+                    let ownership = Ownership::AsGiven;
+                    self.update_from(Some(read), target, merged, endpoint, dry_run, ownership)
                         .await
                 }
             };
@@ -585,7 +615,15 @@ impl Registry {
         txn.ops.extend(claims);
         let resp = self.store.txn(txn).await?;
         set_resource_version(&mut obj, resp.revision);
+        self.hand(target.kind, &target.key(), resp.revision, &obj);
         Ok(obj)
+    }
+
+    /// Gives the watch cache of `kind` the object just written under `key` at `revision`.
+    fn hand(&self, kind: &'static Kind, key: &str, revision: Revision, obj: &Value) {
+        if let Some(cache) = self.cache.loaded(kind) {
+            cache.hand(key, revision, obj);
+        }
     }
 
     /// Removes `obj` from the store with what it holds; answers it with the delete's revision.
