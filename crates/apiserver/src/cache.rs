@@ -41,7 +41,7 @@ impl Default for History {
 const MAX_HISTORY: usize = 150_000;
 
 /// Changes queued for one watcher; one that falls further behind is disconnected.
-const WATCHER_QUEUE: usize = 1_024;
+pub(crate) const WATCHER_QUEUE: usize = 1_024;
 
 /// How long a consistent list waits for the cache to reach the store's revision before it
 /// reads the store instead.

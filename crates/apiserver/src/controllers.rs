@@ -14,7 +14,7 @@ use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
-use crate::cache::{Cached, Change, KindCache};
+use crate::cache::{Cached, Change, KindCache, Subscription};
 use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
@@ -241,34 +241,10 @@ impl Cluster for InProcess {
             .count();
         let (tx, rx) = mpsc::channel(1024);
         // Only pods have several feeds. Every kind through the memo (5,000 nodes' Leases among
-        // them) stalled the 150,000-pod density run, for a reason not yet understood.
+        // them) stalled the 150,000-pod density run, when a feed cut off for falling behind
+        // ended and its controller took in every pod again (`forward` now resumes instead).
         let parsed = (kind.plural == "pods").then(|| self.parsed.clone());
-        tokio::spawn(async move {
-            let mut live = subscription.live;
-            let mut backlog = subscription.backlog.into_iter();
-            loop {
-                let change = match backlog.next() {
-                    Some(c) => c,
-                    None => match live.recv().await {
-                        Some(c) => c,
-                        None => return,
-                    },
-                };
-                let (cached, deleted) = match &*change {
-                    Change::Put { new, .. } => (new, false),
-                    Change::Delete { old, .. } => (old, true),
-                    Change::Progress(_) => continue,
-                    Change::Reset => return,
-                };
-                let object = match &parsed {
-                    Some(parsed) => parsed.object(cached),
-                    None => Arc::new(parse(cached)),
-                };
-                if tx.send(Changed { object, deleted }).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(forward(cache, subscription, parsed, tx));
         Ok(Feed {
             initial,
             changes: rx,
@@ -410,8 +386,99 @@ fn without_managed_fields(json: &[u8]) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
+/// Passes a subscription's changes on to a controller feed, parsed (through `parsed` when
+/// given); ends when the consumer is gone, on a reset, or when it cannot resume.
+async fn forward(
+    cache: Arc<KindCache>,
+    subscription: Subscription,
+    parsed: Option<Arc<Recent>>,
+    tx: mpsc::Sender<Changed>,
+) {
+    let prefix = cache.kind().store_prefix();
+    let mut live = subscription.live;
+    let mut backlog = subscription.backlog.into_iter();
+    // The revision of the last change passed on.
+    let mut last: Revision = 0;
+    loop {
+        let change = match backlog.next() {
+            Some(c) => c,
+            None => match live.recv().await {
+                // Also in the backlog (applied as the subscription began).
+                Some(c) if c.revision().is_some_and(|r| r <= last) => continue,
+                Some(c) => c,
+                // Cut off for falling behind a burst (or the cache reloaded): resumed from the
+                // changes the cache keeps, as a client's watch would be, rather than ended,
+                // which would have the consumer take in every object again (150,000 pods: a
+                // stall of many seconds, during which it falls behind again). Ended when those
+                // changes are gone.
+                None => match cache.subscribe(&prefix, &Filter::default(), false, Some(last)) {
+                    Ok(resumed) => {
+                        tracing::debug!(kind = cache.kind().plural, last, "feed resumed");
+                        live = resumed.live;
+                        backlog = resumed.backlog.into_iter();
+                        continue;
+                    }
+                    Err(_) => return,
+                },
+            },
+        };
+        last = last.max(change.revision().unwrap_or(last));
+        let (cached, deleted) = match &*change {
+            Change::Put { new, .. } => (new, false),
+            Change::Delete { old, .. } => (old, true),
+            Change::Progress(_) => continue,
+            Change::Reset => return,
+        };
+        let object = match &parsed {
+            Some(parsed) => parsed.object(cached),
+            None => Arc::new(parse(cached)),
+        };
+        if tx.send(Changed { object, deleted }).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_feed_cut_off_for_falling_behind_resumes_without_a_gap_or_a_repeat() {
+        use super::{mpsc, Arc, Filter};
+        use crate::cache::{History, WatchCache, WATCHER_QUEUE};
+        use skiff_store::{RedbOptions, RedbStore, Store};
+        let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory(RedbOptions::default()).unwrap());
+        let caches = WatchCache::new(store.clone(), History::default());
+        let kind = skiff_api::kinds::find("", "v1", "configmaps").unwrap();
+        let cache = caches.of(kind).await.unwrap();
+        let prefix = kind.store_prefix();
+        let subscription = cache
+            .subscribe(&prefix, &Filter::default(), false, None)
+            .unwrap();
+        let (tx, mut feed) = mpsc::channel(16);
+        tokio::spawn(super::forward(cache.clone(), subscription, None, tx));
+        let write = |name: String| {
+            let store = store.clone();
+            let key = kind.store_key(Some("default"), &name);
+            async move {
+                let value = format!(r#"{{"metadata":{{"name":"{name}","namespace":"default"}}}}"#);
+                store.create(&key, value.into()).await.unwrap();
+            }
+        };
+        // Written while nobody reads the feed: its queue in the cache overflows, and the cache
+        // cuts it off.
+        let writes = WATCHER_QUEUE * 3;
+        for i in 0..writes {
+            write(format!("c{i}")).await;
+        }
+        for i in 0..writes {
+            let changed = feed.recv().await.expect("the feed goes on");
+            assert_eq!(changed.object["metadata"]["name"], format!("c{i}"));
+        }
+        write("last".into()).await;
+        let changed = feed.recv().await.expect("the feed goes on");
+        assert_eq!(changed.object["metadata"]["name"], "last");
+    }
+
     #[test]
     fn controllers_read_objects_without_managed_fields() {
         let json = br#"{"metadata": {"name": "p", "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}],
