@@ -21,36 +21,49 @@ fn is(kind: &Kind, group: &str, version: &str, name: &str) -> bool {
     kind.group == group && kind.version == version && kind.kind == name
 }
 
+/// The conversions between a served version and the stored one.
+enum Conversion {
+    /// events.k8s.io/v1 Events, stored as core/v1 Events.
+    Event,
+    /// autoscaling/v1 HorizontalPodAutoscalers, stored as autoscaling/v2.
+    HpaV1,
+}
+
+fn conversion(kind: &Kind) -> Option<Conversion> {
+    if is(kind, "events.k8s.io", "v1", "Event") {
+        Some(Conversion::Event)
+    } else if is(kind, "autoscaling", "v1", "HorizontalPodAutoscaler") {
+        Some(Conversion::HpaV1)
+    } else {
+        None
+    }
+}
+
 /// Whether `kind`'s endpoint serves objects as the store keeps them (most kinds): then
 /// [`to_storage`] and [`from_storage`] return what they are given.
 pub fn stored_as_served(kind: &Kind) -> bool {
-    !is(kind, "events.k8s.io", "v1", "Event")
-        && !is(kind, "autoscaling", "v1", "HorizontalPodAutoscaler")
+    conversion(kind).is_none()
 }
 
 /// The object as the store keeps it.
 pub fn to_storage(kind: &Kind, obj: Value) -> Value {
-    if is(kind, "events.k8s.io", "v1", "Event") {
-        rename(obj, EVENT_FIELDS.iter().map(|(a, b)| (*a, *b)), "v1")
-    } else if is(kind, "autoscaling", "v1", "HorizontalPodAutoscaler") {
-        hpa_v1_to_v2(obj)
-    } else {
-        obj
+    match conversion(kind) {
+        Some(Conversion::Event) => rename(obj, EVENT_FIELDS.iter().map(|(a, b)| (*a, *b)), "v1"),
+        Some(Conversion::HpaV1) => hpa_v1_to_v2(obj),
+        None => obj,
     }
 }
 
 /// The object as the endpoint of `kind` serves it.
 pub fn from_storage(kind: &Kind, obj: Value) -> Value {
-    if is(kind, "events.k8s.io", "v1", "Event") {
-        rename(
+    match conversion(kind) {
+        Some(Conversion::Event) => rename(
             obj,
             EVENT_FIELDS.iter().map(|(a, b)| (*b, *a)),
             "events.k8s.io/v1",
-        )
-    } else if is(kind, "autoscaling", "v1", "HorizontalPodAutoscaler") {
-        hpa_v2_to_v1(obj)
-    } else {
-        obj
+        ),
+        Some(Conversion::HpaV1) => hpa_v2_to_v1(obj),
+        None => obj,
     }
 }
 

@@ -117,6 +117,7 @@ impl InProcess {
 
     async fn cache(&self, kind: &'static Kind) -> Result<Arc<KindCache>, ClusterError> {
         self.api
+            .registry
             .cache
             .of(kind)
             .await

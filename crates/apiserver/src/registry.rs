@@ -28,7 +28,8 @@ pub struct Registry {
     pub store: Arc<dyn Store>,
     /// Where Services' cluster IPs and node ports come from.
     pub ranges: ServiceRanges,
-    /// Handed each object written, so that its store event is not parsed again.
+    /// Every kind's watch cache (the handlers and controllers read from it); each object
+    /// written is handed to it, so that its store event is not parsed again.
     pub cache: Arc<WatchCache>,
 }
 

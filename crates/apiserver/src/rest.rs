@@ -634,7 +634,12 @@ async fn list_from_cache(
     limit: Option<usize>,
     format: Format,
 ) -> Result<Option<Response>, ApiError> {
-    let cache = api.cache.of(kind).await.map_err(ApiError::from_store)?;
+    let cache = api
+        .registry
+        .cache
+        .of(kind)
+        .await
+        .map_err(ApiError::from_store)?;
     let current = api
         .registry
         .store
@@ -684,7 +689,12 @@ async fn watch(
         .number::<u64>("timeoutSeconds")?
         .map(Duration::from_secs)
         .unwrap_or(MAX_WATCH);
-    let cache = api.cache.of(kind).await.map_err(ApiError::from_store)?;
+    let cache = api
+        .registry
+        .cache
+        .of(kind)
+        .await
+        .map_err(ApiError::from_store)?;
     watch::serve(
         cache,
         WatchRequest {

@@ -68,7 +68,6 @@ pub enum ServerError {
 /// What the handlers share.
 pub struct Api {
     pub registry: Registry,
-    pub cache: Arc<WatchCache>,
     /// The cluster CA: its certificate for every namespace, its key for certificate requests.
     pub pki: Arc<Pki>,
     /// Where the API listens (the `kubernetes` Service's endpoint and target port).
@@ -467,21 +466,19 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         pki.issue(crate::logs::KUBELET_CLIENT, &["system:masters"], &[])?;
     let kubelet_client = crate::logs::client_config(&pki.ca_cert, &kubelet_cert, &kubelet_key)
         .map_err(ServerError::AgentTls)?;
-    let cache = Arc::new(WatchCache::new(store.clone(), config.watch_history));
     let api = Arc::new(Api {
         registry: Registry {
+            cache: Arc::new(WatchCache::new(store.clone(), config.watch_history)),
             store,
             ranges: config.service_ranges,
-            cache: cache.clone(),
         },
-        cache,
         pki: pki.clone(),
         listen: addr,
         kubelet_client,
     });
     // Every kind's cache from the start, so that watches can resume from any revision since.
     for kind in kinds::all().iter().filter(|k| k.storage == Storage::Stored) {
-        api.cache.of(kind).await.map_err(|e| {
+        api.registry.cache.of(kind).await.map_err(|e| {
             ServerError::Bootstrap(format!("loading the {} cache: {e}", kind.plural))
         })?;
     }
