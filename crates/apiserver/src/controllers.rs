@@ -116,12 +116,7 @@ impl InProcess {
     }
 
     async fn cache(&self, kind: &'static Kind) -> Result<Arc<KindCache>, ClusterError> {
-        self.api
-            .registry
-            .cache
-            .of(kind)
-            .await
-            .map_err(|e| ClusterError::Other(e.to_string()))
+        self.api.cache(kind).await.map_err(error)
     }
 
     fn wrote(&self, obj: &Value) {

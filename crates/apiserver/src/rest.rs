@@ -634,12 +634,7 @@ async fn list_from_cache(
     limit: Option<usize>,
     format: Format,
 ) -> Result<Option<Response>, ApiError> {
-    let cache = api
-        .registry
-        .cache
-        .of(kind)
-        .await
-        .map_err(ApiError::from_store)?;
+    let cache = api.cache(kind).await?;
     let current = api
         .registry
         .store
@@ -689,12 +684,7 @@ async fn watch(
         .number::<u64>("timeoutSeconds")?
         .map(Duration::from_secs)
         .unwrap_or(MAX_WATCH);
-    let cache = api
-        .registry
-        .cache
-        .of(kind)
-        .await
-        .map_err(ApiError::from_store)?;
+    let cache = api.cache(kind).await?;
     watch::serve(
         cache,
         WatchRequest {

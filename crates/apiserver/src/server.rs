@@ -18,7 +18,7 @@ use skiff_api::object::{self, Filter};
 use skiff_api::service::ServiceRanges;
 use skiff_store::Store;
 
-use crate::cache::WatchCache;
+use crate::cache::{KindCache, WatchCache};
 use crate::format::json_response;
 use crate::pki::{Pki, PkiError};
 use crate::registry::{DeleteOptions, Registry, Target};
@@ -84,6 +84,15 @@ fn kind(group: &str, plural: &str) -> &'static Kind {
 }
 
 impl Api {
+    /// The watch cache of `kind`, loaded on first use.
+    pub async fn cache(&self, kind: &'static Kind) -> Result<Arc<KindCache>, ApiError> {
+        self.registry
+            .cache
+            .of(kind)
+            .await
+            .map_err(ApiError::from_store)
+    }
+
     /// Runs after every create: a new namespace gets the cluster CA ConfigMap and its
     /// `default` ServiceAccount.
     pub async fn after_create(self: &Arc<Self>, created_kind: &'static Kind, obj: &Value) {
