@@ -47,8 +47,9 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     let pods: Api<Pod> = Api::namespaced(cluster.client().await?, "default");
     let name = &node.name;
 
-    // Idle: registered, heartbeating, no pods.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Idle: registered, heartbeating, no pods, past its start (the agent gives back what only
+    // its start used 10 s after joining).
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let (idle_rss, idle_pss) = memory_of(agent.pid()).context("the agent's memory")?;
 
     let readiness: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

@@ -69,6 +69,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     };
     let _agent = start_node(&args.node, &args.server, node, started).await?;
+    tokio::spawn(async {
+        // By then the Node's status, its Lease and the pod watch have had their first rounds.
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        crate::trim::release_startup_memory();
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping (the pods keep running)"),

@@ -12,6 +12,7 @@ mod runtime;
 mod server;
 mod store;
 mod token;
+mod trim;
 mod up;
 
 use clap::{CommandFactory, Parser, Subcommand};
