@@ -1,24 +1,23 @@
 //! The agent's Events about its pods (Pulling, Created, Started, Killing, BackOff, Unhealthy,
 //! ...), written as the kubelet writes them: core/v1 Events from component `kubelet` naming
-//! the container by field path, the same event again raising the count of the one written.
+//! the container by field path, correlated as the kubelet's recorder does
+//! ([`skiff_api::events`]: repeats counted, similar ones combined, a budget per pod).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use skiff_api::events::{Correlator, Decision, Occurrence};
 
 use crate::status::stamp;
-
-/// What makes two events the same: pod uid, reason, message.
-type Sameness = (String, String, String);
 
 pub struct Recorder {
     client: kube::Client,
     node: String,
-    written: Mutex<HashMap<Sameness, (String, i32)>>,
+    correlator: Mutex<Correlator>,
 }
 
 /// The field path the kubelet gives a container of a pod (`spec.containers{web}`).
@@ -37,7 +36,7 @@ impl Recorder {
         Recorder {
             client,
             node: node.to_string(),
-            written: Mutex::new(HashMap::new()),
+            correlator: Mutex::default(),
         }
     }
 
@@ -63,19 +62,29 @@ impl Recorder {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let now = stamp(Timestamp::now());
-        let key = (uid.clone(), reason.to_string(), message.clone());
-        let (name, count) = {
-            let mut written = self.written.lock().expect("events lock");
-            // Bounded memory: forgetting only costs a new event instead of a higher count.
-            if written.len() > 10_000 {
-                written.clear();
-            }
-            let entry = written.entry(key).or_insert_with(|| {
-                let suffix = Timestamp::now().as_nanosecond();
-                (format!("{pod_name}.{suffix:x}"), 0)
-            });
-            entry.1 += 1;
-            entry.clone()
+        let occurrence = Occurrence {
+            object: &uid,
+            warning,
+            reason,
+            message: &message,
+        };
+        let new_name = || {
+            let suffix = Timestamp::now().as_nanosecond();
+            format!("{pod_name}.{suffix:x}")
+        };
+        let decision = self.correlator.lock().expect("events lock").correlate(
+            occurrence,
+            Instant::now(),
+            new_name,
+        );
+        let (name, message, count) = match decision {
+            Decision::Skip => return,
+            Decision::Create { name, message } => (name, message, 1),
+            Decision::Update {
+                name,
+                count,
+                message,
+            } => (name, message, count),
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let event = json!({
@@ -101,21 +110,30 @@ impl Recorder {
             "type": if warning { "Warning" } else { "Normal" },
         });
         tokio::spawn(async move {
-            let written = if count == 1 {
-                match serde_json::from_value::<Event>(event) {
-                    Ok(event) => api.create(&PostParams::default(), &event).await.map(drop),
+            if count > 1 {
+                let patch =
+                    json!({"count": count, "message": event["message"], "lastTimestamp": now});
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => return,
+                    // Gone (expired, or never written for being over budget): written anew.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "an event the agent made does not parse");
+                        tracing::debug!(event = %name, error = %e, "recording an event");
                         return;
                     }
                 }
-            } else {
-                let patch = json!({"count": count, "lastTimestamp": now});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(drop)
+            }
+            let event = match serde_json::from_value::<Event>(event) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(error = %e, "an event the agent made does not parse");
+                    return;
+                }
             };
-            if let Err(e) = written {
+            if let Err(e) = api.create(&PostParams::default(), &event).await {
                 tracing::debug!(event = %name, error = %e, "recording an event");
             }
         });

@@ -475,27 +475,44 @@ pub fn entries(obj: &Value) -> Vec<Entry> {
 /// Writes `entries` into `obj`'s metadata (none: the field goes), in Kubernetes' order: Apply
 /// before Update, then oldest first, then by manager, version and subresource.
 pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
+    set_managed(obj, entries.iter().map(Entry::to_json).collect());
+}
+
+/// [`set_entries`] of entries in their JSON form.
+fn set_managed(obj: &mut Value, mut list: Vec<Value>) {
     let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
     };
-    if entries.is_empty() {
+    if list.is_empty() {
         meta.shift_remove("managedFields");
-    } else {
-        let mut sorted: Vec<&Entry> = entries.iter().collect();
-        sorted.sort_by_key(|e| {
-            (
-                &e.operation,
-                &e.time,
-                &e.manager,
-                &e.api_version,
-                e.subresource.as_deref().unwrap_or(""),
-            )
-        });
-        meta.insert(
-            "managedFields".into(),
-            Value::Array(sorted.into_iter().map(Entry::to_json).collect()),
-        );
+        return;
     }
+    let text = |v: &Value, f: &str| v[f].as_str().unwrap_or("").to_string();
+    list.sort_by_cached_key(|e| {
+        (
+            text(e, "operation"),
+            text(e, "time"),
+            text(e, "manager"),
+            text(e, "apiVersion"),
+            text(e, "subresource"),
+        )
+    });
+    meta.insert("managedFields".into(), Value::Array(list));
+}
+
+/// Whether the FieldsV1 tree `fields` owns any of `paths`.
+fn owns_any(fields: &Value, paths: &FieldSet) -> bool {
+    paths.paths().any(|path| {
+        let mut node = fields;
+        for step in path {
+            match node.get(step) {
+                Some(below) => node = below,
+                None => return false,
+            }
+        }
+        node.as_object()
+            .is_some_and(|m| m.is_empty() || m.contains_key("."))
+    })
 }
 
 /// Who writes, and how the object is typed.
@@ -650,20 +667,25 @@ fn strip_server_fields(config: &Value) -> Value {
 /// `old` (none: a create): the writer owns what it changed, taken from the others, and what it
 /// removed is nobody's any more. A write that sets `managedFields` itself keeps them as given.
 pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
-    let old_entries = old.map(entries).unwrap_or_default();
-    if old.is_some() {
-        let given = new.pointer("/metadata/managedFields");
-        let kept = old.and_then(|o| o.pointer("/metadata/managedFields"));
-        if given.is_some() && given != kept {
-            // Set by the client (kubectl's move from client-side to server-side apply).
-            let given: Vec<Entry> = entries(new)
-                .into_iter()
-                .filter(|e| !e.fields.is_empty())
-                .collect();
-            set_entries(new, &given);
-            return;
-        }
+    let kept = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    let given = new.pointer("/metadata/managedFields");
+    if old.is_some() && given.is_some() && given != kept {
+        // Set by the client (kubectl's move from client-side to server-side apply).
+        let given: Vec<Entry> = entries(new)
+            .into_iter()
+            .filter(|e| !e.fields.is_empty())
+            .collect();
+        set_entries(new, &given);
+        return;
     }
+    // The stored entries, taken from `new` when it carries them unchanged (a patch).
+    let stored: Vec<Value> = match new.pointer_mut("/metadata/managedFields") {
+        Some(list) if old.is_some() => match list.take() {
+            Value::Array(list) => list,
+            _ => Vec::new(),
+        },
+        _ => kept.and_then(Value::as_array).cloned().unwrap_or_default(),
+    };
     let empty = json!({});
     let before = old.unwrap_or(&empty);
     let old_set = fields_of(before, writer.ty, writer.status());
@@ -686,34 +708,48 @@ pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
             .cloned()
             .collect(),
     );
-    let mut managed = old_entries;
     if changed.is_empty() && removed.is_empty() {
-        set_entries(new, &managed);
+        set_managed(new, stored);
         return;
     }
-    for entry in managed.iter_mut() {
+    // Entries that own none of the paths changed or removed stay as stored, unparsed.
+    let mut managed = Vec::with_capacity(stored.len() + 1);
+    let mut mine = None;
+    for value in stored {
+        let is_mine = value["manager"] == writer.manager
+            && value["operation"] == "Update"
+            && value["subresource"].as_str() == writer.subresource;
+        let fields = &value["fieldsV1"];
+        if !is_mine && !owns_any(fields, &changed) && !owns_any(fields, &removed) {
+            managed.push(value);
+            continue;
+        }
+        let mut entry = Entry::from_json(&value);
         entry.fields.remove_all(&removed);
-        if !entry.is(writer, "Update") {
+        if is_mine {
+            mine = Some(entry);
+        } else {
             entry.fields.remove_all(&changed);
+            if !entry.fields.is_empty() {
+                managed.push(entry.to_json());
+            }
         }
     }
-    match managed.iter_mut().find(|e| e.is(writer, "Update")) {
-        Some(mine) => {
-            mine.fields.0.extend(changed.0);
-            mine.time = writer.now.to_string();
-            mine.api_version = writer.api_version.to_string();
-        }
-        None => managed.push(Entry {
-            manager: writer.manager.to_string(),
-            operation: "Update".into(),
-            api_version: writer.api_version.to_string(),
-            time: writer.now.to_string(),
-            fields: changed,
-            subresource: writer.subresource.map(str::to_string),
-        }),
+    let mut mine = mine.unwrap_or_else(|| Entry {
+        manager: writer.manager.to_string(),
+        operation: "Update".into(),
+        api_version: String::new(),
+        time: String::new(),
+        fields: FieldSet::default(),
+        subresource: writer.subresource.map(str::to_string),
+    });
+    mine.fields.0.extend(changed.0);
+    mine.time = writer.now.to_string();
+    mine.api_version = writer.api_version.to_string();
+    if !mine.fields.is_empty() {
+        managed.push(mine.to_json());
     }
-    managed.retain(|e| !e.fields.is_empty());
-    set_entries(new, &managed);
+    set_managed(new, managed);
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! ([`kinds`]) and their Rust types' schemas ([`schema`]), objects held as JSON ([`object`]),
 //! what the server does to an object on create and update ([`strategy`], with [`defaults`] and
 //! [`validation`]), conversions between served versions ([`conversion`]), patches ([`patch`],
-//! [`strategic`]), server-side apply and field ownership ([`apply`]), Services' addresses ([`service`]), IPv4 networks ([`cidr`]), PodDisruptionBudgets ([`disruption`]), resource quantities ([`quantity`]) and
+//! [`strategic`]), server-side apply and field ownership ([`apply`]), Services' addresses ([`service`]), which Events a component writes ([`events`]), IPv4 networks ([`cidr`]), PodDisruptionBudgets ([`disruption`]), resource quantities ([`quantity`]) and
 //! `kubectl get` columns ([`table`]).
 
 pub mod apply;
@@ -13,6 +13,7 @@ pub mod cidr;
 pub mod conversion;
 pub mod defaults;
 pub mod disruption;
+pub mod events;
 pub mod field_selector;
 pub mod kinds;
 pub mod label_selector;

@@ -431,6 +431,10 @@ impl Registry {
         let wanted_rv = object::meta_str(&body, "resourceVersion")
             .filter(|rv| !rv.is_empty())
             .map(str::to_string);
+        // A write pinned to a resourceVersion is tried once (a conflict is its caller's), but
+        // for a Service's claims: its body need not be kept for another try.
+        let once = wanted_rv.is_some() && !services::is_service(target.kind);
+        let mut body = body;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let (current, revision) = match read.take() {
                 Some(read) => read,
@@ -443,7 +447,18 @@ impl Registry {
                 return Err(target.conflict());
             }
             let old = without_resource_version(current);
-            let mut new = strategy::prepare_update(target.kind, &old, body.clone(), endpoint)
+            let given = if once {
+                std::mem::take(&mut body)
+            } else {
+                body.clone()
+            };
+            let managed_given = match ownership {
+                Ownership::AsGiven if endpoint == Endpoint::Status => {
+                    given.pointer("/metadata/managedFields").cloned()
+                }
+                _ => None,
+            };
+            let mut new = strategy::prepare_update(target.kind, &old, given, endpoint)
                 .map_err(|r| rejection(target.kind, target.name, r))?;
             match ownership {
                 Ownership::Manager { name, subresource } => {
@@ -456,8 +471,8 @@ impl Registry {
                 }
                 // The status endpoint keeps the stored metadata, but for what apply owns.
                 Ownership::AsGiven if endpoint == Endpoint::Status => {
-                    if let Some(managed) = body.pointer("/metadata/managedFields") {
-                        new["metadata"]["managedFields"] = managed.clone();
+                    if let Some(managed) = managed_given {
+                        new["metadata"]["managedFields"] = managed;
                     }
                 }
                 Ownership::AsGiven => {}

@@ -1,12 +1,13 @@
-//! Events the controllers record, aggregated as Kubernetes' recorder does (the same event again
-//! raises the count of the one already written), and their expiry after a time to live.
+//! Events the controllers record, correlated as Kubernetes' recorders do
+//! ([`skiff_api::events`]: repeats counted, similar ones combined, a budget per object), and
+//! their expiry after a time to live.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use skiff_api::events::{Correlator, Decision, Occurrence};
 use skiff_api::object::Filter;
 
 use crate::cluster::{Cluster, ClusterError};
@@ -24,21 +25,17 @@ pub struct Note<'a> {
     pub message: String,
 }
 
-/// What makes two events the same: namespace, involved object's uid, reason, message.
-type Sameness = (String, String, String, String);
-
-/// Records events for one component, remembering the ones it wrote to aggregate repeats.
+/// Records events for one component, remembering the ones it wrote to correlate repeats.
 pub struct Recorder {
     component: &'static str,
-    /// The event written for each kind of event, and its count.
-    written: Mutex<HashMap<Sameness, (String, i64)>>,
+    correlator: Mutex<Correlator>,
 }
 
 impl Recorder {
     pub fn new(component: &'static str) -> Recorder {
         Recorder {
             component,
-            written: Mutex::new(HashMap::new()),
+            correlator: Mutex::default(),
         }
     }
 
@@ -59,37 +56,44 @@ impl Recorder {
         let events = kind("", "events");
         // Events about cluster-scoped objects (nodes) live in `default`, as Kubernetes keeps them.
         let namespace = match text(involved, "/metadata/namespace") {
-            "" => "default".to_string(),
-            ns => ns.to_string(),
+            "" => "default",
+            ns => ns,
         };
-        let key = (
-            namespace.clone(),
-            text(involved, "/metadata/uid").to_string(),
-            note.reason.to_string(),
-            note.message.clone(),
+        let occurrence = Occurrence {
+            object: text(involved, "/metadata/uid"),
+            warning: note.warning,
+            reason: note.reason,
+            message: &note.message,
+        };
+        let new_name = || {
+            let suffix = jiff::Timestamp::now().as_nanosecond();
+            format!("{}.{suffix:x}", text(involved, "/metadata/name"))
+        };
+        let decision = self.correlator.lock().expect("recorder lock").correlate(
+            occurrence,
+            Instant::now(),
+            new_name,
         );
-        let known = self
-            .written
-            .lock()
-            .expect("recorder lock")
-            .get(&key)
-            .cloned();
         let stamp = now();
-        if let Some((name, count)) = known {
-            let existing = cluster.get(events, &namespace, &name).await?;
-            if let Some(mut event) = existing {
-                event["count"] = json!(count + 1);
-                event["lastTimestamp"] = json!(stamp);
-                cluster.update(events, event).await?;
-                self.written
-                    .lock()
-                    .expect("recorder lock")
-                    .insert(key, (name, count + 1));
-                return Ok(());
+        let (name, message, count) = match decision {
+            Decision::Skip => return Ok(()),
+            Decision::Create { name, message } => (name, message, 1),
+            Decision::Update {
+                name,
+                count,
+                message,
+            } => {
+                if let Some(mut event) = cluster.get(events, namespace, &name).await? {
+                    event["count"] = json!(count);
+                    event["message"] = json!(message);
+                    event["lastTimestamp"] = json!(stamp);
+                    cluster.update(events, event).await?;
+                    return Ok(());
+                }
+                // Gone (expired, or never written for being over budget): written anew.
+                (name, message, count)
             }
-        }
-        let suffix = jiff::Timestamp::now().as_nanosecond();
-        let name = format!("{}.{:x}", text(involved, "/metadata/name"), suffix);
+        };
         let event = json!({
             "apiVersion": "v1",
             "kind": "Event",
@@ -103,22 +107,16 @@ impl Recorder {
                 "resourceVersion": text(involved, "/metadata/resourceVersion"),
             },
             "reason": note.reason,
-            "message": note.message,
+            "message": message,
             "source": {"component": self.component},
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
-            "count": 1,
+            "count": count,
             "type": if note.warning { "Warning" } else { "Normal" },
             "reportingComponent": self.component,
             "reportingInstance": "",
         });
-        cluster.create(events, &namespace, event).await?;
-        let mut written = self.written.lock().expect("recorder lock");
-        // Bounded memory: forgetting only costs a new event instead of a higher count.
-        if written.len() > 10_000 {
-            written.clear();
-        }
-        written.insert(key, (name, 1));
+        cluster.create(events, namespace, event).await?;
         Ok(())
     }
 }
