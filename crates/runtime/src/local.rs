@@ -241,8 +241,21 @@ impl LocalRuntime {
         let ours = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
             String::from_utf8_lossy(&cmdline).contains(&*self.config.root.to_string_lossy())
         });
-        if ours {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if !ours || kill(Pid::from_raw(pid), Signal::SIGKILL).is_err() {
+            return;
+        }
+        // A killed process takes a moment to exit: the caller (a reset) is done only once it
+        // has, or has become a zombie for its reaper.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+        {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
