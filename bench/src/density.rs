@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, PostParams, WatchEvent};
 use serde_json::json;
-use skiff_testkit::{memory_of, HollowConfig, HollowNodes, SkiffServer};
+use skiff_testkit::{cpu_seconds_of, memory_of, HollowConfig, HollowNodes, SkiffServer};
 
 use crate::report::{ms, percentile, Better, Report};
 
@@ -135,29 +134,24 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watching = {
         let seen = seen.clone();
-        let pods: Api<Pod> = Api::all(client.clone());
+        let events = skiff_hollow::watch_pods(client.clone(), None);
         tokio::spawn(async move {
-            let mut events = watcher(pods, watcher::Config::default()).boxed();
+            let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
-                let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+                let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = event else {
                     continue;
                 };
                 let now = Instant::now();
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let uid = pod.metadata.uid;
                 let mut seen = seen.lock().expect("seen");
-                if pod.metadata.namespace.as_deref() == Some(LATENCY_NAMESPACE) {
+                if pod.metadata.namespace == LATENCY_NAMESPACE {
                     seen.latency.insert(uid.clone());
                 }
                 seen.first.entry(uid.clone()).or_insert(now);
-                if pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .is_some()
-                {
+                if pod.spec.node_name.is_some() {
                     seen.bound.entry(uid.clone()).or_insert(now);
                 }
-                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                if pod.status.phase.as_deref() == Some("Running") {
                     seen.running.entry(uid).or_insert(now);
                 }
             }
@@ -194,6 +188,12 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
         namespaces.create(&PostParams::default(), &ns).await?;
     }
     eprintln!("creating {count} Deployments for {} pods", sizes.pods);
+    // CPU time per pod, unlike the rates, hardly depends on how much of this shared machine
+    // the run was given: it tells a change's effect apart from the machine's mood.
+    let cpu_before = (
+        cpu_seconds_of(server.pid())?,
+        cpu_seconds_of(std::process::id())?,
+    );
     let started = Instant::now();
     futures::stream::iter(0..count)
         .map(|i| {
@@ -232,6 +232,11 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
     }
     eprintln!();
     let total = started.elapsed();
+    let per_pod = |before: f64, pid: u32| -> anyhow::Result<f64> {
+        Ok((cpu_seconds_of(pid)? - before) * 1000.0 / sizes.pods as f64)
+    };
+    let server_cpu = per_pod(cpu_before.0, server.pid())?;
+    let bench_cpu = per_pod(cpu_before.1, std::process::id())?;
     let saturation_binds: Vec<Instant> = {
         let seen = seen.lock().expect("seen");
         seen.bound.values().copied().collect()
@@ -297,6 +302,18 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<Report> {
         "pods/s",
         Better::Higher,
         core,
+    );
+    report.measured(
+        "server CPU time per saturation pod",
+        "ms",
+        Better::Lower,
+        server_cpu,
+    );
+    report.measured(
+        "hollow nodes' and watchers' CPU time per saturation pod",
+        "ms",
+        Better::Lower,
+        bench_cpu,
     );
     report.measured(
         "all saturation pods running",

@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -168,12 +168,117 @@ async fn renew_lease(leases: &Api<Lease>, name: &str) {
     }
 }
 
+/// What hollow nodes and the density benchmark read of a pod. Watch events are parsed into
+/// this outline rather than into whole pods (which most of a pod's JSON, its managed fields
+/// above all, would cost): the benchmark's process shares the machine with the server it
+/// measures.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PodOutline {
+    pub metadata: OutlineMeta,
+    pub spec: OutlineSpec,
+    pub status: OutlineStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OutlineMeta {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub deletion_timestamp: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OutlineSpec {
+    pub node_name: Option<String>,
+    pub containers: Vec<OutlineContainer>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OutlineContainer {
+    pub name: String,
+    pub image: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OutlineStatus {
+    pub phase: Option<String>,
+}
+
+/// The pods of the cluster (those matching the field selector `fields`, when given) as their
+/// watch events, from the start and for ever: a watch the server ends is resumed after the
+/// last resourceVersion seen, one that expired starts over (every pod again, as added).
+pub fn watch_pods(
+    client: kube::Client,
+    fields: Option<&str>,
+) -> impl Stream<Item = WatchEvent<PodOutline>> {
+    let mut params = WatchParams::default();
+    if let Some(fields) = fields {
+        params = params.fields(fields);
+    }
+    let state = (String::from("0"), None);
+    futures::stream::unfold(state, move |(mut version, mut events)| {
+        let (client, params) = (client.clone(), params.clone());
+        async move {
+            loop {
+                let Some(stream) = events.as_mut() else {
+                    let request = kube::core::Request::new("/api/v1/pods")
+                        .watch(&params, &version)
+                        .expect("a valid watch");
+                    match client.request_events::<PodOutline>(request).await {
+                        Ok(stream) => events = Some(stream.boxed()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "watching pods");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    continue;
+                };
+                match stream.next().await {
+                    Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
+                        version = "0".into();
+                        events = None;
+                    }
+                    Some(Ok(WatchEvent::Error(_)) | Err(_)) | None => events = None,
+                    Some(Ok(event)) => {
+                        match &event {
+                            WatchEvent::Added(p)
+                            | WatchEvent::Modified(p)
+                            | WatchEvent::Deleted(p) => {
+                                version.clone_from(&p.metadata.resource_version)
+                            }
+                            WatchEvent::Bookmark(b) => {
+                                version.clone_from(&b.metadata.resource_version)
+                            }
+                            WatchEvent::Error(_) => {}
+                        }
+                        return Some((event, (version, events)));
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Reports a bound pod Running and Ready, or finishes its deletion.
-async fn tend(client: kube::Client, pod: Pod, ready_delay: Duration) -> Result<(), kube::Error> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
-    if pod.metadata.deletion_timestamp.is_some() {
+async fn tend(
+    client: kube::Client,
+    pod: PodOutline,
+    ready_delay: Duration,
+) -> Result<(), kube::Error> {
+    let PodOutline {
+        metadata,
+        spec,
+        status,
+    } = pod;
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &metadata.namespace);
+    let name = metadata.name;
+    if metadata.deletion_timestamp.is_some() {
         let now = DeleteParams {
             grace_period_seconds: Some(0),
             ..DeleteParams::default()
@@ -181,17 +286,13 @@ async fn tend(client: kube::Client, pod: Pod, ready_delay: Duration) -> Result<(
         api.delete(&name, &now).await?;
         return Ok(());
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if phase == Some("Running") {
+    if status.phase.as_deref() == Some("Running") {
         return Ok(());
     }
     tokio::time::sleep(ready_delay).await;
     let stamp = now();
-    let statuses: Vec<Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default()
+    let statuses: Vec<Value> = spec
+        .containers
         .iter()
         .map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": true, "restartCount": 0,
                         "started": true, "state": {"running": {"startedAt": stamp}}}))
@@ -238,23 +339,16 @@ pub async fn run(client: kube::Client, config: HollowConfig) -> Result<(), Hollo
         config.lease_interval,
     ));
     let ours: Arc<HashSet<String>> = Arc::new(names.into_iter().collect());
-    let pods: Api<Pod> = Api::all(client.clone());
-    let watch = watcher::Config::default().fields("spec.nodeName!=");
     let tending = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut events = watcher(pods, watch).boxed();
+    let mut events = std::pin::pin!(watch_pods(client.clone(), Some("spec.nodeName!=")));
     while let Some(event) = events.next().await {
-        let pod = match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
-            Ok(_) => continue,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = event else {
+            continue;
         };
         let on_ours = pod
             .spec
+            .node_name
             .as_ref()
-            .and_then(|s| s.node_name.as_ref())
             .is_some_and(|n| ours.contains(n));
         if !on_ours {
             continue;
