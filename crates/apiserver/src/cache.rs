@@ -406,8 +406,11 @@ impl KindCache {
 pub struct WatchCache {
     store: Arc<dyn Store>,
     history: History,
-    kinds: Mutex<HashMap<String, Arc<KindCache>>>,
+    kinds: Mutex<HashMap<KindId, Arc<KindCache>>>,
 }
+
+/// A served kind: group, version, plural (found without allocating, as every write asks).
+type KindId = (&'static str, &'static str, &'static str);
 
 impl WatchCache {
     /// A cache keeping `history` per kind for watch resume.
@@ -425,8 +428,8 @@ impl WatchCache {
         kinds.get(&Self::id(kind)).cloned()
     }
 
-    fn id(kind: &Kind) -> String {
-        format!("{}/{}/{}", kind.group, kind.version, kind.plural)
+    fn id(kind: &'static Kind) -> KindId {
+        (kind.group, kind.version, kind.plural)
     }
 
     /// The cache of `kind`, loading it on first use.

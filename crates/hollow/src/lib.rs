@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -276,7 +276,7 @@ async fn tend(
         spec,
         status,
     } = pod;
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &metadata.namespace);
+    let api: Api<Pod> = Api::namespaced(client, &metadata.namespace);
     let name = metadata.name;
     if metadata.deletion_timestamp.is_some() {
         let now = DeleteParams {

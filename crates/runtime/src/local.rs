@@ -247,14 +247,7 @@ impl LocalRuntime {
         // A killed process takes a moment to exit: the caller (a reset) is done only once it
         // has, or has become a zombie for its reaper.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline
-            && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                !stat
-                    .rsplit(')')
-                    .next()
-                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-            })
-        {
+        while Instant::now() < deadline && running(pid) {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -335,6 +328,15 @@ impl LocalRuntime {
 
 fn alive(pid: i32) -> bool {
     pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// Whether `pid` exists and has not exited (a zombie, which `alive` counts, has).
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 fn read_names(dir: &Path) -> Vec<String> {
