@@ -5,7 +5,7 @@
 //! current revision.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -72,10 +72,6 @@ impl Cached {
     }
 }
 
-/// A change's watch event lines (ADDED, MODIFIED, DELETED), each made once for all watchers
-/// and gone with the change.
-pub type Lines = [OnceLock<Bytes>; 3];
-
 /// One change of a kind, as every watcher of it sees it.
 #[derive(Debug)]
 pub enum Change {
@@ -85,14 +81,12 @@ pub enum Change {
         key: String,
         new: Arc<Cached>,
         old: Option<Arc<Cached>>,
-        lines: Lines,
     },
     /// A delete; `old` is the last state, with the delete's resourceVersion.
     Delete {
         revision: Revision,
         key: String,
         old: Arc<Cached>,
-        lines: Lines,
     },
     /// Everything up to this revision has been sent (bookmarks come from these).
     Progress(Revision),
@@ -211,7 +205,6 @@ impl KindCache {
                         key: key.clone(),
                         new: obj.clone(),
                         old: None,
-                        lines: Lines::default(),
                     })
                 })
                 .collect(),
@@ -262,17 +255,27 @@ impl KindCache {
         Some(state.objects.get(key).cloned())
     }
 
-    /// The objects under `prefix` at the latest revision, once the cache has caught up with
-    /// `at_least`; `None` when it does not in time (the caller reads the store).
-    pub async fn snapshot(&self, prefix: &str, at_least: Revision) -> Option<Snapshot> {
+    /// The objects under `prefix` that `filter` selects, at the latest revision, once the
+    /// cache has caught up with `at_least`; `None` when it does not in time (the caller reads
+    /// the store).
+    pub async fn snapshot(
+        &self,
+        prefix: &str,
+        filter: &Filter,
+        at_least: Revision,
+    ) -> Option<Snapshot> {
         if !self.caught_up(at_least).await {
             return None;
         }
         let state = self.state.read().expect("cache lock");
         let items = state
             .objects
-            .range(prefix.to_string()..)
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, v)| matches(filter, v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Some(Snapshot {
@@ -350,7 +353,6 @@ impl KindCache {
                         key: kv.key.clone(),
                         new,
                         old,
-                        lines: Lines::default(),
                     }
                 }
                 Event::Delete { prev, revision } => {
@@ -359,7 +361,6 @@ impl KindCache {
                         revision: *revision,
                         key: prev.key.clone(),
                         old: Arc::new(Cached::decode(self.kind, prev, *revision)?),
-                        lines: Lines::default(),
                     }
                 }
             };

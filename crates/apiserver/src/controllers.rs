@@ -167,7 +167,7 @@ impl Cluster for InProcess {
         // An empty namespace lists them all.
         let namespace = scope(namespace);
         let Some(snapshot) = cache
-            .snapshot(&kind.store_prefix_in(namespace), at_least)
+            .snapshot(&kind.store_prefix_in(namespace), filter, at_least)
             .await
         else {
             // The cache is behind this client's writes (a burst keeps its feed busy): the
@@ -186,7 +186,6 @@ impl Cluster for InProcess {
         snapshot
             .items
             .iter()
-            .filter(|(_, obj)| crate::cache::matches(filter, obj))
             .map(|(_, obj)| {
                 without_managed_fields(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
             })

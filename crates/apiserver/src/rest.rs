@@ -26,7 +26,7 @@ use crate::status::ApiError;
 use crate::subresources::{self, ScaleChange};
 use crate::tls::Identity;
 use crate::watch::{self, WatchRequest};
-use crate::{cache, discovery, protobuf};
+use crate::{discovery, protobuf};
 
 /// Kubernetes' limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -642,7 +642,7 @@ async fn list_from_cache(
         .await
         .map_err(ApiError::from_store)?;
     let Some(snapshot) = cache
-        .snapshot(&kind.store_prefix_in(namespace), current)
+        .snapshot(&kind.store_prefix_in(namespace), filter, current)
         .await
     else {
         return Ok(None);
@@ -650,11 +650,7 @@ async fn list_from_cache(
     let mut items = Vec::new();
     let mut last = None;
     let mut more = false;
-    for (key, obj) in snapshot
-        .items
-        .iter()
-        .filter(|(_, o)| cache::matches(filter, o))
-    {
+    for (key, obj) in &snapshot.items {
         if limit.is_some_and(|l| items.len() >= l) {
             // Another match beyond the page: the list continues after the last key sent.
             more = true;

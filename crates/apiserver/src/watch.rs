@@ -33,28 +33,19 @@ pub struct WatchRequest {
 /// A watcher asking for bookmarks gets one when the revision moved, or after this long.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
-/// The line of a change's event as `filter` sees it, made once and shared by every watcher
-/// seeing the same.
-fn event_line(change: &Change, filter: &Filter) -> Option<Bytes> {
-    let (event, obj) = translate(change, filter)?;
-    let (Change::Put { lines, .. } | Change::Delete { lines, .. }) = change else {
-        return None;
-    };
-    let slot = match event {
-        "ADDED" => 0,
-        "MODIFIED" => 1,
-        _ => 2,
-    };
-    Some(lines[slot].get_or_init(|| line(event, &obj.json)).clone())
-}
-
-fn line(kind: &str, object: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(object.len() + 32);
+/// Writes the line of `object`'s `kind` event (ADDED, MODIFIED, ...) to `out`.
+fn put_line(out: &mut BytesMut, kind: &str, object: &[u8]) {
+    out.reserve(object.len() + 32);
     out.put_slice(b"{\"type\":\"");
     out.put_slice(kind.as_bytes());
     out.put_slice(b"\",\"object\":");
     out.put_slice(object);
     out.put_slice(b"}\n");
+}
+
+fn line(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_line(&mut out, kind, object);
     out.freeze()
 }
 
@@ -124,21 +115,22 @@ struct Relay {
 /// The most bytes gathered into one chunk.
 const CHUNK: usize = 64 * 1024;
 
+/// Whether the watch goes on after a change.
 enum Step {
-    Line(Bytes),
-    Skip,
+    Next,
     End,
 }
 
 impl Relay {
-    fn step(&mut self, change: &Change) -> Step {
+    /// Writes the line `change` is for this watcher, if any, to `out`.
+    fn step(&mut self, change: &Change, out: &mut BytesMut) -> Step {
         let Some(revision) = change.revision() else {
             return Step::End; // Reset: the client lists again.
         };
         if let Change::Progress(_) = change {
             let news = revision > self.bookmarked || self.last_bookmark.elapsed() >= BOOKMARK_EVERY;
             if !(self.bookmarks && revision >= self.sent && news) {
-                return Step::Skip;
+                return Step::Next;
             }
             self.bookmarked = revision;
             self.last_bookmark = tokio::time::Instant::now();
@@ -148,27 +140,28 @@ impl Relay {
                 "metadata": {"resourceVersion": revision.to_string()},
             });
             let bytes = serde_json::to_vec(&bookmark).expect("a JSON value serializes");
-            return Step::Line(line("BOOKMARK", &bytes));
+            put_line(out, "BOOKMARK", &bytes);
+            return Step::Next;
         }
         let in_scope = match change {
             Change::Put { key, .. } | Change::Delete { key, .. } => key.starts_with(&self.prefix),
             _ => false,
         };
         if revision <= self.sent || !in_scope {
-            return Step::Skip;
+            return Step::Next;
         }
         self.sent = revision;
-        match self.format {
-            Format::Json => event_line(change, &self.filter).map_or(Step::Skip, Step::Line),
-            Format::Table(include) => match translate(change, &self.filter) {
-                Some((event, obj)) => {
+        if let Some((event, obj)) = translate(change, &self.filter) {
+            match self.format {
+                Format::Json => put_line(out, event, &obj.json),
+                Format::Table(include) => {
                     let table = format::table(self.kind, json!({}), &[&obj.json], include);
                     let bytes = serde_json::to_vec(&table).expect("a JSON value serializes");
-                    Step::Line(line(event, &bytes))
+                    put_line(out, event, &bytes);
                 }
-                None => Step::Skip,
-            },
+            }
         }
+        Step::Next
     }
 
     /// The next change: from the backlog, else a live one if ready.
@@ -203,16 +196,9 @@ impl futures::Stream for Relay {
                 Poll::Pending if chunk.is_empty() => return Poll::Pending,
                 Poll::Pending => break,
             };
-            match this.step(&change) {
-                Step::Line(line) if chunk.is_empty() && line.len() >= CHUNK => {
-                    return Poll::Ready(Some(Ok(line)))
-                }
-                Step::Line(line) => chunk.extend_from_slice(&line),
-                Step::Skip => {}
-                Step::End => {
-                    this.ended = true;
-                    break;
-                }
+            if let Step::End = this.step(&change, &mut chunk) {
+                this.ended = true;
+                break;
             }
             if chunk.len() >= CHUNK {
                 break;
@@ -243,8 +229,26 @@ mod tests {
         })
     }
 
-    #[test]
-    fn selectors_turn_updates_into_added_and_deleted() {
+    /// A JSON watch of every pod through `filter`, from the start.
+    fn relay(filter: Filter) -> Relay {
+        Relay {
+            backlog: Vec::new().into_iter(),
+            live: mpsc::channel(1).1,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+            prefix: "k".into(),
+            kind: skiff_api::kinds::find("", "v1", "pods").unwrap(),
+            filter,
+            format: Format::Json,
+            bookmarks: false,
+            sent: 0,
+            bookmarked: 0,
+            last_bookmark: tokio::time::Instant::now(),
+            ended: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn selectors_turn_updates_into_added_and_deleted() {
         let filter = Filter {
             labels: Some(LabelSelector::parse("app=web").unwrap()),
             fields: None,
@@ -256,13 +260,11 @@ mod tests {
             key: "k".into(),
             new: cached(now.clone()),
             old: old.map(|o| cached(o.clone())),
-            lines: Default::default(),
         };
         let delete = |old: &Value| Change::Delete {
             revision: 9,
             key: "k".into(),
             old: cached(old.clone()),
-            lines: Default::default(),
         };
         let cases = [
             (put(&web, None), Some("ADDED")),
@@ -278,10 +280,12 @@ mod tests {
         for (change, want) in cases {
             let got = translate(&change, &filter).map(|(k, _)| k);
             assert_eq!(got, want, "{change:?}");
-            let line = event_line(&change, &filter);
-            assert_eq!(line.is_some(), want.is_some());
-            if let (Some(line), Some(want)) = (line, want) {
-                let parsed: Value = serde_json::from_slice(&line).unwrap();
+            let mut relay = relay(filter.clone());
+            let mut out = BytesMut::new();
+            assert!(matches!(relay.step(&change, &mut out), Step::Next));
+            assert_eq!(out.is_empty(), want.is_none(), "{change:?}");
+            if let Some(want) = want {
+                let parsed: Value = serde_json::from_slice(&out).unwrap();
                 assert_eq!(parsed["type"], want);
                 assert_eq!(parsed["object"]["metadata"]["name"], "p");
             }
