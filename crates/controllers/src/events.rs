@@ -2,6 +2,7 @@
 //! ([`skiff_api::events`]: repeats counted, similar ones combined, a budget per object), and
 //! their expiry after a time to live.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ fn now() -> String {
     skiff_api::object::timestamp(jiff::Timestamp::now())
 }
 
+/// How many times a repeat's update is tried against others' writes of the event.
+const UPDATE_ATTEMPTS: usize = 4;
+
 /// What an event says.
 pub struct Note<'a> {
     pub warning: bool,
@@ -29,6 +33,41 @@ pub struct Note<'a> {
 pub struct Recorder {
     component: &'static str,
     correlator: Mutex<Correlator>,
+    /// Events being updated, by name, with the newest repeat that came meanwhile.
+    updating: Mutex<HashMap<String, Option<Repeat>>>,
+}
+
+/// What a repeat of an event writes over it.
+struct Repeat {
+    count: i64,
+    message: String,
+    stamp: String,
+}
+
+/// Writes `repeat` over the event `name`; false when the event is gone.
+async fn update(
+    cluster: &dyn Cluster,
+    namespace: &str,
+    name: &str,
+    repeat: &Repeat,
+) -> Result<bool, ClusterError> {
+    let events = kind("", "events");
+    for _ in 0..UPDATE_ATTEMPTS {
+        let Some(mut event) = cluster.get(events, namespace, name).await? else {
+            return Ok(false);
+        };
+        event["count"] = json!(repeat.count);
+        event["message"] = json!(repeat.message);
+        event["lastTimestamp"] = json!(repeat.stamp);
+        match cluster.update(events, event).await {
+            Err(ClusterError::Conflict(_)) => continue,
+            Err(ClusterError::NotFound(_)) => return Ok(false),
+            other => return other.map(|_| true),
+        }
+    }
+    Err(ClusterError::Conflict(format!(
+        "event {name} changed {UPDATE_ATTEMPTS} times while being updated"
+    )))
 }
 
 impl Recorder {
@@ -36,6 +75,7 @@ impl Recorder {
         Recorder {
             component,
             correlator: Mutex::default(),
+            updating: Mutex::default(),
         }
     }
 
@@ -75,23 +115,56 @@ impl Recorder {
             new_name,
         );
         let stamp = now();
-        let (name, message, count) = match decision {
+        let (name, message, count, stamp) = match decision {
             Decision::Skip => return Ok(()),
-            Decision::Create { name, message } => (name, message, 1),
+            Decision::Create { name, message } => (name, message, 1, stamp),
             Decision::Update {
                 name,
                 count,
                 message,
             } => {
-                if let Some(mut event) = cluster.get(events, namespace, &name).await? {
-                    event["count"] = json!(count);
-                    event["message"] = json!(message);
-                    event["lastTimestamp"] = json!(stamp);
-                    cluster.update(events, event).await?;
-                    return Ok(());
+                // Repeats recorded at once (a ReplicaSet makes its pods in concurrent
+                // batches) would race to update one event, and all but one fail: the first
+                // writes, and the newest of those that came meanwhile is written after it.
+                let mut repeat = Repeat {
+                    count,
+                    message,
+                    stamp,
+                };
+                {
+                    let mut updating = self.updating.lock().expect("recorder lock");
+                    if let Some(waiting) = updating.get_mut(&name) {
+                        if waiting.as_ref().is_none_or(|w| w.count < repeat.count) {
+                            *waiting = Some(repeat);
+                        }
+                        return Ok(());
+                    }
+                    updating.insert(name.clone(), None);
+                }
+                loop {
+                    let written = update(cluster, namespace, &name, &repeat).await;
+                    let newer = {
+                        let mut updating = self.updating.lock().expect("recorder lock");
+                        let newer = updating
+                            .get_mut(&name)
+                            .and_then(Option::take)
+                            .filter(|n| n.count > repeat.count);
+                        if newer.is_none() || !matches!(written, Ok(true)) {
+                            updating.remove(&name);
+                        }
+                        newer
+                    };
+                    match (written?, newer) {
+                        (true, Some(newer)) => repeat = newer,
+                        (true, None) => return Ok(()),
+                        (false, newer) => {
+                            repeat = newer.unwrap_or(repeat);
+                            break;
+                        }
+                    }
                 }
                 // Gone (expired, or never written for being over budget): written anew.
-                (name, message, count)
+                (name, repeat.message, repeat.count, repeat.stamp)
             }
         };
         let event = json!({

@@ -18,6 +18,16 @@ fn replica_sets(server: &SkiffServer) -> String {
     .out()
 }
 
+/// The Events of `reason`, as `kubectl get -o <output>` prints them.
+fn events(server: &SkiffServer, reason: &str, output: &str) -> String {
+    let reason = format!("reason={reason}");
+    kubectl(
+        server,
+        &["get", "events", "--field-selector", &reason, "-o", output],
+    )
+    .out()
+}
+
 fn pods(server: &SkiffServer) -> usize {
     kubectl(server, &["get", "pods", "-o", "name"])
         .out()
@@ -48,31 +58,9 @@ fn the_articles_deployment_gets_its_pods_and_rolls() {
     });
 
     // Events explain what the controllers did: exactly 3 pods made, none made too many.
-    let created = kubectl(
-        &server,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "reason=SuccessfulCreate",
-            "-o",
-            "name",
-        ],
-    )
-    .out();
+    let created = events(&server, "SuccessfulCreate", "name");
     assert_eq!(created.lines().count(), 3, "{created}");
-    let deleted = kubectl(
-        &server,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "reason=SuccessfulDelete",
-            "-o",
-            "name",
-        ],
-    )
-    .out();
+    let deleted = events(&server, "SuccessfulDelete", "name");
     assert_eq!(deleted, "", "no pod was made in surplus");
     let described = kubectl(&server, &["describe", "deployment", "api-server"]).out();
     assert!(
@@ -495,6 +483,40 @@ fn events_expire_after_their_time_to_live() {
         bad.contains("\"soon\" is not a duration like 24h, 90m or 30s"),
         "{bad}"
     );
+}
+
+#[test]
+fn a_replica_sets_many_creations_are_combined_into_counted_events() {
+    let server = server();
+    let deployment = [
+        "create",
+        "deployment",
+        "many",
+        "--image=my-api:v2.1",
+        "--replicas=40",
+    ];
+    kubectl(&server, &deployment).out();
+    eventually("40 pods", || {
+        (pods(&server) != 40).then(|| format!("{} pods", pods(&server)))
+    });
+    // As Kubernetes' recorders: nine events name a pod each, the next ones are combined into
+    // one counted event, and the ReplicaSet's budget of 25 events at once drops the last 15.
+    // The pods are made in concurrent batches (up to 16), whose combined repeats race to
+    // update one event: none may be lost.
+    eventually("nine events and one of 16", || {
+        let counted = "jsonpath={range .items[*]}{.count} {.message}{\"\\n\"}{end}";
+        let events = events(&server, "SuccessfulCreate", counted);
+        let singles = events
+            .lines()
+            .filter(|l| l.starts_with("1 Created pod: "))
+            .count();
+        let combined: Vec<&str> = events
+            .lines()
+            .filter(|l| l.contains("(combined from similar events): Created pod: "))
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect();
+        (singles != 9 || combined != ["16"] || events.lines().count() != 10).then_some(events)
+    });
 }
 
 /// A Deployment of `replicas` pods of my-api:v2.1 that surges by 3 and may lose 2.
