@@ -3,7 +3,7 @@
 //! with other managers, the fields a manager stops applying, and the ownership an ordinary
 //! write gives its writer. Lists follow `strategic::apply_list` (maps by keys, sets, atomic).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
@@ -35,10 +35,24 @@ const SERVER_METADATA: &[&str] = &[
     "selfLink",
 ];
 
+/// Paths as a tree of their steps, as FieldsV1 writes them.
 #[derive(Default)]
 struct Tree {
     member: bool,
     children: BTreeMap<String, Tree>,
+}
+
+impl Tree {
+    fn encode(self) -> Value {
+        let mut map = Map::new();
+        if self.member && !self.children.is_empty() {
+            map.insert(".".into(), json!({}));
+        }
+        for (step, child) in self.children {
+            map.insert(step, child.encode());
+        }
+        Value::Object(map)
+    }
 }
 
 impl FieldSet {
@@ -79,17 +93,7 @@ impl FieldSet {
             }
             node.member = true;
         }
-        fn encode(tree: &Tree) -> Value {
-            let mut map = Map::new();
-            if tree.member && !tree.children.is_empty() {
-                map.insert(".".into(), json!({}));
-            }
-            for (step, child) in &tree.children {
-                map.insert(step.clone(), encode(child));
-            }
-            Value::Object(map)
-        }
-        encode(&root)
+        root.encode()
     }
 
     /// Reads the FieldsV1 form.
@@ -229,87 +233,190 @@ fn position(items: &[Value], list: ApplyList, step: &str) -> Option<usize> {
     })
 }
 
+/// Where a walk of an object puts the paths it finds: a set of whole paths, or a FieldsV1 tree.
+trait Paths<'v> {
+    /// Marks the path where this is, which leads to `value`.
+    fn member(&mut self, value: &'v Value);
+    /// Walks on into the step `step`; leaves nothing there when `walk` added no path.
+    fn below(&mut self, step: String, walk: impl FnOnce(&mut Self));
+}
+
+/// A walk collecting whole paths.
+struct Collect<'a> {
+    path: &'a mut Path,
+    out: &'a mut BTreeSet<Path>,
+}
+
+impl Paths<'_> for Collect<'_> {
+    fn member(&mut self, _: &Value) {
+        self.out.insert(self.path.clone());
+    }
+
+    fn below(&mut self, step: String, walk: impl FnOnce(&mut Self)) {
+        self.path.push(step);
+        walk(self);
+        self.path.pop();
+    }
+}
+
+/// A walk collecting each path with what it leads to. `unique` stays true unless two items of
+/// a keyed list have the same keys (what lies below their path is then the first one's).
+struct Valued<'a, 'v> {
+    path: &'a mut Path,
+    out: BTreeMap<Path, &'v Value>,
+    unique: bool,
+}
+
+impl<'v> Paths<'v> for Valued<'_, 'v> {
+    fn member(&mut self, value: &'v Value) {
+        match self.out.entry(self.path.clone()) {
+            btree_map::Entry::Vacant(place) => {
+                place.insert(value);
+            }
+            btree_map::Entry::Occupied(_) => self.unique = false,
+        }
+    }
+
+    fn below(&mut self, step: String, walk: impl FnOnce(&mut Self)) {
+        self.path.push(step);
+        walk(self);
+        self.path.pop();
+    }
+}
+
+/// [`fields_of`] with what each path leads to; none when a keyed list has two items with the
+/// same keys.
+fn valued_fields_of<'v>(
+    obj: &'v Value,
+    ty: Option<&'static str>,
+    status: bool,
+) -> Option<BTreeMap<Path, &'v Value>> {
+    let mut valued = Valued {
+        path: &mut Vec::new(),
+        out: BTreeMap::new(),
+        unique: true,
+    };
+    walk_object(obj, ty, status, &mut valued);
+    valued.unique.then_some(valued.out)
+}
+
+impl Paths<'_> for Tree {
+    fn member(&mut self, _: &Value) {
+        self.member = true;
+    }
+
+    fn below(&mut self, step: String, walk: impl FnOnce(&mut Self)) {
+        match self.children.entry(step) {
+            btree_map::Entry::Occupied(child) => walk(child.into_mut()),
+            btree_map::Entry::Vacant(place) => {
+                let mut child = Tree::default();
+                walk(&mut child);
+                if child.member || !child.children.is_empty() {
+                    place.insert(child);
+                }
+            }
+        }
+    }
+}
+
 /// The paths `obj` (an object of the type named `ty`) sets, as its owner would own them: with
 /// `status`, those of its status only (what the status subresource writes); else all but its
 /// status, and not the server's own metadata.
 pub fn fields_of(obj: &Value, ty: Option<&'static str>, status: bool) -> FieldSet {
     let mut out = BTreeSet::new();
-    if let Some(map) = obj.as_object() {
-        let root = Node::Struct(ty);
-        for (name, value) in map {
-            let skip =
-                matches!(name.as_str(), "apiVersion" | "kind") || (name == "status") != status;
-            if skip {
-                continue;
-            }
-            let node = root.field(name, true);
-            let mut path = vec![field_step(name)];
-            match (name.as_str(), value) {
-                ("metadata", Value::Object(meta)) => {
-                    for (m, v) in meta {
-                        if SERVER_METADATA.contains(&m.as_str()) {
-                            continue;
-                        }
-                        path.push(field_step(m));
-                        walk(v, &node.field(m, false), &mut path, &mut out);
-                        path.pop();
-                    }
-                }
-                _ => walk(value, &node, &mut path, &mut out),
-            }
-        }
-    }
+    walk_object(
+        obj,
+        ty,
+        status,
+        &mut Collect {
+            path: &mut Vec::new(),
+            out: &mut out,
+        },
+    );
     FieldSet(out)
 }
 
-/// Adds the paths of `value`, found at `path`.
-fn walk(value: &Value, node: &Node, path: &mut Path, out: &mut BTreeSet<Path>) {
+/// [`fields_of`] in the FieldsV1 form (`fields_of(..).to_fields_v1()`, found without making
+/// each path): what a create gives its writer.
+pub fn fields_v1_of(obj: &Value, ty: Option<&'static str>, status: bool) -> Value {
+    let mut root = Tree::default();
+    walk_object(obj, ty, status, &mut root);
+    root.encode()
+}
+
+/// Walks the fields of `obj` that [`fields_of`] takes.
+fn walk_object<'v>(
+    obj: &'v Value,
+    ty: Option<&'static str>,
+    status: bool,
+    out: &mut impl Paths<'v>,
+) {
+    let Some(map) = obj.as_object() else {
+        return;
+    };
+    let root = Node::Struct(ty);
+    for (name, value) in map {
+        let skip = matches!(name.as_str(), "apiVersion" | "kind") || (name == "status") != status;
+        if skip {
+            continue;
+        }
+        let node = root.field(name, true);
+        out.below(field_step(name), |out| match (name.as_str(), value) {
+            ("metadata", Value::Object(meta)) => {
+                for (m, v) in meta {
+                    if SERVER_METADATA.contains(&m.as_str()) {
+                        continue;
+                    }
+                    out.below(field_step(m), |out| walk(v, &node.field(m, false), out));
+                }
+            }
+            _ => walk(value, &node, out),
+        });
+    }
+}
+
+/// Adds the paths of `value`, found where `out` is.
+fn walk<'v>(value: &'v Value, node: &Node, out: &mut impl Paths<'v>) {
     match (node, value) {
         (Node::Struct(_), Value::Object(map)) if !node.atomic() && !map.is_empty() => {
             for (name, child) in map {
-                path.push(field_step(name));
-                walk(child, &node.field(name, false), path, out);
-                path.pop();
+                out.below(field_step(name), |out| {
+                    walk(child, &node.field(name, false), out)
+                });
             }
         }
         (Node::Map(_), Value::Object(map)) => {
-            out.insert(path.clone());
+            out.member(value);
             for (name, child) in map {
-                path.push(field_step(name));
-                walk(child, &node.field(name, false), path, out);
-                path.pop();
+                out.below(field_step(name), |out| {
+                    walk(child, &node.field(name, false), out)
+                });
             }
         }
         (Node::List { .. }, Value::Array(items)) => match node.list() {
-            ApplyList::Atomic => {
-                out.insert(path.clone());
-            }
+            ApplyList::Atomic => out.member(value),
             ApplyList::Set => {
-                out.insert(path.clone());
+                out.member(value);
                 for v in items {
-                    path.push(value_step(v));
-                    out.insert(path.clone());
-                    path.pop();
+                    out.below(value_step(v), |out| out.member(v));
                 }
             }
             ApplyList::Map(keys) => {
                 if items.is_empty() {
-                    out.insert(path.clone());
+                    out.member(value);
                 }
                 for v in items {
                     let Some(step) = key_step(v, keys) else {
                         continue;
                     };
-                    path.push(step);
-                    out.insert(path.clone());
-                    walk(v, &node.item(), path, out);
-                    path.pop();
+                    out.below(step, |out| {
+                        out.member(v);
+                        walk(v, &node.item(), out);
+                    });
                 }
             }
         },
-        _ => {
-            out.insert(path.clone());
-        }
+        _ => out.member(value),
     }
 }
 
@@ -435,13 +542,16 @@ impl Entry {
     }
 
     pub fn to_json(&self) -> Value {
-        let mut v = json!({"manager": self.manager, "operation": self.operation,
-            "apiVersion": self.api_version, "time": self.time, "fieldsType": "FieldsV1",
-            "fieldsV1": self.fields.to_fields_v1()});
-        if let Some(sub) = &self.subresource {
-            v["subresource"] = json!(sub);
-        }
-        v
+        entry_json(
+            [
+                &self.manager,
+                &self.operation,
+                &self.api_version,
+                &self.time,
+            ],
+            self.fields.to_fields_v1(),
+            self.subresource.as_deref(),
+        )
     }
 
     /// Whether this is the entry of `writer`'s `operation`s.
@@ -462,6 +572,18 @@ impl Entry {
         }
         shown
     }
+}
+
+/// A `managedFields` entry of `[manager, operation, apiVersion, time]`.
+fn entry_json(names: [&str; 4], fields_v1: Value, subresource: Option<&str>) -> Value {
+    let [manager, operation, api_version, time] = names;
+    let mut v = json!({"manager": manager, "operation": operation,
+        "apiVersion": api_version, "time": time, "fieldsType": "FieldsV1",
+        "fieldsV1": fields_v1});
+    if let Some(sub) = subresource {
+        v["subresource"] = json!(sub);
+    }
+    v
 }
 
 /// The entries of an object's `managedFields`.
@@ -533,6 +655,12 @@ pub struct Writer<'a> {
 impl Writer<'_> {
     fn status(&self) -> bool {
         self.subresource == Some("status")
+    }
+
+    /// This writer's `managedFields` entry for `operation`s, owning `fields_v1`, as of now.
+    fn entry(&self, operation: &str, fields_v1: Value) -> Value {
+        let names = [self.manager, operation, self.api_version, self.now];
+        entry_json(names, fields_v1, self.subresource)
     }
 }
 
@@ -663,6 +791,61 @@ fn strip_server_fields(config: &Value) -> Value {
     c
 }
 
+/// The paths `writer` changed writing `new` over `old`: those `new` sets that `old` did not,
+/// or to another value (where nothing lies below them); and those `old` set that `new` does not.
+fn changes(old: &Value, new: &Value, writer: &Writer<'_>) -> (FieldSet, FieldSet) {
+    let (ty, status) = (writer.ty, writer.status());
+    let (Some(old_paths), Some(new_paths)) = (
+        valued_fields_of(old, ty, status),
+        valued_fields_of(new, ty, status),
+    ) else {
+        return changes_by_lookup(old, new, writer);
+    };
+    let mut changed = BTreeSet::new();
+    let mut paths = new_paths.iter().peekable();
+    while let Some((path, value)) = paths.next() {
+        // Paths below `path` sort right after it.
+        let leaf = !paths.peek().is_some_and(|(next, _)| next.starts_with(path));
+        match old_paths.get(path) {
+            Some(was) if !leaf || was == value => {}
+            _ => {
+                changed.insert(path.clone());
+            }
+        }
+    }
+    let removed = old_paths
+        .into_keys()
+        .filter(|p| !new_paths.contains_key(p))
+        .collect();
+    (FieldSet(changed), FieldSet(removed))
+}
+
+/// [`changes`] found path by path, for objects with list items of the same keys (a path
+/// below them leads into the first).
+fn changes_by_lookup(old: &Value, new: &Value, writer: &Writer<'_>) -> (FieldSet, FieldSet) {
+    let old_set = fields_of(old, writer.ty, writer.status());
+    let new_set = fields_of(new, writer.ty, writer.status());
+    let changed = FieldSet(
+        new_set
+            .paths()
+            .filter(|p| {
+                !old_set.contains(p)
+                    || (!new_set.has_below(p)
+                        && lookup(old, writer.ty, p) != lookup(new, writer.ty, p))
+            })
+            .cloned()
+            .collect(),
+    );
+    let removed = FieldSet(
+        old_set
+            .paths()
+            .filter(|p| !new_set.contains(p))
+            .cloned()
+            .collect(),
+    );
+    (changed, removed)
+}
+
 /// The `managedFields` after an ordinary write (create, update, patch) by `writer` of `new` over
 /// `old` (none: a create): the writer owns what it changed, taken from the others, and what it
 /// removed is nobody's any more. A write that sets `managedFields` itself keeps them as given.
@@ -678,36 +861,23 @@ pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
         set_entries(new, &given);
         return;
     }
+    let Some(before) = old else {
+        // A create: the writer owns all it sets.
+        let fields = fields_v1_of(new, writer.ty, writer.status());
+        let owns = fields.as_object().is_some_and(|f| !f.is_empty());
+        let mine = owns.then(|| writer.entry("Update", fields));
+        set_managed(new, mine.into_iter().collect());
+        return;
+    };
     // The stored entries, taken from `new` when it carries them unchanged (a patch).
     let stored: Vec<Value> = match new.pointer_mut("/metadata/managedFields") {
-        Some(list) if old.is_some() => match list.take() {
+        Some(list) => match list.take() {
             Value::Array(list) => list,
             _ => Vec::new(),
         },
-        _ => kept.and_then(Value::as_array).cloned().unwrap_or_default(),
+        None => kept.and_then(Value::as_array).cloned().unwrap_or_default(),
     };
-    let empty = json!({});
-    let before = old.unwrap_or(&empty);
-    let old_set = fields_of(before, writer.ty, writer.status());
-    let new_set = fields_of(new, writer.ty, writer.status());
-    let changed = FieldSet(
-        new_set
-            .paths()
-            .filter(|p| {
-                !old_set.contains(p)
-                    || (!new_set.has_below(p)
-                        && lookup(before, writer.ty, p) != lookup(new, writer.ty, p))
-            })
-            .cloned()
-            .collect(),
-    );
-    let removed = FieldSet(
-        old_set
-            .paths()
-            .filter(|p| !new_set.contains(p))
-            .cloned()
-            .collect(),
-    );
+    let (changed, removed) = changes(before, new, writer);
     if changed.is_empty() && removed.is_empty() {
         set_managed(new, stored);
         return;
@@ -818,6 +988,107 @@ mod tests {
             show(port),
             ".spec.template.spec.containers[name=\"server\"].ports[containerPort=8080,protocol=\"TCP\"].containerPort"
         );
+    }
+
+    #[test]
+    fn a_create_s_fields_v1_found_directly_are_its_paths() {
+        let pod_type = schema::root(crate::kinds::find("", "v1", "pods").unwrap());
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u", "labels": {"app": "web"}, "annotations": {},
+                "finalizers": ["a/b", "c/d"], "ownerReferences": [{"apiVersion": "apps/v1",
+                "kind": "ReplicaSet", "name": "rs", "uid": "x", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "i", "args": ["x", "y"],
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom":
+                        {"secretKeyRef": {"name": "db-creds", "key": "password"}}}],
+                    "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
+                    "resources": {"requests": {"cpu": "100m"}, "limits": {}}}],
+                "tolerations": [], "nodeSelector": {"disk": "ssd"}, "volumes": [],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "In",
+                        "values": ["v"]}]}]}}}},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                "podIPs": [{"ip": "10.0.0.1"}]}});
+        let cases = [
+            (web(3, json!({"app": "web"})), deployment_type()),
+            (web(1, json!({})), deployment_type()),
+            (pod, pod_type),
+            (
+                json!({"metadata": {"name": "only-server-fields", "uid": "u"}}),
+                pod_type,
+            ),
+            (json!({"metadata": null, "spec": {}}), pod_type),
+            (
+                json!({"data": {"k": "v"}, "metadata": {"labels": {"a": "b"}}}),
+                None,
+            ),
+        ];
+        for (obj, ty) in cases {
+            for status in [false, true] {
+                assert_eq!(
+                    fields_v1_of(&obj, ty, status),
+                    fields_of(&obj, ty, status).to_fields_v1(),
+                    "{obj} (status: {status})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn changes_found_in_one_walk_are_those_found_path_by_path() {
+        let base = web(3, json!({"app": "web", "tier": "api"}));
+        let edit = |f: &dyn Fn(&mut Value)| {
+            let mut v = base.clone();
+            f(&mut v);
+            v
+        };
+        let containers = "/spec/template/spec/containers";
+        let news = [
+            base.clone(),
+            edit(&|v| v["spec"]["replicas"] = json!(5)),
+            edit(&|v| v["metadata"]["labels"] = json!({})),
+            edit(&|v| v["metadata"]["labels"] = json!({"app": "web", "new": "x"})),
+            edit(&|v| {
+                v.pointer_mut(containers).unwrap()[0]["ports"] = json!([{"containerPort": 9090}])
+            }),
+            edit(&|v| {
+                v.pointer_mut(containers)
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "sidecar", "image": "s", "args": ["a", "b"]}))
+            }),
+            edit(&|v| v.pointer_mut(containers).unwrap()[0]["args"] = json!(["x"])),
+            edit(&|v| v.pointer_mut(containers).unwrap()[0]["ports"] = json!([])),
+            edit(&|v| {
+                v["status"] = json!({"replicas": 3, "conditions": [
+                    {"type": "Available", "status": "True"},
+                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]})
+            }),
+            // Two items of the same keys: the path below leads into the first.
+            edit(&|v| {
+                v.pointer_mut(containers)
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "server", "image": "other", "tty": true}))
+            }),
+        ];
+        for (old, new) in news.iter().flat_map(|a| news.iter().map(move |b| (a, b))) {
+            for w in [
+                writer("m"),
+                Writer {
+                    subresource: Some("status"),
+                    ..writer("m")
+                },
+            ] {
+                assert_eq!(
+                    changes(old, new, &w),
+                    changes_by_lookup(old, new, &w),
+                    "{old} -> {new} (status: {})",
+                    w.status()
+                );
+            }
+        }
     }
 
     #[test]

@@ -314,8 +314,9 @@ pub fn prepare_update(
     let mut new = as_object(body)?;
     check_type(&mut new, kind)?;
     fold_string_data(kind, &mut new)?;
-    let old_obj = old.as_object().cloned().unwrap_or_default();
-    let old_meta = object::metadata(old).cloned().unwrap_or_default();
+    let no_fields = Map::new();
+    let old_obj = old.as_object().unwrap_or(&no_fields);
+    let old_meta = object::metadata(old).unwrap_or(&no_fields);
     let name = object::name(old);
     {
         let meta = metadata_mut(&mut new)?;
@@ -370,8 +371,7 @@ pub fn prepare_update(
             kept
         }
     };
-    if kind.has_status() && endpoint == Endpoint::Main && spec_part(&result) != spec_part(&old_obj)
-    {
+    if kind.has_status() && endpoint == Endpoint::Main && spec_part(&result) != spec_part(old_obj) {
         let generation = old_meta
             .get("generation")
             .and_then(Value::as_i64)

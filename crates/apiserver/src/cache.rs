@@ -4,6 +4,7 @@
 //! for its own changes). Lists are served from it too, once it has caught up with the store's
 //! current revision.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -72,6 +73,101 @@ impl Cached {
     }
 }
 
+/// An object serialized without its resourceVersion, with the place in its metadata where one
+/// goes: what the store keeps of an object served as stored, from which the watch cache makes
+/// the JSON clients receive by splicing in the revision its write got, instead of parsing the
+/// store's event.
+pub struct Unversioned {
+    pub json: Bytes,
+    /// Just after `"metadata":{`; none when the object has no metadata.
+    slot: Option<usize>,
+    /// Whether other metadata follows the slot (a comma goes after the resourceVersion).
+    more: bool,
+}
+
+impl Unversioned {
+    /// `obj` as compact JSON (as `serde_json::to_vec` writes it) without
+    /// `metadata.resourceVersion`.
+    pub fn of(obj: &Value) -> Unversioned {
+        let Value::Object(map) = obj else {
+            return Unversioned {
+                json: Bytes::from(serde_json::to_vec(obj).expect("a JSON value serializes")),
+                slot: None,
+                more: false,
+            };
+        };
+        let mut out = Vec::with_capacity(1024);
+        let (mut slot, mut more) = (None, false);
+        out.push(b'{');
+        for (i, (name, value)) in map.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&mut out, name);
+            out.push(b':');
+            match value {
+                Value::Object(meta) if name == "metadata" => {
+                    out.push(b'{');
+                    slot = Some(out.len());
+                    let fields = meta.iter().filter(|(f, _)| *f != "resourceVersion");
+                    for (j, (field, v)) in fields.enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        more = true;
+                        write_json(&mut out, field);
+                        out.push(b':');
+                        write_json(&mut out, v);
+                    }
+                    out.push(b'}');
+                }
+                _ => write_json(&mut out, value),
+            }
+        }
+        out.push(b'}');
+        Unversioned {
+            json: Bytes::from(out),
+            slot,
+            more,
+        }
+    }
+
+    /// The JSON with `metadata.resourceVersion` set to `revision`.
+    fn at(&self, revision: Revision) -> Bytes {
+        let Some(slot) = self.slot else {
+            return self.json.clone();
+        };
+        let mut out = Vec::with_capacity(self.json.len() + 40);
+        out.extend_from_slice(&self.json[..slot]);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(revision.to_string().as_bytes());
+        out.push(b'"');
+        if self.more {
+            out.push(b',');
+        }
+        out.extend_from_slice(&self.json[slot..]);
+        Bytes::from(out)
+    }
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("a JSON value serializes");
+}
+
+/// A write of this kind's endpoint about to be made: its store event is recognised by the
+/// bytes it carries and served from `served` rather than decoded.
+struct Expected {
+    /// The bytes given to the store (held, so that no other allocation takes their address).
+    stored: Bytes,
+    served: Unversioned,
+    selectable: Selectable,
+    since: Instant,
+}
+
+/// How long an expected write waits for its event: one whose write failed or was abandoned
+/// is dropped after that.
+const EXPECTED_FOR: Duration = Duration::from_secs(10);
+
 /// One change of a kind, as every watcher of it sees it.
 #[derive(Debug)]
 pub enum Change {
@@ -129,9 +225,9 @@ pub struct KindCache {
     watchers: Mutex<Vec<Watcher>>,
     applied: watch::Sender<Revision>,
     progress: mpsc::Sender<()>,
-    /// Objects just written through this kind's endpoint, by store key, with the revision they
-    /// were written at: their store events are taken from here rather than decoded again.
-    handed: Mutex<HashMap<String, (Revision, Arc<Cached>)>>,
+    /// Writes through this kind's endpoint about to be made, by the address of the bytes they
+    /// give the store: their store events are taken from here rather than decoded.
+    expected: Mutex<HashMap<usize, Expected>>,
 }
 
 /// A live watcher as the feed sees it.
@@ -288,17 +384,30 @@ impl KindCache {
         self.kind
     }
 
-    /// Takes `obj`, just written under `key` at `revision` through this kind's endpoint (with
-    /// its resourceVersion), for that write's store event: the event then costs no parsing.
-    /// Kinds stored in another version than they are served in are decoded as before.
-    pub fn hand(&self, key: &str, revision: Revision, obj: &Value) {
-        if !skiff_api::conversion::stored_as_served(self.kind) || *self.applied.borrow() >= revision
-        {
-            return;
+    /// Tells the cache of a write about to be given to the store as `stored` (through this
+    /// kind's endpoint, `served` being the object as served, `selectable` what selectors look
+    /// at): when the store's events carry written values, that write's event is served from
+    /// `served` with the revision spliced in, and costs no parsing. Told before the write, as
+    /// the event may be applied before the write returns.
+    pub fn expect(&self, stored: &Bytes, served: Unversioned, selectable: Selectable) {
+        let expected = Expected {
+            stored: stored.clone(),
+            served,
+            selectable,
+            since: Instant::now(),
+        };
+        let mut pending = self.expected.lock().expect("expected lock");
+        pending.insert(stored.as_ptr() as usize, expected);
+    }
+
+    /// Forgets a write told to [`KindCache::expect`] that failed.
+    pub fn forget(&self, stored: &Bytes) {
+        let mut pending = self.expected.lock().expect("expected lock");
+        if let Entry::Occupied(e) = pending.entry(stored.as_ptr() as usize) {
+            if e.get().stored.len() == stored.len() {
+                e.remove();
+            }
         }
-        let cached = Arc::new(Cached::new(self.kind, obj));
-        let mut handed = self.handed.lock().expect("handed lock");
-        handed.insert(key.to_string(), (revision, cached));
     }
 
     /// Hands changes to the watchers they concern; drops watchers that are gone or too slow.
@@ -333,18 +442,16 @@ impl KindCache {
     /// Applies one store response; returns the changes to publish.
     fn apply(&self, events: &[Event], revision: Revision) -> Result<Vec<Arc<Change>>, String> {
         let mut state = self.state.write().expect("cache lock");
-        let mut handed = self.handed.lock().expect("handed lock");
+        let mut expected = self.expected.lock().expect("expected lock");
         let mut out = Vec::with_capacity(events.len().max(1));
         for event in events {
             let change = match event {
                 Event::Put { kv, .. } => {
-                    let new = match handed.remove(&kv.key) {
-                        Some((at, cached)) if at == kv.mod_revision => cached,
-                        // A later write of the same object, for a later event.
-                        Some(later) if later.0 > kv.mod_revision => {
-                            handed.insert(kv.key.clone(), later);
-                            Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?)
-                        }
+                    let new = match expected.remove(&(kv.value.as_ptr() as usize)) {
+                        Some(e) if e.stored.len() == kv.value.len() => Arc::new(Cached {
+                            json: e.served.at(kv.mod_revision),
+                            selectable: e.selectable,
+                        }),
                         _ => Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?),
                     };
                     let old = state.objects.insert(kv.key.clone(), new.clone());
@@ -382,8 +489,10 @@ impl KindCache {
             out.push(change);
         }
         state.revision = state.revision.max(revision);
-        // Handed after their event was applied: not wanted any more.
-        handed.retain(|_, (at, _)| *at > state.revision);
+        if !expected.is_empty() {
+            let now = Instant::now();
+            expected.retain(|_, e| now.duration_since(e.since) < EXPECTED_FOR);
+        }
         if events.is_empty() {
             out.push(Arc::new(Change::Progress(state.revision)));
         }
@@ -393,7 +502,7 @@ impl KindCache {
     /// Replaces everything with a fresh list (at start, and after losing the store watch).
     fn load(&self, objects: BTreeMap<String, Arc<Cached>>, revision: Revision) {
         let mut state = self.state.write().expect("cache lock");
-        self.handed.lock().expect("handed lock").clear();
+        self.expected.lock().expect("expected lock").clear();
         *state = State {
             revision,
             objects,
@@ -454,7 +563,7 @@ impl WatchCache {
             watchers: Mutex::new(Vec::new()),
             applied: watch::channel(revision).0,
             progress: progress_tx,
-            handed: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
         });
         let mut kinds = self.kinds.lock().expect("caches lock");
         // Another request may have loaded it meanwhile; the first one stays.
@@ -558,57 +667,99 @@ pub fn matches(filter: &Filter, obj: &Cached) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use skiff_store::{RedbOptions, RedbStore};
 
+    #[test]
+    fn unversioned_json_is_serde_json_s_and_takes_its_revision_in_the_metadata() {
+        let cases = [
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "c", "namespace": "default"}, "data": {"k": "v\"}"}}),
+            // A resourceVersion given is not kept: the spliced one replaces it.
+            json!({"metadata": {"name": "c", "resourceVersion": "7", "labels": {"a": "b"}}}),
+            json!({"kind": "X", "metadata": {}}),
+            json!({"metadata": {"resourceVersion": "7"}}),
+            json!({"kind": "X"}),
+        ];
+        for obj in cases {
+            let mut bare = obj.clone();
+            if let Some(meta) = bare.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.shift_remove("resourceVersion");
+            }
+            let unversioned = Unversioned::of(&obj);
+            assert_eq!(
+                unversioned.json,
+                serde_json::to_vec(&bare).unwrap(),
+                "{obj}"
+            );
+            let served: Value = serde_json::from_slice(&unversioned.at(42)).unwrap();
+            let mut want = bare.clone();
+            set_resource_version(&mut want, 42);
+            assert_eq!(served, want, "{obj}");
+        }
+    }
+
     #[tokio::test]
-    async fn a_handed_write_is_taken_for_its_event_and_none_is_kept_after() {
+    async fn an_expected_write_is_served_as_expected_and_none_is_kept_after() {
         let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory(RedbOptions::default()).unwrap());
         let cache = WatchCache::new(store.clone(), History::default());
         let kind = skiff_api::kinds::find("", "v1", "configmaps").unwrap();
         let cms = cache.of(kind).await.unwrap();
-        let key = kind.store_key(Some("default"), "c");
-        let stored = serde_json::json!({"metadata": {"name": "c", "namespace": "default"}});
         let applied = |at: Revision| {
             let mut applied = cms.applied.subscribe();
             async move { applied.wait_for(|r| *r >= at).await.map(|_| ()) }
         };
-        let handed_count = || cms.handed.lock().unwrap().len();
+        let expected_count = || cms.expected.lock().unwrap().len();
+        let served = |key: String, at: Revision| {
+            let cms = cms.clone();
+            async move {
+                let got = cms.object(&key, at).await.unwrap().unwrap();
+                serde_json::from_slice::<Value>(&got.json).unwrap()
+            }
+        };
 
-        // Handed before the write, so that the feed cannot apply it first; marked, so that
-        // the test tells the handed object from one decoded from the store.
-        let next = store.current_revision().await.unwrap() + 1;
+        // Once a write made after the cache began is applied, its feed follows the store's
+        // writes themselves (it began by reading what it had missed back from the store).
+        let warm_up = kind.store_key(Some("default"), "warm-up");
+        let warm = store.create(&warm_up, "{}".into()).await.unwrap();
+        applied(warm.mod_revision).await.unwrap();
+
+        // What the cache is told is marked, so that the test tells it from the stored bytes.
+        let key = kind.store_key(Some("default"), "c");
+        let stored = json!({"metadata": {"name": "c", "namespace": "default"}});
+        let bytes = Unversioned::of(&stored).json;
         let mut marked = stored.clone();
-        marked["data"] = serde_json::json!({"handed": "yes"});
-        set_resource_version(&mut marked, next);
-        cms.hand(&key, next, &marked);
-        let written = store
-            .create(&key, serde_json::to_vec(&stored).unwrap().into())
-            .await
-            .unwrap();
-        assert_eq!(written.mod_revision, next);
-        applied(next).await.unwrap();
-        let got = cms.object(&key, next).await.unwrap().unwrap();
-        let got: Value = serde_json::from_slice(&got.json).unwrap();
-        assert_eq!(got, marked, "the event took the handed object");
-        assert_eq!(handed_count(), 0);
+        marked["data"] = json!({"expected": "yes"});
+        cms.expect(
+            &bytes,
+            Unversioned::of(&marked),
+            Selectable::of(kind, &marked),
+        );
+        let written = store.create(&key, bytes.clone()).await.unwrap();
+        applied(written.mod_revision).await.unwrap();
+        let mut want = marked.clone();
+        set_resource_version(&mut want, written.mod_revision);
+        assert_eq!(served(key, written.mod_revision).await, want);
+        assert_eq!(expected_count(), 0, "taken by its event");
 
-        // Handed once its event is applied: ignored.
-        cms.hand(&key, next, &marked);
-        assert_eq!(handed_count(), 0);
-
-        // Handed for a revision another object's write takes: dropped with that event, and
-        // the object written is decoded from the store.
+        // Equal bytes in another allocation are another write's: decoded from the store.
         let other = kind.store_key(Some("default"), "d");
-        let next = next + 1;
-        cms.hand(&key, next, &marked);
-        let value = r#"{"metadata":{"name":"d","namespace":"default"}}"#;
-        store.create(&other, value.into()).await.unwrap();
-        applied(next).await.unwrap();
-        assert_eq!(handed_count(), 0);
-        let got = cms.object(&other, next).await.unwrap().unwrap();
-        let got: Value = serde_json::from_slice(&got.json).unwrap();
+        let stored = json!({"metadata": {"name": "d", "namespace": "default"}});
+        let told = Unversioned::of(&stored).json;
+        cms.expect(
+            &told,
+            Unversioned::of(&marked),
+            Selectable::of(kind, &marked),
+        );
+        let given = Bytes::from(told.to_vec());
+        let written = store.create(&other, given).await.unwrap();
+        applied(written.mod_revision).await.unwrap();
+        let got = served(other, written.mod_revision).await;
         assert_eq!(got["metadata"]["name"], "d");
         assert!(got.get("data").is_none());
+        assert_eq!(expected_count(), 1, "still waiting for its own write");
+        cms.forget(&told);
+        assert_eq!(expected_count(), 0, "forgotten when its write failed");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use skiff_api::service::ServiceRanges;
 use skiff_api::strategy::{self, CreateContext, Endpoint, Rejection};
 use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 
-use crate::cache::WatchCache;
+use crate::cache::{KindCache, Unversioned, WatchCache};
 use crate::services;
 use crate::status::{ApiError, Cause, Details};
 
@@ -28,8 +28,8 @@ pub struct Registry {
     pub store: Arc<dyn Store>,
     /// Where Services' cluster IPs and node ports come from.
     pub ranges: ServiceRanges,
-    /// Every kind's watch cache (the handlers and controllers read from it); each object
-    /// written is handed to it, so that its store event is not parsed again.
+    /// Every kind's watch cache (the handlers and controllers read from it); it is told of
+    /// each write before it is made, so that the write's store event is not parsed.
     pub cache: Arc<WatchCache>,
 }
 
@@ -176,14 +176,36 @@ fn without_resource_version(mut obj: Value) -> Value {
     obj
 }
 
-/// An object of `kind`'s endpoint as the store keeps it.
-fn encode(kind: &Kind, obj: &Value) -> Bytes {
-    let json = if conversion::stored_as_served(kind) {
-        serde_json::to_vec(obj)
-    } else {
-        serde_json::to_vec(&conversion::to_storage(kind, obj.clone()))
-    };
-    Bytes::from(json.expect("a JSON value serializes"))
+/// An object as given to the store, and the watch cache told of that write (see
+/// [`KindCache::expect`]), which is to forget it if the write fails.
+struct Encoded {
+    bytes: Bytes,
+    told: Option<Arc<KindCache>>,
+}
+
+impl Encoded {
+    fn failed(&self) {
+        if let Some(cache) = &self.told {
+            cache.forget(&self.bytes);
+        }
+    }
+}
+
+/// Whether the JSON of an object says it is being deleted; read without building the object
+/// (every create reads its namespace so).
+fn terminating(json: &[u8]) -> Result<bool, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Object {
+        #[serde(default)]
+        metadata: Metadata,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Metadata {
+        #[serde(default, rename = "deletionTimestamp")]
+        deletion_timestamp: Option<serde::de::IgnoredAny>,
+    }
+    let obj: Object = serde_json::from_slice(json)?;
+    Ok(obj.metadata.deletion_timestamp.is_some())
 }
 
 /// Five characters as Kubernetes' generateName suffixes have them (no vowels, no look-alikes).
@@ -230,17 +252,30 @@ impl Registry {
         Ok((decode(target.kind, &kv)?, kv.mod_revision))
     }
 
-    /// Refuses new objects in a namespace that does not exist or is being deleted.
+    /// Refuses new objects in a namespace that does not exist or is being deleted. Like
+    /// Kubernetes' NamespaceLifecycle admission, it reads the namespace from the watch cache,
+    /// and from the store only when the cache does not have it (yet): every pod and event
+    /// created asked the store before.
     async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
         let ns_kind = kinds::find("", "v1", "namespaces").expect("namespaces are served");
-        let ns = self
-            .get(&Target {
-                kind: ns_kind,
-                namespace: None,
-                name: namespace,
-            })
-            .await?;
-        if ns.pointer("/metadata/deletionTimestamp").is_some() {
+        let target = Target {
+            kind: ns_kind,
+            namespace: None,
+            name: namespace,
+        };
+        let cached = match self.cache.of(ns_kind).await {
+            Ok(cache) => cache.object(&target.key(), 0).await.flatten(),
+            Err(_) => None,
+        };
+        let terminating = match cached {
+            Some(cached) => terminating(&cached.json)
+                .map_err(|e| ApiError::internal(format!("cached namespace {namespace}: {e}")))?,
+            None => {
+                let ns = self.get(&target).await?;
+                ns.pointer("/metadata/deletionTimestamp").is_some()
+            }
+        };
+        if terminating {
             return Err(ApiError::new(
                 403,
                 "Forbidden",
@@ -287,25 +322,35 @@ impl Registry {
                 &writer(kind, &api_version, name, None, &now),
             );
         }
+        let name = object::name(&prepared).to_string();
         let target = Target {
             kind,
             namespace,
-            name: object::name(&prepared),
+            name: &name,
         };
         let key = target.key();
         let asked = services::claims_asked(&prepared);
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let mut obj = prepared.clone();
+            // Only a Service's claims send a create round again: nothing else is copied for it.
+            let mut obj = if services::is_service(kind) {
+                prepared.clone()
+            } else {
+                std::mem::take(&mut prepared)
+            };
             let claims = self.claims(kind, None, &mut obj, &key).await?;
             if dry_run {
                 return Ok(obj);
             }
-            let mut txn = Txn::new().create(key.clone(), encode(kind, &obj));
+            let encoded = self.encode(kind, &obj);
+            let mut txn = Txn::new().create(key.clone(), encoded.bytes.clone());
             txn.ops.extend(claims);
-            match self.store.txn(txn).await {
+            let written = self.store.txn(txn).await;
+            if written.is_err() {
+                encoded.failed();
+            }
+            match written {
                 Ok(resp) => {
                     set_resource_version(&mut obj, resp.revision);
-                    self.hand(kind, &key, resp.revision, &obj);
                     return Ok(obj);
                 }
                 Err(StoreError::AlreadyExists { key: taken }) if taken == key => {
@@ -627,19 +672,41 @@ impl Registry {
         {
             return self.remove(target, obj, expected).await;
         }
-        let mut txn = Txn::new().update(target.key(), encode(target.kind, &obj), expected);
+        let encoded = self.encode(target.kind, &obj);
+        let mut txn = Txn::new().update(target.key(), encoded.bytes.clone(), expected);
         txn.ops.extend(claims);
-        let resp = self.store.txn(txn).await?;
+        let resp = self
+            .store
+            .txn(txn)
+            .await
+            .inspect_err(|_| encoded.failed())?;
         set_resource_version(&mut obj, resp.revision);
-        self.hand(target.kind, &target.key(), resp.revision, &obj);
         Ok(obj)
     }
 
-    /// Gives the watch cache of `kind` the object just written under `key` at `revision`.
-    fn hand(&self, kind: &'static Kind, key: &str, revision: Revision, obj: &Value) {
-        if let Some(cache) = self.cache.loaded(kind) {
-            cache.hand(key, revision, obj);
+    /// `obj` of `kind`'s endpoint as the store keeps it (serialized once: an object stored as
+    /// served is also what its watch cache serves, with the revision spliced in). The kind's
+    /// watch cache, when loaded, is told of the write before it is made, so that its store
+    /// event costs no parsing.
+    fn encode(&self, kind: &'static Kind, obj: &Value) -> Encoded {
+        let served = conversion::stored_as_served(kind).then(|| Unversioned::of(obj));
+        let bytes = match &served {
+            Some(served) => served.json.clone(),
+            None => Bytes::from(
+                serde_json::to_vec(&conversion::to_storage(kind, obj.clone()))
+                    .expect("a JSON value serializes"),
+            ),
+        };
+        let told = self
+            .store
+            .events_carry_written_values()
+            .then(|| self.cache.loaded(kind))
+            .flatten();
+        if let Some(cache) = &told {
+            let served = served.unwrap_or_else(|| Unversioned::of(obj));
+            cache.expect(&bytes, served, Selectable::of(kind, obj));
         }
+        Encoded { bytes, told }
     }
 
     /// Removes `obj` from the store with what it holds; answers it with the delete's revision.
@@ -947,6 +1014,29 @@ fn conflict_error(target: &Target<'_>, conflicts: &apply::Conflicts) -> ApiError
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_namespace_being_deleted_is_told_from_its_json() {
+        let cases = [
+            (
+                r#"{"metadata":{"name":"a","deletionTimestamp":"2026-12-01T00:00:00Z"}}"#,
+                true,
+            ),
+            (
+                r#"{"kind":"Namespace","metadata":{"name":"a","labels":{"x":"y"}},"spec":{}}"#,
+                false,
+            ),
+            (
+                r#"{"metadata":{"name":"a","deletionTimestamp":null}}"#,
+                false,
+            ),
+            (r#"{"spec":{"finalizers":["kubernetes"]}}"#, false),
+        ];
+        for (json, want) in cases {
+            assert_eq!(terminating(json.as_bytes()).unwrap(), want, "{json}");
+        }
+        assert!(terminating(b"\"a string\"").is_err());
+    }
 
     fn step(plural: &str, obj: Value, grace: Option<i64>) -> String {
         let kind = kinds::find("", "v1", plural).unwrap();

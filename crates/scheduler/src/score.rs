@@ -211,14 +211,22 @@ pub fn scores(ctx: &Context, snapshot: &Snapshot, nodes: &[usize]) -> Vec<i64> {
             })
             .collect()
     } else if let (Some(owner), true) = (&pod.owner, pod.spread.is_empty()) {
+        // Counted once per zone (a few), not per node (thousands).
+        let mut zones: Vec<(&str, i64)> = Vec::new();
         candidates
             .iter()
             .map(|n| {
                 let on_node = i64::from(n.owners.get(owner).copied().unwrap_or(0));
-                let in_zone = n
-                    .zone
-                    .as_deref()
-                    .map_or(0, |z| i64::from(snapshot.in_zone(z, owner)));
+                let in_zone = n.zone.as_deref().map_or(0, |z| {
+                    match zones.iter().find(|(seen, _)| *seen == z) {
+                        Some((_, count)) => *count,
+                        None => {
+                            let count = i64::from(snapshot.in_zone(z, owner));
+                            zones.push((z, count));
+                            count
+                        }
+                    }
+                });
                 // Hostname spreading weighs as much as zone spreading, each in its own scale.
                 on_node * 2 + in_zone
             })

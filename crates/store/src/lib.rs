@@ -419,6 +419,13 @@ pub trait Store: Send + Sync + 'static {
     /// The latest committed revision.
     async fn current_revision(&self) -> Result<Revision, StoreError>;
 
+    /// Whether the watch event of a write carries the very bytes the write was given (the
+    /// same allocation), so that a writer can recognise its own write's event without reading
+    /// the value. An in-process store can; one behind the network cannot.
+    fn events_carry_written_values(&self) -> bool {
+        false
+    }
+
     /// Creates a key that must not exist.
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StoreError> {
         let resp = self.txn(Txn::new().create(key, value)).await?;

@@ -218,6 +218,11 @@ impl Store for RedbStore {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         Ok(self.shared.current.load(Ordering::Acquire))
     }
+
+    /// The writer puts each op's value into its event as given (`next_version`).
+    fn events_carry_written_values(&self) -> bool {
+        true
+    }
 }
 
 /// Refuses files that are clearly not redb before redb sees them.

@@ -26,6 +26,7 @@ macro_rules! conformance {
                 reads_at_past_revisions,
                 ranges_page_consistently_under_writes,
                 watch_delivers_every_change_in_order,
+                watch_events_carry_the_written_bytes_when_the_store_says_so,
                 watch_resumes_from_a_past_revision,
                 progress_notifications_carry_the_current_revision,
                 compaction_discards_history_with_a_distinct_error,
