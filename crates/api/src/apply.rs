@@ -7,6 +7,7 @@ use std::collections::{btree_map, BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
+use crate::object::Lookup;
 use crate::schema::{self, Field};
 use crate::strategic::{apply_list, ApplyKeys, ApplyList};
 
@@ -588,7 +589,7 @@ fn entry_json(names: [&str; 4], fields_v1: Value, subresource: Option<&str>) -> 
 
 /// The entries of an object's `managedFields`.
 pub fn entries(obj: &Value) -> Vec<Entry> {
-    obj.pointer("/metadata/managedFields")
+    obj.lookup("/metadata/managedFields")
         .and_then(Value::as_array)
         .map(|list| list.iter().map(Entry::from_json).collect())
         .unwrap_or_default()
@@ -850,8 +851,8 @@ fn changes_by_lookup(old: &Value, new: &Value, writer: &Writer<'_>) -> (FieldSet
 /// `old` (none: a create): the writer owns what it changed, taken from the others, and what it
 /// removed is nobody's any more. A write that sets `managedFields` itself keeps them as given.
 pub fn update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>) {
-    let kept = old.and_then(|o| o.pointer("/metadata/managedFields"));
-    let given = new.pointer("/metadata/managedFields");
+    let kept = old.and_then(|o| o.lookup("/metadata/managedFields"));
+    let given = new.lookup("/metadata/managedFields");
     if old.is_some() && given.is_some() && given != kept {
         // Set by the client (kubectl's move from client-side to server-side apply).
         let given: Vec<Entry> = entries(new)

@@ -5,6 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::kinds::Kind;
+use crate::object::Lookup;
 
 /// Sets `field` of `map` to `value` when absent or null.
 fn or_insert(map: &mut Map<String, Value>, field: &str, value: Value) {
@@ -137,8 +138,8 @@ pub fn qos_class(spec: &Value) -> &'static str {
         .unwrap_or_default();
     let (mut any, mut guaranteed) = (false, !containers.is_empty());
     for c in &containers {
-        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        let requests = c.lookup("/resources/requests").and_then(Value::as_object);
+        let limits = c.lookup("/resources/limits").and_then(Value::as_object);
         any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
         let full = |m: Option<&Map<String, Value>>| {
             m.is_some_and(|m| m.contains_key("cpu") && m.contains_key("memory"))

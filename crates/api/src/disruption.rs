@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::object::Lookup;
 use crate::object::{condition_true, selector_from_json, timestamp};
 use crate::LabelSelector;
 
@@ -19,16 +20,16 @@ const MAX_DISRUPTED_PODS: usize = 2000;
 pub const DENIED: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
 
 fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    obj.lookup(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn int(obj: &Value, pointer: &str) -> i64 {
-    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+    obj.lookup(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
 /// The object's labels.
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
-    obj.pointer("/metadata/labels")
+    obj.lookup("/metadata/labels")
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
@@ -39,7 +40,7 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
 /// The budget's selector (policy/v1: none, or one that does not parse, covers nothing; an
 /// empty one every pod of the namespace).
 pub fn selector(pdb: &Value) -> Option<LabelSelector> {
-    pdb.pointer("/spec/selector")
+    pdb.lookup("/spec/selector")
         .filter(|s| !s.is_null())
         .and_then(|s| selector_from_json(s).ok())
 }
@@ -53,10 +54,10 @@ pub fn covers(pdb: &Value, pod: &Value) -> bool {
 /// Whether the budget's arithmetic needs the scale of the pods' controllers: `maxUnavailable`,
 /// or `minAvailable` as a percentage.
 pub fn needs_scale(pdb: &Value) -> bool {
-    pdb.pointer("/spec/maxUnavailable")
+    pdb.lookup("/spec/maxUnavailable")
         .is_some_and(|v| !v.is_null())
         || pdb
-            .pointer("/spec/minAvailable")
+            .lookup("/spec/minAvailable")
             .is_some_and(Value::is_string)
 }
 
@@ -82,11 +83,11 @@ fn scaled(value: &Value, total: i64, field: &str) -> Result<i64, String> {
 /// The pods an eviction recorded and that are neither deleted yet nor overdue.
 fn still_disrupted(pdb: &Value, pods: &[&Value], now: jiff::Timestamp) -> Map<String, Value> {
     let recorded = pdb
-        .pointer("/status/disruptedPods")
+        .lookup("/status/disruptedPods")
         .and_then(Value::as_object);
     let mut kept = Map::new();
     for pod in pods {
-        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        if pod.lookup("/metadata/deletionTimestamp").is_some() {
             continue;
         }
         let name = text(pod, "/metadata/name");
@@ -105,7 +106,7 @@ fn still_disrupted(pdb: &Value, pods: &[&Value], now: jiff::Timestamp) -> Map<St
 fn allowed_condition(pdb: &Value, allowed: bool, reason: &str, message: &str, now: &str) -> Value {
     let status = if allowed { "True" } else { "False" };
     let before = pdb
-        .pointer("/status/conditions")
+        .lookup("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "DisruptionAllowed"));
     let since = before
@@ -135,7 +136,7 @@ pub fn status(
     let disrupted = still_disrupted(pdb, pods, now);
     let healthy = pods
         .iter()
-        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+        .filter(|p| p.lookup("/metadata/deletionTimestamp").is_none())
         .filter(|p| !disrupted.contains_key(text(p, "/metadata/name")))
         .filter(|p| condition_true(p, "Ready"))
         .count() as i64;
@@ -201,7 +202,7 @@ pub fn ignores_budgets(pod: &Value) -> bool {
     matches!(
         text(pod, "/status/phase"),
         "Succeeded" | "Failed" | "Pending"
-    ) || pod.pointer("/metadata/deletionTimestamp").is_some()
+    ) || pod.lookup("/metadata/deletionTimestamp").is_some()
 }
 
 /// Why an eviction is refused.

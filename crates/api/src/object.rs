@@ -95,7 +95,7 @@ pub fn timestamp(at: jiff::Timestamp) -> String {
 
 /// Whether the object's `status.conditions` has `kind` with status `True`.
 pub fn condition_true(obj: &Value, kind: &str) -> bool {
-    obj.pointer("/status/conditions")
+    obj.lookup("/status/conditions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -123,6 +123,43 @@ pub fn metadata(obj: &Value) -> Option<&Map<String, Value>> {
 }
 
 /// A string field of `metadata` (`name`, `namespace`, `uid`, `resourceVersion`, ...).
+/// JSON Pointer look-ups that allocate nothing: `Value::pointer` makes a `String` of every
+/// token, and the write path and the controllers look up pointers thousands of times a second.
+pub trait Lookup {
+    /// What `pointer` leads to, as `Value::pointer` finds it.
+    fn lookup(&self, pointer: &str) -> Option<&Value>;
+}
+
+impl Lookup for Value {
+    fn lookup(&self, pointer: &str) -> Option<&Value> {
+        if pointer.is_empty() {
+            return Some(self);
+        }
+        let mut here = self;
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token = if token.contains('~') {
+                std::borrow::Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+            } else {
+                std::borrow::Cow::Borrowed(token)
+            };
+            here = match here {
+                Value::Object(map) => map.get(token.as_ref())?,
+                Value::Array(list) => list.get(index(&token)?)?,
+                _ => return None,
+            };
+        }
+        Some(here)
+    }
+}
+
+/// An array index token as JSON Pointer writes it (no sign, no leading zero).
+fn index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     metadata(obj)?.get(field)?.as_str()
 }
@@ -339,6 +376,33 @@ pub fn validate_metadata(obj: &Value, name_is_label: bool) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pointers_are_looked_up_as_serde_json_looks_them_up() {
+        let obj = serde_json::json!({"a": {"b/c": 1, "d~e": [10, 20, {"f": "g"}], "": 3},
+            "list": [0], "0": "zero"});
+        for pointer in [
+            "",
+            "/",
+            "/a",
+            "/a/b~1c",
+            "/a/d~0e",
+            "/a/d~0e/1",
+            "/a/d~0e/2/f",
+            "/a/d~0e/01",
+            "/a/d~0e/+1",
+            "/a/d~0e/9",
+            "/list/0",
+            "/0",
+            "a",
+            "/a/missing/x",
+            "/a/b~1c/x",
+            "/a/",
+            "/a/d~0e/-",
+        ] {
+            assert_eq!(obj.lookup(pointer), obj.pointer(pointer), "{pointer:?}");
+        }
+    }
     use serde_json::json;
 
     fn pod() -> Value {

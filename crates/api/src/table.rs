@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::kinds::Kind;
+use crate::object::Lookup;
 
 /// One column: its name, JSON type, and whether only `-o wide` shows it (priority 1).
 #[derive(Clone, Copy, Debug)]
@@ -206,15 +207,15 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    obj.lookup(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn int(obj: &Value, pointer: &str) -> i64 {
-    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+    obj.lookup(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn count(obj: &Value, pointer: &str) -> usize {
-    match obj.pointer(pointer) {
+    match obj.lookup(pointer) {
         Some(Value::Object(m)) => m.len(),
         Some(Value::Array(a)) => a.len(),
         _ => 0,
@@ -241,7 +242,7 @@ fn age(obj: &Value, pointer: &str, now: i64) -> String {
 /// A map of strings as `k=v,k=v` (selectors, node selectors), or `<none>`.
 fn pairs(obj: &Value, pointer: &str) -> String {
     let text = obj
-        .pointer(pointer)
+        .lookup(pointer)
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
@@ -254,7 +255,7 @@ fn pairs(obj: &Value, pointer: &str) -> String {
 }
 
 fn template_containers(obj: &Value, field: &str) -> String {
-    obj.pointer("/spec/template/spec/containers")
+    obj.lookup("/spec/template/spec/containers")
         .and_then(Value::as_array)
         .map(|cs| {
             cs.iter()
@@ -266,7 +267,7 @@ fn template_containers(obj: &Value, field: &str) -> String {
 }
 
 fn selector(obj: &Value) -> String {
-    obj.pointer("/spec/selector")
+    obj.lookup("/spec/selector")
         .map(|s| {
             crate::object::selector_from_json(s)
                 .map(|s| s.to_string())
@@ -283,13 +284,13 @@ fn pod_status(pod: &Value) -> String {
         reason = text(pod, "/status/reason").to_string();
     }
     let statuses = pod
-        .pointer("/status/containerStatuses")
+        .lookup("/status/containerStatuses")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
     for status in statuses.iter().rev() {
         let waiting = text(status, "/state/waiting/reason");
-        let terminated = status.pointer("/state/terminated");
+        let terminated = status.lookup("/state/terminated");
         if !waiting.is_empty() {
             reason = waiting.to_string();
         } else if let Some(t) = terminated {
@@ -300,7 +301,7 @@ fn pod_status(pod: &Value) -> String {
             };
         }
     }
-    if pod.pointer("/metadata/deletionTimestamp").is_some() && reason != "NodeLost" {
+    if pod.lookup("/metadata/deletionTimestamp").is_some() && reason != "NodeLost" {
         reason = "Terminating".into();
     }
     if reason.is_empty() {
@@ -313,7 +314,7 @@ fn pod_status(pod: &Value) -> String {
 fn pod_cells(pod: &Value, now: i64) -> Vec<Value> {
     let containers = count(pod, "/spec/containers");
     let statuses = pod
-        .pointer("/status/containerStatuses")
+        .lookup("/status/containerStatuses")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -327,7 +328,7 @@ fn pod_cells(pod: &Value, now: i64) -> Vec<Value> {
         .sum();
     let last_restart = statuses
         .iter()
-        .filter_map(|s| s.pointer("/lastState/terminated/finishedAt")?.as_str())
+        .filter_map(|s| s.lookup("/lastState/terminated/finishedAt")?.as_str())
         .filter_map(|t| t.parse::<jiff::Timestamp>().ok())
         .max();
     let restarts = match last_restart {
@@ -356,7 +357,7 @@ fn pod_cells(pod: &Value, now: i64) -> Vec<Value> {
 
 fn service_ports(svc: &Value) -> String {
     let ports = svc
-        .pointer("/spec/ports")
+        .lookup("/spec/ports")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -375,7 +376,7 @@ fn service_ports(svc: &Value) -> String {
 
 fn node_status(node: &Value) -> String {
     let conditions = node
-        .pointer("/status/conditions")
+        .lookup("/status/conditions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -390,7 +391,7 @@ fn node_status(node: &Value) -> String {
             }
         })
         .unwrap_or("Unknown");
-    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+    if node.lookup("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
         format!("{ready},SchedulingDisabled")
     } else {
         ready.to_string()
@@ -451,7 +452,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
         ],
         ("", "Service") => {
             let external = obj
-                .pointer("/status/loadBalancer/ingress")
+                .lookup("/status/loadBalancer/ingress")
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
@@ -484,7 +485,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
         ("", "Namespace") => vec![name, json!(text(obj, "/status/phase")), created],
         ("", "Node") => {
             let roles: Vec<&str> = obj
-                .pointer("/metadata/labels")
+                .lookup("/metadata/labels")
                 .and_then(Value::as_object)
                 .map(|m| {
                     m.keys()
@@ -493,7 +494,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
                 })
                 .unwrap_or_default();
             let internal = obj
-                .pointer("/status/addresses")
+                .lookup("/status/addresses")
                 .and_then(Value::as_array)
                 .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
                 .and_then(|x| x["address"].as_str())
@@ -509,7 +510,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
         }
         ("", "Endpoints") => {
             let addresses: Vec<String> = obj
-                .pointer("/subsets")
+                .lookup("/subsets")
                 .and_then(Value::as_array)
                 .map(|subsets| {
                     subsets
@@ -563,7 +564,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
         }
         ("certificates.k8s.io", "CertificateSigningRequest") => {
             let mut condition: Vec<&str> = obj
-                .pointer("/status/conditions")
+                .lookup("/status/conditions")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -573,11 +574,11 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
             if condition.is_empty() {
                 condition.push("Pending");
             }
-            if obj.pointer("/status/certificate").is_some() {
+            if obj.lookup("/status/certificate").is_some() {
                 condition.push("Issued");
             }
             let duration = match obj
-                .pointer("/spec/expirationSeconds")
+                .lookup("/spec/expirationSeconds")
                 .and_then(Value::as_i64)
             {
                 Some(seconds) => human_duration(seconds),
@@ -595,11 +596,11 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
         ("batch", "Job") => {
             let succeeded = int(obj, "/status/succeeded");
             let wanted = obj
-                .pointer("/spec/completions")
+                .lookup("/spec/completions")
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
             let conditions = obj
-                .pointer("/status/conditions")
+                .lookup("/status/conditions")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
@@ -626,7 +627,7 @@ pub fn cells(kind: &Kind, obj: &Value, now: i64) -> Vec<Value> {
             vec![name, json!(text(obj, "/spec/holderIdentity")), created]
         }
         ("policy", "PodDisruptionBudget") => {
-            let bound = |field: &str| match obj.pointer(field) {
+            let bound = |field: &str| match obj.lookup(field) {
                 Some(Value::Number(n)) => n.to_string(),
                 Some(Value::String(s)) => s.clone(),
                 _ => "N/A".into(),

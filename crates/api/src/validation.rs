@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::kinds::Kind;
 use crate::names;
+use crate::object::Lookup;
 use crate::object::{selector_from_json, FieldError};
 use crate::quantity::{self, Quantity};
 
@@ -93,7 +94,7 @@ fn containers(
         }
         for hook in ["postStart", "preStop"] {
             if let Some(h) = c
-                .pointer(&format!("/lifecycle/{hook}"))
+                .lookup(&format!("/lifecycle/{hook}"))
                 .filter(|h| !h.is_null())
             {
                 handler(
@@ -129,7 +130,7 @@ fn containers(
 fn resources(container: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let read = |list: &str| -> Vec<(String, String, Option<Quantity>)> {
         container
-            .pointer(&format!("/resources/{list}"))
+            .lookup(&format!("/resources/{list}"))
             .and_then(Value::as_object)
             .into_iter()
             .flatten()
@@ -574,7 +575,7 @@ fn tolerations(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
 /// A Node's spec: its pod CIDRs and taints (a key and an effect each, unique by the pair).
 fn node(obj: &Value, errs: &mut Vec<FieldError>) {
     let cidr = obj
-        .pointer("/spec/podCIDR")
+        .lookup("/spec/podCIDR")
         .and_then(Value::as_str)
         .unwrap_or("");
     if !cidr.is_empty() && cidr.parse::<crate::cidr::Ipv4Cidr>().is_err() {
@@ -585,7 +586,7 @@ fn node(obj: &Value, errs: &mut Vec<FieldError>) {
         ));
     }
     for (i, c) in obj
-        .pointer("/spec/podCIDRs")
+        .lookup("/spec/podCIDRs")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -602,7 +603,7 @@ fn node(obj: &Value, errs: &mut Vec<FieldError>) {
     }
     let mut seen = BTreeSet::new();
     for (i, t) in obj
-        .pointer("/spec/taints")
+        .lookup("/spec/taints")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -650,7 +651,7 @@ fn event(obj: &Value, errs: &mut Vec<FieldError>) {
     }
     let namespace = crate::object::meta_str(obj, "namespace").unwrap_or("");
     let involved = obj
-        .pointer("/involvedObject/namespace")
+        .lookup("/involvedObject/namespace")
         .and_then(Value::as_str)
         .unwrap_or("");
     if !involved.is_empty() && involved != namespace {
@@ -688,9 +689,9 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Vec<Fiel
 
 /// The selector of a workload must be given and must select its template's labels.
 fn selector_and_template(obj: &Value, errs: &mut Vec<FieldError>) {
-    let selector = obj.pointer("/spec/selector");
+    let selector = obj.lookup("/spec/selector");
     let labels = obj
-        .pointer("/spec/template/metadata/labels")
+        .lookup("/spec/template/metadata/labels")
         .cloned()
         .unwrap_or(Value::Null);
     match selector.map(selector_from_json) {
@@ -724,7 +725,7 @@ fn selector_and_template(obj: &Value, errs: &mut Vec<FieldError>) {
 }
 
 fn replicas(obj: &Value, errs: &mut Vec<FieldError>) {
-    if let Some(n) = obj.pointer("/spec/replicas").and_then(Value::as_i64) {
+    if let Some(n) = obj.lookup("/spec/replicas").and_then(Value::as_i64) {
         if n < 0 {
             errs.push(FieldError::invalid(
                 "spec.replicas",
@@ -797,7 +798,7 @@ fn data_keys(obj: &Value, binary: bool, errs: &mut Vec<FieldError>) {
 
 /// Secrets of the well-known types carry the keys their type promises.
 fn secret_type(obj: &Value, errs: &mut Vec<FieldError>) {
-    let has = |key: &str| obj.pointer(&format!("/data/{key}")).is_some();
+    let has = |key: &str| obj.lookup(&format!("/data/{key}")).is_some();
     let needed: &[&str] = match str_at(obj, "type") {
         "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
         "kubernetes.io/dockercfg" => &[".dockercfg"],
@@ -816,7 +817,7 @@ fn secret_type(obj: &Value, errs: &mut Vec<FieldError>) {
 pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let empty = Value::Null;
-    let template = obj.pointer("/spec/template/spec").unwrap_or(&empty);
+    let template = obj.lookup("/spec/template/spec").unwrap_or(&empty);
     match (kind.group, kind.kind) {
         ("", "Pod") => {
             let spec = obj.get("spec").unwrap_or(&empty);
@@ -861,7 +862,7 @@ pub fn validate(kind: &Kind, obj: &Value) -> Vec<FieldError> {
         ("", "Event") => event(obj, &mut errs),
         ("coordination.k8s.io", "Lease") => {
             if let Some(d) = obj
-                .pointer("/spec/leaseDurationSeconds")
+                .lookup("/spec/leaseDurationSeconds")
                 .and_then(Value::as_i64)
             {
                 if d <= 0 {

@@ -7,6 +7,7 @@ use skiff_api::kinds;
 
 use crate::registry::{Registry, Target};
 use crate::status::ApiError;
+use skiff_api::object::Lookup;
 
 /// The classes every cluster has.
 const BUILT_IN: [(&str, i64); 2] = [
@@ -21,14 +22,14 @@ fn priority_classes() -> &'static kinds::Kind {
 /// Sets a new pod's priority from its class.
 pub async fn pod_priority(registry: &Registry, pod: &mut Value) -> Result<(), ApiError> {
     let name = pod
-        .pointer("/spec/priorityClassName")
+        .lookup("/spec/priorityClassName")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
     // Names are not generated yet: messages name the prefix, as Kubernetes' admission does.
     let pod_name = ["/metadata/name", "/metadata/generateName"]
         .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_str))
+        .filter_map(|p| pod.lookup(p).and_then(Value::as_str))
         .find(|n| !n.is_empty())
         .unwrap_or("")
         .to_string();

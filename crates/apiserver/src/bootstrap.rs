@@ -10,6 +10,7 @@ use skiff_api::kinds;
 use crate::registry::{Registry, Target};
 use crate::status::ApiError;
 use crate::tls::Identity;
+use skiff_api::object::Lookup;
 
 pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 pub const GROUP: &str = "system:bootstrappers";
@@ -26,7 +27,7 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
 }
 
 fn data(secret: &Value, key: &str) -> Option<String> {
-    let encoded = secret.pointer(&format!("/data/{key}"))?.as_str()?;
+    let encoded = secret.lookup(&format!("/data/{key}"))?.as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;

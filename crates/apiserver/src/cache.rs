@@ -16,6 +16,7 @@ use skiff_api::object::{Filter, Selectable};
 use skiff_store::{Event, KeyValue, RangeRequest, Revision, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 
+use crate::parsed::{self, Recent};
 use crate::registry::set_resource_version;
 
 /// The changes kept per kind for watches that resume from a resourceVersion (older starts get
@@ -161,6 +162,9 @@ struct Expected {
     stored: Bytes,
     served: Unversioned,
     selectable: Selectable,
+    /// The object as the controllers read it, without its resourceVersion, when a feed reads
+    /// this kind through [`KindCache::parsed`].
+    view: Option<Value>,
     since: Instant,
 }
 
@@ -228,6 +232,8 @@ pub struct KindCache {
     /// Writes through this kind's endpoint about to be made, by the address of the bytes they
     /// give the store: their store events are taken from here rather than decoded.
     expected: Mutex<HashMap<usize, Expected>>,
+    /// The objects the controllers' feeds read lately.
+    pub parsed: Recent,
 }
 
 /// A live watcher as the feed sees it.
@@ -384,16 +390,17 @@ impl KindCache {
         self.kind
     }
 
-    /// Tells the cache of a write about to be given to the store as `stored` (through this
-    /// kind's endpoint, `served` being the object as served, `selectable` what selectors look
-    /// at): when the store's events carry written values, that write's event is served from
-    /// `served` with the revision spliced in, and costs no parsing. Told before the write, as
-    /// the event may be applied before the write returns.
-    pub fn expect(&self, stored: &Bytes, served: Unversioned, selectable: Selectable) {
+    /// Tells the cache of a write of `obj` about to be given to the store as `stored` (through
+    /// this kind's endpoint, `served` being its JSON as served): when the store's events carry
+    /// written values, that write's event is served from `served` with the revision spliced
+    /// in, and costs no parsing, nor does it for the controllers' feeds. Told before the write,
+    /// as the event may be applied before the write returns.
+    pub fn expect(&self, stored: &Bytes, obj: &Value, served: Unversioned) {
         let expected = Expected {
             stored: stored.clone(),
             served,
-            selectable,
+            selectable: Selectable::of(self.kind, obj),
+            view: self.parsed.is_wanted().then(|| parsed::view(obj)),
             since: Instant::now(),
         };
         let mut pending = self.expected.lock().expect("expected lock");
@@ -448,10 +455,17 @@ impl KindCache {
             let change = match event {
                 Event::Put { kv, .. } => {
                     let new = match expected.remove(&(kv.value.as_ptr() as usize)) {
-                        Some(e) if e.stored.len() == kv.value.len() => Arc::new(Cached {
-                            json: e.served.at(kv.mod_revision),
-                            selectable: e.selectable,
-                        }),
+                        Some(e) if e.stored.len() == kv.value.len() => {
+                            let cached = Arc::new(Cached {
+                                json: e.served.at(kv.mod_revision),
+                                selectable: e.selectable,
+                            });
+                            if let Some(mut view) = e.view {
+                                set_resource_version(&mut view, kv.mod_revision);
+                                self.parsed.keep(&cached, Arc::new(view));
+                            }
+                            cached
+                        }
                         _ => Arc::new(Cached::decode(self.kind, kv, kv.mod_revision)?),
                     };
                     let old = state.objects.insert(kv.key.clone(), new.clone());
@@ -564,6 +578,7 @@ impl WatchCache {
             applied: watch::channel(revision).0,
             progress: progress_tx,
             expected: Mutex::new(HashMap::new()),
+            parsed: Recent::default(),
         });
         let mut kinds = self.kinds.lock().expect("caches lock");
         // Another request may have loaded it meanwhile; the first one stays.
@@ -730,11 +745,7 @@ mod tests {
         let bytes = Unversioned::of(&stored).json;
         let mut marked = stored.clone();
         marked["data"] = json!({"expected": "yes"});
-        cms.expect(
-            &bytes,
-            Unversioned::of(&marked),
-            Selectable::of(kind, &marked),
-        );
+        cms.expect(&bytes, &marked, Unversioned::of(&marked));
         let written = store.create(&key, bytes.clone()).await.unwrap();
         applied(written.mod_revision).await.unwrap();
         let mut want = marked.clone();
@@ -746,11 +757,7 @@ mod tests {
         let other = kind.store_key(Some("default"), "d");
         let stored = json!({"metadata": {"name": "d", "namespace": "default"}});
         let told = Unversioned::of(&stored).json;
-        cms.expect(
-            &told,
-            Unversioned::of(&marked),
-            Selectable::of(kind, &marked),
-        );
+        cms.expect(&told, &marked, Unversioned::of(&marked));
         let given = Bytes::from(told.to_vec());
         let written = store.create(&other, given).await.unwrap();
         applied(written.mod_revision).await.unwrap();

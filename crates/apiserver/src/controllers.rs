@@ -1,9 +1,8 @@
 //! The API as the in-process controllers see it: lists from the watch cache that include their
 //! own writes, feeds of changes from it, and writes through the registry, as kubectl's go.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -14,10 +13,12 @@ use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
-use crate::cache::{Cached, Change, KindCache, Subscription};
+use crate::cache::{Change, KindCache, Subscription};
+use crate::parsed::{parse, without_managed_fields};
 use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
+use skiff_api::object::Lookup;
 
 /// The manager the controllers' writes are recorded under in `managedFields`, as Kubernetes
 /// records its controllers'.
@@ -28,60 +29,6 @@ pub struct InProcess {
     api: Arc<Api>,
     /// The newest revision this client wrote: its lists wait until the cache has it.
     written: AtomicI64,
-    /// The objects the feeds parsed lately.
-    parsed: Arc<Recent>,
-}
-
-/// Objects the feeds parsed lately, by the watch cache's entry they came from: four feeds follow
-/// pods (workloads and collector, disruption budgets, endpoints, scheduler) and deliver the same
-/// changes at about the same time; each change is parsed once for all of them. Bounded, and
-/// not kept in the cache itself, whose history would then hold a parsed copy of every version.
-#[derive(Default)]
-struct Recent(Mutex<Kept>);
-
-/// The parsed objects by their cache entry's address (the entry held, so that no other can
-/// take that address), and those addresses oldest first.
-#[derive(Default)]
-struct Kept {
-    objects: HashMap<usize, (Arc<Cached>, Arc<Value>)>,
-    order: VecDeque<usize>,
-}
-
-/// A cache entry as the controllers read it.
-fn parse(cached: &Cached) -> Value {
-    without_managed_fields(&cached.json).unwrap_or_else(|e| {
-        // The cache keeps JSON this server wrote: never expected.
-        tracing::error!(error = %e, "an object of the watch cache does not parse");
-        Value::Null
-    })
-}
-
-/// How many parsed objects [`Recent`] keeps: more than a feed's channel lets one lag behind.
-const RECENT: usize = 2048;
-
-impl Recent {
-    /// `cached` as the controllers read it, parsed unless a feed just did.
-    fn object(&self, cached: &Arc<Cached>) -> Arc<Value> {
-        let key = Arc::as_ptr(cached) as usize;
-        if let Some((_, object)) = self.0.lock().expect("recent lock").objects.get(&key) {
-            return object.clone();
-        }
-        let object = Arc::new(parse(cached));
-        let mut kept = self.0.lock().expect("recent lock");
-        let Kept { objects, order } = &mut *kept;
-        if objects
-            .insert(key, (cached.clone(), object.clone()))
-            .is_none()
-        {
-            order.push_back(key);
-        }
-        while order.len() > RECENT {
-            if let Some(oldest) = order.pop_front() {
-                objects.remove(&oldest);
-            }
-        }
-        object
-    }
 }
 
 impl InProcess {
@@ -89,7 +36,6 @@ impl InProcess {
         InProcess {
             api,
             written: AtomicI64::new(0),
-            parsed: Arc::default(),
         }
     }
 
@@ -121,7 +67,7 @@ impl InProcess {
 
     fn wrote(&self, obj: &Value) {
         let revision = obj
-            .pointer("/metadata/resourceVersion")
+            .lookup("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .and_then(|rv| rv.parse::<Revision>().ok())
             .unwrap_or(0);
@@ -146,9 +92,9 @@ fn error(e: ApiError) -> ClusterError {
 fn target<'a>(kind: &'static Kind, obj: &'a Value) -> Target<'a> {
     Target {
         kind,
-        namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str),
+        namespace: obj.lookup("/metadata/namespace").and_then(Value::as_str),
         name: obj
-            .pointer("/metadata/name")
+            .lookup("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or(""),
     }
@@ -238,7 +184,7 @@ impl Cluster for InProcess {
         // Only pods have several feeds. Every kind through the memo (5,000 nodes' Leases among
         // them) stalled the 150,000-pod density run, when a feed cut off for falling behind
         // ended and its controller took in every pod again (`forward` now resumes instead).
-        let parsed = (kind.plural == "pods").then(|| self.parsed.clone());
+        let parsed = kind.plural == "pods";
         tokio::spawn(forward(cache, subscription, parsed, tx));
         Ok(Feed {
             initial,
@@ -332,63 +278,18 @@ impl Cluster for InProcess {
     }
 }
 
-/// An object of the watch cache as the controllers read it: without `metadata.managedFields`,
-/// which they never use (a write without them keeps the stored ones) and which is most of a
-/// pod's JSON; skipped, not built, as the controllers' feeds parse every change of every pod.
-fn without_managed_fields(json: &[u8]) -> Result<Value, serde_json::Error> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-    use serde_json::Map;
-
-    /// An object with the field at the end of a path (of keys, outermost first) scanned past
-    /// rather than built.
-    struct Skipping(&'static [&'static str]);
-
-    impl<'de> DeserializeSeed<'de> for Skipping {
-        type Value = Value;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Skipping {
-        type Value = Value;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            let mut out = Map::new();
-            while let Some(key) = map.next_key::<String>()? {
-                match self.0 {
-                    [last] if key == *last => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                    [first, rest @ ..] if key == *first => {
-                        let value = map.next_value_seed(Skipping(rest))?;
-                        out.insert(key, value);
-                    }
-                    _ => {
-                        out.insert(key, map.next_value()?);
-                    }
-                }
-            }
-            Ok(Value::Object(out))
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let value = Skipping(&["metadata", "managedFields"]).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
-}
-
-/// Passes a subscription's changes on to a controller feed, parsed (through `parsed` when
-/// given); ends when the consumer is gone, on a reset, or when it cannot resume.
+/// Passes a subscription's changes on to a controller feed, parsed (through the cache's memo
+/// of parsed objects with `parsed`); ends when the consumer is gone, on a reset, or when it
+/// cannot resume.
 async fn forward(
     cache: Arc<KindCache>,
     subscription: Subscription,
-    parsed: Option<Arc<Recent>>,
+    parsed: bool,
     tx: mpsc::Sender<Changed>,
 ) {
+    if parsed {
+        cache.parsed.wanted();
+    }
     let prefix = cache.kind().store_prefix();
     let mut live = subscription.live;
     let mut backlog = subscription.backlog.into_iter();
@@ -424,9 +325,10 @@ async fn forward(
             Change::Progress(_) => continue,
             Change::Reset => return,
         };
-        let object = match &parsed {
-            Some(parsed) => parsed.object(cached),
-            None => Arc::new(parse(cached)),
+        let object = if parsed {
+            cache.parsed.object(cached)
+        } else {
+            Arc::new(parse(cached))
         };
         if tx.send(Changed { object, deleted }).await.is_err() {
             return;
@@ -450,7 +352,7 @@ mod tests {
             .subscribe(&prefix, &Filter::default(), false, None)
             .unwrap();
         let (tx, mut feed) = mpsc::channel(16);
-        tokio::spawn(super::forward(cache.clone(), subscription, None, tx));
+        tokio::spawn(super::forward(cache.clone(), subscription, false, tx));
         let write = |name: String| {
             let store = store.clone();
             let key = kind.store_key(Some("default"), &name);
@@ -472,41 +374,5 @@ mod tests {
         write("last".into()).await;
         let changed = feed.recv().await.expect("the feed goes on");
         assert_eq!(changed.object["metadata"]["name"], "last");
-    }
-
-    #[test]
-    fn controllers_read_objects_without_managed_fields() {
-        let json = br#"{"metadata": {"name": "p", "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}],
-            "labels": {"managedFields": "kept"}}, "spec": {"managedFields": "kept"}}"#;
-        assert_eq!(
-            super::without_managed_fields(json).unwrap(),
-            serde_json::json!({"metadata": {"name": "p", "labels": {"managedFields": "kept"}},
-                "spec": {"managedFields": "kept"}})
-        );
-        assert!(super::without_managed_fields(b"{} x").is_err());
-    }
-
-    #[test]
-    fn feeds_share_each_change_parsed_once_and_keep_only_the_latest() {
-        use std::sync::Arc;
-        let pods = skiff_api::kinds::find("", "v1", "pods").unwrap();
-        let cached = |name: &str| {
-            Arc::new(super::Cached::new(
-                pods,
-                &serde_json::json!({"metadata": {"name": name, "managedFields": []}}),
-            ))
-        };
-        let recent = super::Recent::default();
-        let first = cached("p0");
-        let parsed = recent.object(&first);
-        assert_eq!(*parsed, serde_json::json!({"metadata": {"name": "p0"}}));
-        assert!(Arc::ptr_eq(&parsed, &recent.object(&first)));
-        // An equal object from another entry of the cache is parsed on its own.
-        assert!(!Arc::ptr_eq(&parsed, &recent.object(&cached("p0"))));
-        for i in 0..super::RECENT {
-            recent.object(&cached(&format!("p{i}")));
-        }
-        assert_eq!(recent.0.lock().unwrap().objects.len(), super::RECENT);
-        assert!(!Arc::ptr_eq(&parsed, &recent.object(&first)));
     }
 }

@@ -10,6 +10,7 @@ use crate::registry::Target;
 use crate::server::Api;
 use crate::status::{ApiError, Cause};
 use crate::tls::Identity;
+use skiff_api::object::Lookup;
 
 /// Client certificates of nodes (kubelets).
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -39,7 +40,7 @@ pub fn requested(csr: &Value) -> Result<(String, Requested), String> {
     use x509_parser::prelude::FromDer;
 
     let encoded = csr
-        .pointer("/spec/request")
+        .lookup("/spec/request")
         .and_then(Value::as_str)
         .ok_or("Required value")?;
     let pem = base64::engine::general_purpose::STANDARD
@@ -96,7 +97,7 @@ pub fn requested(csr: &Value) -> Result<(String, Requested), String> {
 /// server does whatever the client wrote there.
 pub fn admit(obj: &mut Value, who: Option<&Identity>) -> Result<(), ApiError> {
     let name = obj
-        .pointer("/metadata/name")
+        .lookup("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
@@ -113,7 +114,7 @@ pub fn admit(obj: &mut Value, who: Option<&Identity>) -> Result<(), ApiError> {
     };
     requested(obj).map_err(|e| invalid("spec.request", format!("Invalid value: {e}")))?;
     if obj
-        .pointer("/spec/signerName")
+        .lookup("/spec/signerName")
         .and_then(Value::as_str)
         .is_none_or(str::is_empty)
     {
@@ -144,7 +145,7 @@ pub enum Decision {
 }
 
 fn strings(csr: &Value, pointer: &str) -> Vec<String> {
-    csr.pointer(pointer)
+    csr.lookup(pointer)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -159,11 +160,11 @@ fn strings(csr: &Value, pointer: &str) -> Vec<String> {
 /// certificate with only DNS and IP names, asked by the node itself.
 pub fn decide(csr: &Value, requested: &Requested) -> Decision {
     let signer = csr
-        .pointer("/spec/signerName")
+        .lookup("/spec/signerName")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let username = csr
-        .pointer("/spec/username")
+        .lookup("/spec/username")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let groups = strings(csr, "/spec/groups");
@@ -210,7 +211,7 @@ pub fn decide(csr: &Value, requested: &Requested) -> Decision {
 }
 
 fn condition(csr: &Value, kind: &str) -> bool {
-    csr.pointer("/status/conditions")
+    csr.lookup("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|cs| {
             cs.iter()
@@ -227,7 +228,7 @@ pub async fn settle(api: &Api, kind: &'static Kind, name: &str) -> Result<(), Ap
         name,
     };
     let csr = api.registry.get(&target).await?;
-    if csr.pointer("/status/certificate").is_some() || condition(&csr, "Denied") {
+    if csr.lookup("/status/certificate").is_some() || condition(&csr, "Denied") {
         return Ok(());
     }
     let Ok((pem, requested)) = requested(&csr) else {
@@ -257,7 +258,7 @@ pub async fn settle(api: &Api, kind: &'static Kind, name: &str) -> Result<(), Ap
         tracing::info!(csr = name, user = %requested.common_name, "certificate request approved");
     }
     let signer = csr
-        .pointer("/spec/signerName")
+        .lookup("/spec/signerName")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let server = match signer {

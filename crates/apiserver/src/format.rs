@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use skiff_api::kinds::Kind;
+use skiff_api::object::Lookup;
 use skiff_api::table;
 
 /// The media type of Table answers.
@@ -112,7 +113,7 @@ pub fn object(kind: &Kind, format: Format, code: StatusCode, obj: &Value) -> Res
     match format {
         Format::Json => json_response(code, obj),
         Format::Table(include) => {
-            let rv = obj.pointer("/metadata/resourceVersion").cloned();
+            let rv = obj.lookup("/metadata/resourceVersion").cloned();
             let metadata = rv.map_or_else(|| json!({}), |rv| json!({"resourceVersion": rv}));
             let body = serde_json::to_vec(&obj).expect("a JSON value serializes");
             let doc = table(kind, metadata, &[body], include);

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod format;
 pub mod logs;
 pub mod openapi;
+pub mod parsed;
 pub mod paths;
 pub mod pki;
 pub mod protobuf;

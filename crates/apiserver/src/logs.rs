@@ -16,6 +16,7 @@ use skiff_api::kinds;
 use crate::registry::Target;
 use crate::server::Api;
 use crate::status::ApiError;
+use skiff_api::object::Lookup;
 
 /// The common name of the client certificate the API server shows agents.
 pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
@@ -57,11 +58,11 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// The container a log request is about: the one asked for, or the pod's only one.
 fn container_of(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
     let name = pod
-        .pointer("/metadata/name")
+        .lookup("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let names = |list: &str| -> Vec<String> {
-        pod.pointer(&format!("/spec/{list}"))
+        pod.lookup(&format!("/spec/{list}"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -86,7 +87,7 @@ fn container_of(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
 /// Where the node's agent listens: its InternalIP and the published port.
 fn agent_address(node: &Value) -> Option<SocketAddr> {
     let ip: IpAddr = node
-        .pointer("/status/addresses")?
+        .lookup("/status/addresses")?
         .as_array()?
         .iter()
         .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))?
@@ -95,7 +96,7 @@ fn agent_address(node: &Value) -> Option<SocketAddr> {
         .parse()
         .ok()?;
     let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")?
+        .lookup("/status/daemonEndpoints/kubeletEndpoint/Port")?
         .as_u64()?;
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
@@ -117,7 +118,7 @@ pub async fn proxy(
     let asked = query_param(query, "container");
     let container = container_of(&pod, asked.as_deref())?;
     let node_name = pod
-        .pointer("/spec/nodeName")
+        .lookup("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {

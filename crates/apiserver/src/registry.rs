@@ -18,6 +18,7 @@ use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 use crate::cache::{KindCache, Unversioned, WatchCache};
 use crate::services;
 use crate::status::{ApiError, Cause, Details};
+use skiff_api::object::Lookup;
 
 /// How many times an unconditional write is retried when a concurrent writer got in first.
 const UNCONDITIONAL_RETRIES: usize = 16;
@@ -272,7 +273,7 @@ impl Registry {
                 .map_err(|e| ApiError::internal(format!("cached namespace {namespace}: {e}")))?,
             None => {
                 let ns = self.get(&target).await?;
-                ns.pointer("/metadata/deletionTimestamp").is_some()
+                ns.lookup("/metadata/deletionTimestamp").is_some()
             }
         };
         if terminating {
@@ -499,7 +500,7 @@ impl Registry {
             };
             let managed_given = match ownership {
                 Ownership::AsGiven if endpoint == Endpoint::Status => {
-                    given.pointer("/metadata/managedFields").cloned()
+                    given.lookup("/metadata/managedFields").cloned()
                 }
                 _ => None,
             };
@@ -584,7 +585,7 @@ impl Registry {
         force: bool,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        if config.pointer("/metadata/managedFields").is_some() {
+        if config.lookup("/metadata/managedFields").is_some() {
             return Err(ApiError::bad_request(
                 "metadata.managedFields must be nil in an applied configuration",
             ));
@@ -666,7 +667,7 @@ impl Registry {
         expected: Revision,
         claims: Vec<Op>,
     ) -> Result<Value, StoreError> {
-        if obj.pointer("/metadata/deletionTimestamp").is_some()
+        if obj.lookup("/metadata/deletionTimestamp").is_some()
             && object::finalizers(&obj).is_empty()
             && !deletion_waits_for_grace(target.kind, &obj)
         {
@@ -704,7 +705,7 @@ impl Registry {
             .flatten();
         if let Some(cache) = &told {
             let served = served.unwrap_or_else(|| Unversioned::of(obj));
-            cache.expect(&bytes, served, Selectable::of(kind, obj));
+            cache.expect(&bytes, obj, served);
         }
         Encoded { bytes, told }
     }
@@ -740,7 +741,7 @@ impl Registry {
             if let (Some(finalizer), true) =
                 (options.propagation.finalizer(), target.kind.collected())
             {
-                if old.pointer("/metadata/deletionTimestamp").is_none() {
+                if old.lookup("/metadata/deletionTimestamp").is_none() {
                     let list = old["metadata"]["finalizers"]
                         .as_array()
                         .cloned()
@@ -888,7 +889,7 @@ fn bound_pod(kind: &Kind, obj: &Value) -> bool {
     kind.group.is_empty()
         && kind.kind == "Pod"
         && obj
-            .pointer("/spec/nodeName")
+            .lookup("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty())
 }
@@ -897,7 +898,7 @@ fn deletion_waits_for_grace(kind: &Kind, obj: &Value) -> bool {
     let bound_pod = bound_pod(kind, obj);
     let namespace = kind.group.is_empty() && kind.kind == "Namespace";
     let grace = obj
-        .pointer("/metadata/deletionGracePeriodSeconds")
+        .lookup("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(0);
     (bound_pod && grace > 0) || namespace
@@ -912,11 +913,11 @@ fn deletion_step(
     let bound = bound_pod(kind, obj);
     let has_finalizers = !object::finalizers(obj).is_empty();
     let marked_grace = obj
-        .pointer("/metadata/deletionGracePeriodSeconds")
+        .lookup("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64);
     let grace = if bound {
         options.grace_period_seconds.unwrap_or_else(|| {
-            obj.pointer("/spec/terminationGracePeriodSeconds")
+            obj.lookup("/spec/terminationGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .unwrap_or(30)
         })
@@ -924,7 +925,7 @@ fn deletion_step(
         0
     };
     let namespace = kind.group.is_empty() && kind.kind == "Namespace";
-    let already_marked = obj.pointer("/metadata/deletionTimestamp").is_some();
+    let already_marked = obj.lookup("/metadata/deletionTimestamp").is_some();
     if already_marked {
         // A later DELETE may only shorten a pod's grace period.
         if bound && marked_grace.is_some_and(|g| grace < g) {
@@ -977,7 +978,7 @@ fn writer<'a>(
 fn keep_last_applied(live: Option<&Value>, config: &Value, merged: &mut Value) {
     const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
     let had = live
-        .and_then(|l| l.pointer("/metadata/annotations"))
+        .and_then(|l| l.lookup("/metadata/annotations"))
         .is_some_and(|a| a.get(LAST_APPLIED).is_some());
     if !had {
         return;

@@ -27,6 +27,7 @@ use crate::subresources::{self, ScaleChange};
 use crate::tls::Identity;
 use crate::watch::{self, WatchRequest};
 use crate::{discovery, protobuf};
+use skiff_api::object::Lookup;
 
 /// Kubernetes' limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -448,7 +449,7 @@ async fn serve_subresource(
         ("approval", &Method::PUT) => {
             let body = read_body(&parts.headers, body, target.kind.kind).await?;
             let conditions = body
-                .pointer("/status/conditions")
+                .lookup("/status/conditions")
                 .cloned()
                 .unwrap_or_else(|| json!([]));
             registry

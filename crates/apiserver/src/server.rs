@@ -25,6 +25,7 @@ use crate::registry::{DeleteOptions, Registry, Target};
 use crate::status::ApiError;
 use crate::tls::{Identity, TlsError};
 use crate::{discovery, openapi, rest, tls};
+use skiff_api::object::Lookup;
 
 /// How `skiff server` is started.
 #[derive(Clone, Debug)]
@@ -132,7 +133,7 @@ impl Api {
     pub fn after_delete(&self, deleted_kind: &Kind, obj: &Value) {
         if deleted_kind.group.is_empty()
             && deleted_kind.kind == "Namespace"
-            && obj.pointer("/metadata/deletionTimestamp").is_some()
+            && obj.lookup("/metadata/deletionTimestamp").is_some()
         {
             tokio::spawn(empty_namespace(
                 self.registry.clone(),
@@ -235,7 +236,7 @@ impl Api {
             .list(namespaces, None, &Filter::default(), None, None, None)
             .await?;
         for ns in &all.items {
-            if ns.pointer("/metadata/deletionTimestamp").is_some() {
+            if ns.lookup("/metadata/deletionTimestamp").is_some() {
                 tokio::spawn(empty_namespace(
                     self.registry.clone(),
                     object::name(ns).to_string(),
@@ -277,7 +278,7 @@ async fn empty_namespace(registry: Registry, namespace: String) {
                     name: object::name(obj),
                 };
                 match registry.delete(&target, &DeleteOptions::default()).await {
-                    Ok(after) if after.pointer("/metadata/deletionTimestamp").is_some() => {
+                    Ok(after) if after.lookup("/metadata/deletionTimestamp").is_some() => {
                         remaining += 1
                     }
                     Ok(_) => {}

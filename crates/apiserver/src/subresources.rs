@@ -10,11 +10,12 @@ use skiff_api::strategy::Endpoint;
 
 use crate::registry::{DeleteOptions, Ownership, Registry, Target};
 use crate::status::{ApiError, Cause, Details};
+use skiff_api::object::Lookup;
 
 /// The `autoscaling/v1` Scale of a workload object.
 pub fn scale_of(obj: &Value) -> Result<Value, ApiError> {
     let selector = obj
-        .pointer("/spec/selector")
+        .lookup("/spec/selector")
         .map(selector_from_json)
         .transpose()
         .map_err(ApiError::internal)?
@@ -36,9 +37,9 @@ pub fn scale_of(obj: &Value) -> Result<Value, ApiError> {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": metadata,
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "spec": {"replicas": obj.lookup("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "replicas": obj.lookup("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
             "selector": selector,
         },
     }))
@@ -72,7 +73,7 @@ pub async fn update_scale(
         }
     };
     let replicas = scale
-        .pointer("/spec/replicas")
+        .lookup("/spec/replicas")
         .and_then(Value::as_i64)
         .filter(|r| *r >= 0)
         .ok_or_else(|| {
@@ -119,7 +120,7 @@ pub async fn apply_scale(
         "kind": target.kind.kind,
         "metadata": {"name": target.name},
     });
-    if let Some(replicas) = config.pointer("/spec/replicas") {
+    if let Some(replicas) = config.lookup("/spec/replicas") {
         if replicas.as_i64().is_none_or(|r| r < 0) {
             return Err(ApiError::invalid(
                 "Scale",
@@ -157,14 +158,14 @@ pub async fn bind(
     binding: &Value,
 ) -> Result<(), ApiError> {
     let node = binding
-        .pointer("/target/name")
+        .lookup("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("a Binding needs target.name, the node"))?;
     registry
         .modify(target, |pod| {
-            let want_uid = binding.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
-            let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            let want_uid = binding.lookup("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            let uid = pod.lookup("/metadata/uid").and_then(Value::as_str).unwrap_or("");
             if !want_uid.is_empty() && want_uid != uid {
                 return Err(ApiError::new(
                     409,
@@ -176,7 +177,7 @@ pub async fn bind(
                 ));
             }
             let assigned = pod
-                .pointer("/spec/nodeName")
+                .lookup("/spec/nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if !assigned.is_empty() {
@@ -189,7 +190,7 @@ pub async fn bind(
                     ),
                 ));
             }
-            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            if pod.lookup("/metadata/deletionTimestamp").is_some() {
                 return Err(ApiError::new(
                     409,
                     "Conflict",

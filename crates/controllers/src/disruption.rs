@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::text;
 use crate::runtime::{controller_of, kind};
+use skiff_api::object::Lookup;
 
 type BudgetKey = (String, String);
 
@@ -140,7 +141,7 @@ async fn scale_of(
     for pod in pods {
         let name = text(pod, "/metadata/name");
         let Some((rs_name, rs_uid)) = controller_of(pod, "ReplicaSet") else {
-            return Ok(Err(match pod.pointer("/metadata/ownerReferences") {
+            return Ok(Err(match pod.lookup("/metadata/ownerReferences") {
                 Some(_) => format!("found no controllers for pod {name:?}"),
                 None => format!("found no controller ref for pod {name:?}"),
             }));
@@ -168,7 +169,7 @@ async fn scale_of(
         };
         if counted.insert(text(&owner, "/metadata/uid").to_string()) {
             total += owner
-                .pointer("/spec/replicas")
+                .lookup("/spec/replicas")
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
         }

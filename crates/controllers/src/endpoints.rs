@@ -16,6 +16,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::kind;
 use crate::runtime::text;
+use skiff_api::object::Lookup;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -41,7 +42,7 @@ struct PortSpec<'a> {
 
 fn ports_of(service: &Value) -> Vec<PortSpec<'_>> {
     service
-        .pointer("/spec/ports")
+        .lookup("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -61,7 +62,7 @@ fn ports_of(service: &Value) -> Vec<PortSpec<'_>> {
 /// The pod's port numbers for the Service's ports; a named target the pod lacks leaves that
 /// port out for this pod, as Kubernetes does.
 fn resolve(ports: &[PortSpec<'_>], pod: &Value) -> Vec<(String, String, u64)> {
-    let containers = pod.pointer("/spec/containers").and_then(Value::as_array);
+    let containers = pod.lookup("/spec/containers").and_then(Value::as_array);
     ports
         .iter()
         .filter_map(|p| {
@@ -105,7 +106,7 @@ fn suffix(ports: &[(String, String, u64)]) -> String {
 pub fn desired(service: &Value, pods: &[Value]) -> (Value, Vec<Value>) {
     let namespace = text(service, "/metadata/namespace");
     let name = text(service, "/metadata/name");
-    let publish_not_ready = service.pointer("/spec/publishNotReadyAddresses") == Some(&json!(true));
+    let publish_not_ready = service.lookup("/spec/publishNotReadyAddresses") == Some(&json!(true));
     let ports = ports_of(service);
     // Port set → (ready addresses, not-ready addresses, slice endpoints), in pod order.
     type Group = (Vec<Value>, Vec<Value>, Vec<Value>);
@@ -121,7 +122,7 @@ pub fn desired(service: &Value, pods: &[Value]) -> (Value, Vec<Value>) {
         if ip.is_empty() || phase == "Succeeded" || phase == "Failed" {
             continue;
         }
-        let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+        let terminating = pod.lookup("/metadata/deletionTimestamp").is_some();
         let serving = condition_true(pod, "Ready");
         let ready = publish_not_ready || (serving && !terminating);
         let node = text(pod, "/spec/nodeName");
@@ -251,7 +252,7 @@ fn truncate(subsets: &mut Vec<Value>) -> bool {
 /// whose port set is no longer wanted, are not returned (the caller deletes them).
 pub fn pack_slices(want: Vec<Value>, current: &[Value]) -> Vec<Value> {
     let key = |e: &Value| {
-        e.pointer("/addresses/0")
+        e.lookup("/addresses/0")
             .and_then(Value::as_str)
             .map(str::to_string)
     };
@@ -386,13 +387,13 @@ struct FollowedNodes {
 /// by hand, which this controller leaves alone).
 fn selector(service: &Value) -> Option<&serde_json::Map<String, Value>> {
     service
-        .pointer("/spec/selector")
+        .lookup("/spec/selector")
         .and_then(Value::as_object)
         .filter(|s| !s.is_empty())
 }
 
 fn selects(selector: &serde_json::Map<String, Value>, pod: &Value) -> bool {
-    let labels = pod.pointer("/metadata/labels");
+    let labels = pod.lookup("/metadata/labels");
     selector
         .iter()
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
@@ -684,8 +685,8 @@ async fn write(
         (Some(current), Some(want)) => {
             let over = format!("/metadata/annotations/{}", OVER_CAPACITY.replace('/', "~1"));
             let differs = fields.iter().any(|f| current.get(*f) != want.get(*f))
-                || current.pointer("/metadata/labels") != want.pointer("/metadata/labels")
-                || current.pointer(&over) != want.pointer(&over);
+                || current.lookup("/metadata/labels") != want.lookup("/metadata/labels")
+                || current.lookup(&over) != want.lookup(&over);
             if !differs {
                 return Ok(());
             }
@@ -699,7 +700,7 @@ async fn write(
                 }
             }
             next["metadata"]["labels"] = want["metadata"]["labels"].clone();
-            match want.pointer(&over) {
+            match want.lookup(&over) {
                 Some(v) => next["metadata"]["annotations"][OVER_CAPACITY] = v.clone(),
                 None => {
                     if let Some(a) = next["metadata"]

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::{deleting, text};
+use skiff_api::object::Lookup;
 
 /// How long a reference to an owner not seen yet waits before it is looked up: at start the
 /// owners' feeds may not have delivered them.
@@ -46,7 +47,7 @@ fn uid_of(text: &str) -> Option<Uid> {
 }
 
 fn has_finalizer(obj: &Value, finalizer: &str) -> bool {
-    obj.pointer("/metadata/finalizers")
+    obj.lookup("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| f.iter().any(|f| f == finalizer))
 }
@@ -57,7 +58,7 @@ fn held(obj: &Value) -> bool {
 }
 
 fn references(obj: &Value) -> &[Value] {
-    obj.pointer("/metadata/ownerReferences")
+    obj.lookup("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
 }

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
+use skiff_api::object::Lookup;
 
 const NAMESPACE: &str = "kube-system";
 const NAME: &str = "skiff-controllers";
@@ -42,23 +43,23 @@ async fn try_lead(cluster: &dyn Cluster, identity: &str) -> Result<bool, Cluster
         return Ok(true);
     };
     let holder = lease
-        .pointer("/spec/holderIdentity")
+        .lookup("/spec/holderIdentity")
         .and_then(Value::as_str)
         .unwrap_or("");
     let renewed = lease
-        .pointer("/spec/renewTime")
+        .lookup("/spec/renewTime")
         .and_then(Value::as_str)
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .map_or(0, |t| t.as_second());
     let duration = lease
-        .pointer("/spec/leaseDurationSeconds")
+        .lookup("/spec/leaseDurationSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(DURATION);
     if holder == identity {
         lease["spec"]["renewTime"] = json!(stamp);
     } else if holder.is_empty() || seconds > renewed + duration {
         let transitions = lease
-            .pointer("/spec/leaseTransitions")
+            .lookup("/spec/leaseTransitions")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         lease["spec"] = json!({"holderIdentity": identity, "leaseDurationSeconds": DURATION,

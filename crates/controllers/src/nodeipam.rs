@@ -11,6 +11,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
+use skiff_api::object::Lookup;
 
 /// The range pod CIDRs come from.
 #[derive(Clone, Copy, Debug)]
@@ -33,7 +34,7 @@ impl Default for Settings {
 type Seen = BTreeMap<String, Option<Ipv4Cidr>>;
 
 fn pod_cidr(node: &Value) -> Option<Ipv4Cidr> {
-    node.pointer("/spec/podCIDR")?.as_str()?.parse().ok()
+    node.lookup("/spec/podCIDR")?.as_str()?.parse().ok()
 }
 
 pub fn start(cluster: Arc<dyn Cluster>, leader: watch::Receiver<bool>, settings: Settings) {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, ClusterError};
 use crate::events::{Note, Recorder};
 use crate::runtime::kind;
+use skiff_api::object::Lookup;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// Pods evicted per second at most, so that a partition does not empty the cluster at once.
@@ -61,7 +62,7 @@ pub fn overdue(seen: Instant, lease_duration: Duration, grace: Duration, now: In
 /// for ever), or `default`.
 pub fn tolerated_for(pod: &Value, default: Duration) -> Option<Duration> {
     let tolerations = pod
-        .pointer("/spec/tolerations")
+        .lookup("/spec/tolerations")
         .and_then(Value::as_array)
         .into_iter()
         .flatten();
@@ -105,7 +106,7 @@ fn unknown_conditions(node: &mut Value, now: &str) {
 /// The node's taints with (`on`) or without the unreachable ones.
 fn with_unreachable_taints(node: &mut Value, on: bool, now: &str) -> bool {
     let mut taints: Vec<Value> = node
-        .pointer("/spec/taints")
+        .lookup("/spec/taints")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -140,7 +141,7 @@ async fn follow_leases(cluster: Arc<dyn Cluster>, seen: Arc<Mutex<HashMap<String
                 let mut changes = feed.changes;
                 while let Some(change) = changes.recv().await {
                     let lease = &change.object;
-                    if lease.pointer("/metadata/namespace") != Some(&json!("kube-node-lease")) {
+                    if lease.lookup("/metadata/namespace") != Some(&json!("kube-node-lease")) {
                         continue;
                     }
                     let name = lease["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -150,13 +151,13 @@ async fn follow_leases(cluster: Arc<dyn Cluster>, seen: Arc<Mutex<HashMap<String
                         continue;
                     }
                     let renew = lease
-                        .pointer("/spec/renewTime")
+                        .lookup("/spec/renewTime")
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string();
                     let duration = Duration::from_secs(
                         lease
-                            .pointer("/spec/leaseDurationSeconds")
+                            .lookup("/spec/leaseDurationSeconds")
                             .and_then(Value::as_u64)
                             .unwrap_or(0),
                     );
@@ -368,7 +369,7 @@ async fn evict(
         if evicted == budget {
             break;
         }
-        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        if pod.lookup("/metadata/deletionTimestamp").is_some() {
             continue;
         }
         let Some(wait) = tolerated_for(&pod, settings.eviction_wait) else {

@@ -10,6 +10,7 @@ use crate::rollout::{self, IntOrPercent, Set, Step};
 use crate::runtime::{controller_of, kind};
 use crate::runtime::{deleting, text};
 use skiff_api::kinds::Kind;
+use skiff_api::object::Lookup;
 use skiff_api::object::{selector_from_json, Filter};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -18,7 +19,7 @@ const MAX: &str = "deployment.kubernetes.io/max-replicas";
 const HASH_LABEL: &str = "pod-template-hash";
 
 fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
-    obj.pointer(pointer)
+    obj.lookup(pointer)
         .and_then(Value::as_i64)
         .unwrap_or(default)
 }
@@ -45,7 +46,7 @@ async fn claim(
 ) -> Result<Vec<Value>, ClusterError> {
     let uid = text(owner, "/metadata/uid");
     let has_controller = |o: &Value| {
-        o.pointer("/metadata/ownerReferences")
+        o.lookup("/metadata/ownerReferences")
             .and_then(Value::as_array)
             .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true))
     };
@@ -70,7 +71,7 @@ async fn claim(
 /// than needed.
 fn selected_by(owner: &Value) -> Filter {
     let labels = owner
-        .pointer("/spec/selector")
+        .lookup("/spec/selector")
         .and_then(|s| selector_from_json(s).ok());
     Filter {
         labels,
@@ -166,7 +167,7 @@ pub async fn replica_set(
     let counts = replicaset::counts(&views, int(&rs, "/spec/minReadySeconds", 0), now);
     // Pods carrying every label of the template (a pod relabelled by hand may not).
     let template_labels = rs
-        .pointer("/spec/template/metadata/labels")
+        .lookup("/spec/template/metadata/labels")
         .and_then(Value::as_object);
     let fully_labeled =
         mine.iter()
@@ -174,7 +175,7 @@ pub async fn replica_set(
             .filter(|(pod, view)| {
                 !view.gone
                     && template_labels.into_iter().flatten().all(|(k, v)| {
-                        pod.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
+                        pod.lookup("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
                     })
             })
             .count();
@@ -196,7 +197,7 @@ pub async fn replica_set(
         int(&rs, "/metadata/generation", 0).into(),
     );
     let kept_failure = rs
-        .pointer("/status/conditions")
+        .lookup("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "ReplicaFailure"));
     match (&failure, kept_failure) {
@@ -228,13 +229,13 @@ pub async fn replica_set(
 
 /// A new pod of a ReplicaSet, from its template.
 fn pod_from(rs: &Value) -> Value {
-    let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let template = rs.lookup("/spec/template").cloned().unwrap_or(json!({}));
     let mut metadata = json!({
         "generateName": format!("{}-", text(rs, "/metadata/name")),
         "ownerReferences": [owner_reference("ReplicaSet", "apps/v1", rs)],
     });
     for field in ["labels", "annotations"] {
-        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+        if let Some(v) = template.lookup(&format!("/metadata/{field}")) {
             metadata[field] = v.clone();
         }
     }
@@ -288,9 +289,9 @@ fn revision(rs: &Value) -> i64 {
 
 /// The new ReplicaSet of a Deployment whose template has none yet.
 fn new_replica_set(d: &Value, hash: &str, revision: i64, max_surge: i32) -> Value {
-    let mut template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut template = d.lookup("/spec/template").cloned().unwrap_or(json!({}));
     template["metadata"]["labels"][HASH_LABEL] = json!(hash);
-    let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+    let mut selector = d.lookup("/spec/selector").cloned().unwrap_or(json!({}));
     selector["matchLabels"][HASH_LABEL] = json!(hash);
     let replicas = int(d, "/spec/replicas", 1);
     json!({
@@ -342,8 +343,8 @@ pub async fn deployment(
     if deleting(&d) {
         return Ok(None);
     }
-    let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let paused = d.pointer("/spec/paused") == Some(&json!(true));
+    let template = d.lookup("/spec/template").cloned().unwrap_or(json!({}));
+    let paused = d.lookup("/spec/paused") == Some(&json!(true));
     let selected = cluster.list(sets_kind, namespace, &selected_by(&d)).await?;
     let mut sets = claim(cluster, sets_kind, &d, "Deployment", selected).await?;
     // Oldest first; revisions order sets made within the same second.
@@ -355,10 +356,10 @@ pub async fn deployment(
     });
     let (new, old): (Vec<Value>, Vec<Value>) = sets
         .into_iter()
-        .partition(|rs| rs.pointer("/spec/template").map(without_hash) == Some(template.clone()));
+        .partition(|rs| rs.lookup("/spec/template").map(without_hash) == Some(template.clone()));
     let newest = old.iter().map(revision).max().unwrap_or(0);
     let desired = int(&d, "/spec/replicas", 1) as i32;
-    let strategy = d.pointer("/spec/strategy").cloned().unwrap_or(json!({}));
+    let strategy = d.lookup("/spec/strategy").cloned().unwrap_or(json!({}));
     let recreate = strategy["type"] == "Recreate";
     let bound = |field: &str| {
         IntOrPercent::parse(&strategy["rollingUpdate"][field]).unwrap_or(IntOrPercent::Percent(25))
@@ -549,7 +550,7 @@ async fn report(
     let now = skiff_api::object::timestamp(jiff::Timestamp::now());
     let condition = |kind: &str, ok: bool, reason: &str, message: String| {
         let previous = d
-            .pointer("/status/conditions")
+            .lookup("/status/conditions")
             .and_then(Value::as_array)
             .and_then(|cs| cs.iter().find(|c| c["type"] == kind));
         let same = previous.is_some_and(|c| {
@@ -610,7 +611,7 @@ async fn report(
     // A ReplicaSet that cannot make or remove pods says why on the Deployment too.
     conditions.extend(
         all.iter()
-            .filter_map(|rs| rs.pointer("/status/conditions").and_then(Value::as_array))
+            .filter_map(|rs| rs.lookup("/status/conditions").and_then(Value::as_array))
             .flatten()
             .find(|c| c["type"] == "ReplicaFailure")
             .map(|c| {
@@ -665,7 +666,7 @@ fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now:
             .unwrap_or_default()
     };
     let mut previous = d
-        .pointer("/status/conditions")
+        .lookup("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
         .cloned();
@@ -674,7 +675,7 @@ fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now:
         json!({"type": "Progressing", "status": "Unknown", "lastUpdateTime": stamp(now),
                "lastTransitionTime": stamp(now), "reason": reason, "message": message})
     };
-    let paused = d.pointer("/spec/paused") == Some(&json!(true));
+    let paused = d.lookup("/spec/paused") == Some(&json!(true));
     let was_paused = reason_of(&previous) == "DeploymentPaused";
     if paused && reason_of(&previous) != "ProgressDeadlineExceeded" {
         return match previous {
@@ -756,7 +757,7 @@ fn progressing(d: &Value, new_name: &str, complete: bool, progressed: bool, now:
 /// its progress deadline passes.
 pub fn recheck_after(d: &Value) -> Option<std::time::Duration> {
     let progressing = d
-        .pointer("/status/conditions")
+        .lookup("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))?;
     if !matches!(

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 
 use serde_json::Value;
+use skiff_api::object::Lookup;
 
 /// A pod as the ReplicaSet controller weighs it, read from the pod object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,26 +35,26 @@ impl PodView {
     /// Reads what the controller needs from a pod object.
     pub fn of(pod: &Value) -> PodView {
         let text = |p: &str| {
-            pod.pointer(p)
+            pod.lookup(p)
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string()
         };
         let phase = text("/status/phase");
         let ready_condition = pod
-            .pointer("/status/conditions")
+            .lookup("/status/conditions")
             .and_then(Value::as_array)
             .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
         let ready = ready_condition.is_some_and(|c| c["status"] == "True");
         let restarts = pod
-            .pointer("/status/containerStatuses")
+            .lookup("/status/containerStatuses")
             .and_then(Value::as_array)
             .map(|cs| cs.iter().filter_map(|c| c["restartCount"].as_i64()).sum())
             .unwrap_or(0);
         PodView {
             name: text("/metadata/name"),
             assigned: !text("/spec/nodeName").is_empty(),
-            gone: pod.pointer("/metadata/deletionTimestamp").is_some()
+            gone: pod.lookup("/metadata/deletionTimestamp").is_some()
                 || phase == "Succeeded"
                 || phase == "Failed",
             phase,
@@ -62,7 +63,7 @@ impl PodView {
                 .filter(|_| ready)
                 .and_then(|c| seconds(c.get("lastTransitionTime"))),
             restarts,
-            created: seconds(pod.pointer("/metadata/creationTimestamp")).unwrap_or(0),
+            created: seconds(pod.lookup("/metadata/creationTimestamp")).unwrap_or(0),
         }
     }
 

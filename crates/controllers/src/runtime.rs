@@ -15,6 +15,7 @@ use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::events::Recorder;
 use crate::queue::Queue;
 use crate::reconcile;
+use skiff_api::object::Lookup;
 
 /// What a worker reconciles.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,23 +44,23 @@ pub(crate) fn kind(group: &str, plural: &str) -> &'static Kind {
 
 /// The string at `pointer` in `obj`, or "".
 pub(crate) fn text<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    obj.lookup(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// Whether `obj` is being deleted.
 pub(crate) fn deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
+    obj.lookup("/metadata/deletionTimestamp").is_some()
 }
 
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.pointer(&format!("/metadata/{field}"))
+    obj.lookup(&format!("/metadata/{field}"))
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 /// The controlling owner of `obj` of `owner_kind`, if any: (name, uid).
 pub(crate) fn controller_of<'a>(obj: &'a Value, owner_kind: &str) -> Option<(&'a str, &'a str)> {
-    obj.pointer("/metadata/ownerReferences")?
+    obj.lookup("/metadata/ownerReferences")?
         .as_array()?
         .iter()
         .find(|r| r["controller"] == true && r["kind"] == owner_kind)
@@ -82,7 +83,7 @@ impl Selectors {
         let mut map = self.0.lock().expect("selectors");
         match change
             .object
-            .pointer("/spec/selector")
+            .lookup("/spec/selector")
             .and_then(|s| selector_from_json(s).ok())
         {
             Some(selector) if !change.deleted => {
@@ -118,7 +119,7 @@ fn keys_for(kind: &'static Kind, change: &Changed, selectors: &Selectors) -> Vec
     };
     if let Some((owner, owner_uid)) = controller_of(obj, owner_kind) {
         if !change.deleted
-            && obj.pointer("/metadata/deletionTimestamp").is_none()
+            && obj.lookup("/metadata/deletionTimestamp").is_none()
             && selectors.strays(obj, owner_uid)
         {
             keys.push(Key::Release {

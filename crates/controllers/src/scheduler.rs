@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::events::{Note, Recorder};
 use crate::runtime::kind;
+use skiff_api::object::Lookup;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -98,14 +99,14 @@ pub struct Scheduler {
 }
 
 fn is_ours(pod: &Value) -> bool {
-    pod.pointer("/spec/schedulerName")
+    pod.lookup("/spec/schedulerName")
         .and_then(Value::as_str)
         .is_none_or(|n| n == SCHEDULER_NAME)
 }
 
 fn phase_done(pod: &Value) -> bool {
     matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.lookup("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     )
 }
@@ -134,7 +135,7 @@ impl Scheduler {
             .to_string();
         let mut state = self.state.lock().expect("scheduler lock");
         let node = pod
-            .pointer("/spec/nodeName")
+            .lookup("/spec/nodeName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
         if change.deleted || phase_done(&pod) {
@@ -147,7 +148,7 @@ impl Scheduler {
             state
                 .snapshot
                 .place(Arc::new(PodInfo::from_json(&pod)), node);
-        } else if is_ours(&pod) && pod.pointer("/metadata/deletionTimestamp").is_none() {
+        } else if is_ours(&pod) && pod.lookup("/metadata/deletionTimestamp").is_none() {
             let info = Arc::new(PodInfo::from_json(&pod));
             match state.pending.get_mut(&uid) {
                 Some(p) => {

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::pod::{HostPort, PodInfo};
 use crate::resources::{Resources, DEFAULT_CPU_MILLI, DEFAULT_MEMORY};
+use skiff_api::object::Lookup;
 
 /// The label naming a node's zone.
 pub const ZONE: &str = "topology.kubernetes.io/zone";
@@ -48,7 +49,7 @@ impl NodeInfo {
             })
             .unwrap_or_default();
         let mut taints: Vec<Taint> = node
-            .pointer("/spec/taints")
+            .lookup("/spec/taints")
             .and_then(|t| serde_json::from_value(t.clone()).ok())
             .unwrap_or_default();
         let ready = skiff_api::object::condition_true(node, "Ready");
@@ -78,7 +79,7 @@ impl NodeInfo {
             zone: labels.get(ZONE).cloned(),
             labels,
             taints,
-            unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
+            unschedulable: node.lookup("/spec/unschedulable") == Some(&Value::Bool(true)),
             allocatable,
             ..Default::default()
         }

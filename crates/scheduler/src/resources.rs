@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use skiff_api::object::Lookup;
 use skiff_api::quantity;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,7 +81,7 @@ impl Resources {
     /// A pod's effective requests: its containers' summed, or its largest init container's
     /// where that is more, plus its overhead; one pod.
     pub fn of_pod(spec: &Value) -> Resources {
-        let requests = |c: &Value| Resources::from_list(c.pointer("/resources/requests"));
+        let requests = |c: &Value| Resources::from_list(c.lookup("/resources/requests"));
         let mut total = Resources::default();
         for c in spec["containers"].as_array().into_iter().flatten() {
             total.add(&requests(c));

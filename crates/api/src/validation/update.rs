@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::str_at;
 use crate::kinds::Kind;
 use crate::object::FieldError;
+use crate::object::Lookup;
 
 const POD_MUTABLE: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
 
@@ -382,7 +383,7 @@ fn claim(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
         old.get("spec").unwrap_or(&null),
         new.get("spec").unwrap_or(&null),
     );
-    let bound = old.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+    let bound = old.lookup("/status/phase").and_then(Value::as_str) == Some("Bound");
     let mut free = vec![];
     if bound {
         free.push("volumeAttributesClassName");

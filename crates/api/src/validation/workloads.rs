@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{nonnegative, one_of, pod_spec, str_at};
 use crate::object::FieldError;
+use crate::object::Lookup;
 
 const NONNEGATIVE: &str = "must be greater than or equal to 0";
 
@@ -195,9 +196,9 @@ pub(super) fn cron_job(obj: &Value, errs: &mut Vec<FieldError>) {
     ] {
         nonnegative(spec, field, "spec", errs);
     }
-    let job = spec.pointer("/jobTemplate/spec").unwrap_or(&Value::Null);
+    let job = spec.lookup("/jobTemplate/spec").unwrap_or(&Value::Null);
     job_spec(job, "spec.jobTemplate.spec", errs);
-    let template = job.pointer("/template/spec").unwrap_or(&Value::Null);
+    let template = job.lookup("/template/spec").unwrap_or(&Value::Null);
     errs.extend(pod_spec(
         template,
         "spec.jobTemplate.spec.template.spec",
