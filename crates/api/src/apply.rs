@@ -234,30 +234,13 @@ fn position(items: &[Value], list: ApplyList, step: &str) -> Option<usize> {
     })
 }
 
-/// Where a walk of an object puts the paths it finds: a set of whole paths, or a FieldsV1 tree.
+/// Where a walk of an object puts the paths it finds: whole paths with what they lead to, or a
+/// FieldsV1 tree.
 trait Paths<'v> {
     /// Marks the path where this is, which leads to `value`.
     fn member(&mut self, value: &'v Value);
     /// Walks on into the step `step`; leaves nothing there when `walk` added no path.
     fn below(&mut self, step: String, walk: impl FnOnce(&mut Self));
-}
-
-/// A walk collecting whole paths.
-struct Collect<'a> {
-    path: &'a mut Path,
-    out: &'a mut BTreeSet<Path>,
-}
-
-impl Paths<'_> for Collect<'_> {
-    fn member(&mut self, _: &Value) {
-        self.out.insert(self.path.clone());
-    }
-
-    fn below(&mut self, step: String, walk: impl FnOnce(&mut Self)) {
-        self.path.push(step);
-        walk(self);
-        self.path.pop();
-    }
 }
 
 /// A walk collecting each path with what it leads to. `unique` stays true unless two items of
@@ -285,20 +268,20 @@ impl<'v> Paths<'v> for Valued<'_, 'v> {
     }
 }
 
-/// [`fields_of`] with what each path leads to; none when a keyed list has two items with the
-/// same keys.
+/// [`fields_of`] with what each path leads to, and whether no keyed list has two items with
+/// the same keys.
 fn valued_fields_of<'v>(
     obj: &'v Value,
     ty: Option<&'static str>,
     status: bool,
-) -> Option<BTreeMap<Path, &'v Value>> {
+) -> (BTreeMap<Path, &'v Value>, bool) {
     let mut valued = Valued {
         path: &mut Vec::new(),
         out: BTreeMap::new(),
         unique: true,
     };
     walk_object(obj, ty, status, &mut valued);
-    valued.unique.then_some(valued.out)
+    (valued.out, valued.unique)
 }
 
 impl Paths<'_> for Tree {
@@ -324,17 +307,7 @@ impl Paths<'_> for Tree {
 /// `status`, those of its status only (what the status subresource writes); else all but its
 /// status, and not the server's own metadata.
 pub fn fields_of(obj: &Value, ty: Option<&'static str>, status: bool) -> FieldSet {
-    let mut out = BTreeSet::new();
-    walk_object(
-        obj,
-        ty,
-        status,
-        &mut Collect {
-            path: &mut Vec::new(),
-            out: &mut out,
-        },
-    );
-    FieldSet(out)
+    FieldSet(valued_fields_of(obj, ty, status).0.into_keys().collect())
 }
 
 /// [`fields_of`] in the FieldsV1 form (`fields_of(..).to_fields_v1()`, found without making
@@ -796,12 +769,13 @@ fn strip_server_fields(config: &Value) -> Value {
 /// or to another value (where nothing lies below them); and those `old` set that `new` does not.
 fn changes(old: &Value, new: &Value, writer: &Writer<'_>) -> (FieldSet, FieldSet) {
     let (ty, status) = (writer.ty, writer.status());
-    let (Some(old_paths), Some(new_paths)) = (
+    let ((old_paths, old_unique), (new_paths, new_unique)) = (
         valued_fields_of(old, ty, status),
         valued_fields_of(new, ty, status),
-    ) else {
+    );
+    if !(old_unique && new_unique) {
         return changes_by_lookup(old, new, writer);
-    };
+    }
     let mut changed = BTreeSet::new();
     let mut paths = new_paths.iter().peekable();
     while let Some((path, value)) = paths.next() {

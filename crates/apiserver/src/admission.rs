@@ -4,10 +4,10 @@
 
 use serde_json::{json, Value};
 use skiff_api::kinds;
+use skiff_api::object::Lookup;
 
 use crate::registry::{Registry, Target};
 use crate::status::ApiError;
-use skiff_api::object::Lookup;
 
 /// The classes every cluster has.
 const BUILT_IN: [(&str, i64); 2] = [

@@ -6,11 +6,11 @@ use axum::http::Method;
 use base64::Engine;
 use serde_json::Value;
 use skiff_api::kinds;
+use skiff_api::object::Lookup;
 
 use crate::registry::{Registry, Target};
 use crate::status::ApiError;
 use crate::tls::Identity;
-use skiff_api::object::Lookup;
 
 pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 pub const GROUP: &str = "system:bootstrappers";

@@ -451,6 +451,8 @@ impl KindCache {
         let mut state = self.state.write().expect("cache lock");
         let mut expected = self.expected.lock().expect("expected lock");
         let mut out = Vec::with_capacity(events.len().max(1));
+        // Objects the writes gave for the controllers, kept once the locks are released.
+        let mut views = Vec::new();
         for event in events {
             let change = match event {
                 Event::Put { kv, .. } => {
@@ -462,7 +464,7 @@ impl KindCache {
                             });
                             if let Some(mut view) = e.view {
                                 set_resource_version(&mut view, kv.mod_revision);
-                                self.parsed.keep(&cached, Arc::new(view));
+                                views.push((cached.clone(), view));
                             }
                             cached
                         }
@@ -509,6 +511,11 @@ impl KindCache {
         }
         if events.is_empty() {
             out.push(Arc::new(Change::Progress(state.revision)));
+        }
+        drop((state, expected));
+        // Before the changes reach the feeds (`dispatch`), which look for these.
+        for (cached, view) in views {
+            self.parsed.keep(&cached, Arc::new(view));
         }
         Ok(out)
     }

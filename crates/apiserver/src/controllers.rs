@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use skiff_api::kinds::Kind;
 use skiff_api::object::Filter;
+use skiff_api::object::Lookup;
 use skiff_api::strategy::Endpoint;
 use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
@@ -18,7 +19,6 @@ use crate::parsed::{parse, without_managed_fields};
 use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
 use crate::server::Api;
 use crate::status::ApiError;
-use skiff_api::object::Lookup;
 
 /// The manager the controllers' writes are recorded under in `managedFields`, as Kubernetes
 /// records its controllers'.

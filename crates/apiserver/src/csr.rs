@@ -5,12 +5,12 @@
 use base64::Engine;
 use serde_json::{json, Value};
 use skiff_api::kinds::Kind;
+use skiff_api::object::Lookup;
 
 use crate::registry::Target;
 use crate::server::Api;
 use crate::status::{ApiError, Cause};
 use crate::tls::Identity;
-use skiff_api::object::Lookup;
 
 /// Client certificates of nodes (kubelets).
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";

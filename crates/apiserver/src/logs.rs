@@ -12,11 +12,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use skiff_api::kinds;
+use skiff_api::object::Lookup;
 
 use crate::registry::Target;
 use crate::server::Api;
 use crate::status::ApiError;
-use skiff_api::object::Lookup;
 
 /// The common name of the client certificate the API server shows agents.
 pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";

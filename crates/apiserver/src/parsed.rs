@@ -57,19 +57,20 @@ impl Recent {
     /// Keeps `object`, `cached` as the controllers read it.
     pub fn keep(&self, cached: &Arc<Cached>, object: Arc<Value>) {
         let key = Arc::as_ptr(cached) as usize;
+        let mut evicted = Vec::new();
         let mut kept = self.kept.lock().expect("recent lock");
         let Kept { objects, order } = &mut *kept;
-        if objects
-            .insert(key, (cached.clone(), object.clone()))
-            .is_none()
-        {
+        if objects.insert(key, (cached.clone(), object)).is_none() {
             order.push_back(key);
         }
         while order.len() > RECENT {
             if let Some(oldest) = order.pop_front() {
-                objects.remove(&oldest);
+                evicted.extend(objects.remove(&oldest));
             }
         }
+        // Freed after the lock: a pod's parsed object is thousands of allocations.
+        drop(kept);
+        drop(evicted);
     }
 
     /// Says a feed reads through this memo.

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use skiff_api::apply;
 use skiff_api::conversion;
 use skiff_api::kinds::{self, Kind};
+use skiff_api::object::Lookup;
 use skiff_api::object::{self, Filter, Selectable};
 use skiff_api::patch::PatchType;
 use skiff_api::service::ServiceRanges;
@@ -18,7 +19,6 @@ use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 use crate::cache::{KindCache, Unversioned, WatchCache};
 use crate::services;
 use crate::status::{ApiError, Cause, Details};
-use skiff_api::object::Lookup;
 
 /// How many times an unconditional write is retried when a concurrent writer got in first.
 const UNCONDITIONAL_RETRIES: usize = 16;

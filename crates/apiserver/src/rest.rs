@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 use skiff_api::kinds::{Kind, Storage};
+use skiff_api::object::Lookup;
 use skiff_api::object::{check_selectable, Filter};
 use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
@@ -27,7 +28,6 @@ use crate::subresources::{self, ScaleChange};
 use crate::tls::Identity;
 use crate::watch::{self, WatchRequest};
 use crate::{discovery, protobuf};
-use skiff_api::object::Lookup;
 
 /// Kubernetes' limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;

@@ -14,6 +14,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use serde_json::{json, Value};
 use skiff_api::kinds::{self, Kind, Storage};
+use skiff_api::object::Lookup;
 use skiff_api::object::{self, Filter};
 use skiff_api::service::ServiceRanges;
 use skiff_store::Store;
@@ -25,7 +26,6 @@ use crate::registry::{DeleteOptions, Registry, Target};
 use crate::status::ApiError;
 use crate::tls::{Identity, TlsError};
 use crate::{discovery, openapi, rest, tls};
-use skiff_api::object::Lookup;
 
 /// How `skiff server` is started.
 #[derive(Clone, Debug)]

@@ -4,13 +4,13 @@
 use serde_json::{json, Value};
 use skiff_api::disruption;
 use skiff_api::kinds;
+use skiff_api::object::Lookup;
 use skiff_api::object::{self, selector_from_json, Filter};
 use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
 
 use crate::registry::{DeleteOptions, Ownership, Registry, Target};
 use crate::status::{ApiError, Cause, Details};
-use skiff_api::object::Lookup;
 
 /// The `autoscaling/v1` Scale of a workload object.
 pub fn scale_of(obj: &Value) -> Result<Value, ApiError> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use skiff_api::disruption;
 use skiff_api::object::Filter;
+use skiff_api::object::Lookup;
 use skiff_api::LabelSelector;
 use tokio::sync::watch;
 
@@ -17,7 +18,6 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::text;
 use crate::runtime::{controller_of, kind};
-use skiff_api::object::Lookup;
 
 type BudgetKey = (String, String);
 

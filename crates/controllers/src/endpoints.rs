@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skiff_api::cidr::Ipv4Cidr;
+use skiff_api::object::Lookup;
 use skiff_api::object::{condition_true, selector_from_json, Filter};
 use tokio::sync::watch;
 
@@ -16,7 +17,6 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::kind;
 use crate::runtime::text;
-use skiff_api::object::Lookup;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skiff_api::kinds::{self, Kind};
+use skiff_api::object::Lookup;
 use tokio::sync::watch;
 
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::queue::Queue;
 use crate::runtime::{deleting, text};
-use skiff_api::object::Lookup;
 
 /// How long a reference to an owner not seen yet waits before it is looked up: at start the
 /// owners' feeds may not have delivered them.

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use skiff_api::object::Lookup;
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
-use skiff_api::object::Lookup;
 
 const NAMESPACE: &str = "kube-system";
 const NAME: &str = "skiff-controllers";

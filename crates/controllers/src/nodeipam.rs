@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skiff_api::cidr::{self, Ipv4Cidr};
+use skiff_api::object::Lookup;
 use tokio::sync::{watch, Notify};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::runtime::kind;
-use skiff_api::object::Lookup;
 
 /// The range pod CIDRs come from.
 #[derive(Clone, Copy, Debug)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skiff_api::object::Filter;
+use skiff_api::object::Lookup;
 use skiff_api::FieldSelector;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,7 +19,6 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, ClusterError};
 use crate::events::{Note, Recorder};
 use crate::runtime::kind;
-use skiff_api::object::Lookup;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// Pods evicted per second at most, so that a partition does not empty the cluster at once.

@@ -9,13 +9,13 @@ use std::time::Duration;
 use serde_json::Value;
 use skiff_api::kinds::{self, Kind};
 use skiff_api::object::selector_from_json;
+use skiff_api::object::Lookup;
 use skiff_api::LabelSelector;
 
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::events::Recorder;
 use crate::queue::Queue;
 use crate::reconcile;
-use skiff_api::object::Lookup;
 
 /// What a worker reconciles.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

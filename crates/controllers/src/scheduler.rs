@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use skiff_api::object::Lookup;
 use skiff_scheduler::{schedule, NodeInfo, PodInfo, Snapshot};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -16,7 +17,6 @@ use tokio::time::Instant;
 use crate::cluster::{Changed, Cluster, ClusterError};
 use crate::events::{Note, Recorder};
 use crate::runtime::kind;
-use skiff_api::object::Lookup;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);

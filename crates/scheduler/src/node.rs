@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Taint;
 use serde_json::Value;
+use skiff_api::object::Lookup;
 
 use crate::pod::{HostPort, PodInfo};
 use crate::resources::{Resources, DEFAULT_CPU_MILLI, DEFAULT_MEMORY};
-use skiff_api::object::Lookup;
 
 /// The label naming a node's zone.
 pub const ZONE: &str = "topology.kubernetes.io/zone";
