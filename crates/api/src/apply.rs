@@ -269,18 +269,19 @@ impl<'v> Paths<'v> for Valued<'_, 'v> {
 }
 
 /// [`fields_of`] with what each path leads to, and whether no keyed list has two items with
-/// the same keys.
+/// the same keys; only below the fields `taken` takes (see [`walk_object`]).
 fn valued_fields_of<'v>(
     obj: &'v Value,
     ty: Option<&'static str>,
     status: bool,
+    taken: Taken<'_>,
 ) -> (BTreeMap<Path, &'v Value>, bool) {
     let mut valued = Valued {
         path: &mut Vec::new(),
         out: BTreeMap::new(),
         unique: true,
     };
-    walk_object(obj, ty, status, &mut valued);
+    walk_object(obj, ty, status, taken, &mut valued);
     (valued.out, valued.unique)
 }
 
@@ -307,22 +308,37 @@ impl Paths<'_> for Tree {
 /// `status`, those of its status only (what the status subresource writes); else all but its
 /// status, and not the server's own metadata.
 pub fn fields_of(obj: &Value, ty: Option<&'static str>, status: bool) -> FieldSet {
-    FieldSet(valued_fields_of(obj, ty, status).0.into_keys().collect())
+    FieldSet(
+        valued_fields_of(obj, ty, status, &every_field)
+            .0
+            .into_keys()
+            .collect(),
+    )
 }
 
 /// [`fields_of`] in the FieldsV1 form (`fields_of(..).to_fields_v1()`, found without making
 /// each path): what a create gives its writer.
 pub fn fields_v1_of(obj: &Value, ty: Option<&'static str>, status: bool) -> Value {
     let mut root = Tree::default();
-    walk_object(obj, ty, status, &mut root);
+    walk_object(obj, ty, status, &every_field, &mut root);
     root.encode()
 }
 
-/// Walks the fields of `obj` that [`fields_of`] takes.
+/// Which fields of an object a walk goes into, given a field's name (a field of metadata: its
+/// name after "metadata") and value.
+type Taken<'t> = &'t dyn Fn(&str, Option<&str>, &Value) -> bool;
+
+fn every_field(_: &str, _: Option<&str>, _: &Value) -> bool {
+    true
+}
+
+/// Walks the fields of `obj` that [`fields_of`] takes, below the top-level fields (and fields
+/// of metadata) `taken` takes.
 fn walk_object<'v>(
     obj: &'v Value,
     ty: Option<&'static str>,
     status: bool,
+    taken: Taken<'_>,
     out: &mut impl Paths<'v>,
 ) {
     let Some(map) = obj.as_object() else {
@@ -335,17 +351,18 @@ fn walk_object<'v>(
             continue;
         }
         let node = root.field(name, true);
-        out.below(field_step(name), |out| match (name.as_str(), value) {
-            ("metadata", Value::Object(meta)) => {
+        match (name.as_str(), value) {
+            ("metadata", Value::Object(meta)) => out.below(field_step(name), |out| {
                 for (m, v) in meta {
-                    if SERVER_METADATA.contains(&m.as_str()) {
+                    if SERVER_METADATA.contains(&m.as_str()) || !taken(name, Some(m), v) {
                         continue;
                     }
                     out.below(field_step(m), |out| walk(v, &node.field(m, false), out));
                 }
-            }
-            _ => walk(value, &node, out),
-        });
+            }),
+            _ if !taken(name, None, value) => {}
+            _ => out.below(field_step(name), |out| walk(value, &node, out)),
+        }
     }
 }
 
@@ -769,9 +786,15 @@ fn strip_server_fields(config: &Value) -> Value {
 /// or to another value (where nothing lies below them); and those `old` set that `new` does not.
 fn changes(old: &Value, new: &Value, writer: &Writer<'_>) -> (FieldSet, FieldSet) {
     let (ty, status) = (writer.ty, writer.status());
+    // A field (or field of metadata) equal on both sides leads to the same paths and values on
+    // both: only the others are walked (a status write compares the spec, it does not list it).
     let ((old_paths, old_unique), (new_paths, new_unique)) = (
-        valued_fields_of(old, ty, status),
-        valued_fields_of(new, ty, status),
+        valued_fields_of(old, ty, status, &|name, meta, v| {
+            differs(new, name, meta, v)
+        }),
+        valued_fields_of(new, ty, status, &|name, meta, v| {
+            differs(old, name, meta, v)
+        }),
     );
     if !(old_unique && new_unique) {
         return changes_by_lookup(old, new, writer);
@@ -793,6 +816,15 @@ fn changes(old: &Value, new: &Value, writer: &Writer<'_>) -> (FieldSet, FieldSet
         .filter(|p| !new_paths.contains_key(p))
         .collect();
     (FieldSet(changed), FieldSet(removed))
+}
+
+/// Whether `other` has a value other than `value` at its field `name` (its metadata's `meta`).
+fn differs(other: &Value, name: &str, meta: Option<&str>, value: &Value) -> bool {
+    let there = match meta {
+        Some(m) => other.get(name).and_then(|meta| meta.get(m)),
+        None => other.get(name),
+    };
+    there != Some(value)
 }
 
 /// [`changes`] found path by path, for objects with list items of the same keys (a path

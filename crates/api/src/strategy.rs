@@ -303,6 +303,15 @@ fn initial_status(kind: &Kind) -> Value {
     Value::Object(status)
 }
 
+/// Whether `a` equals `b` with its fields in the same order (at its top: the order of what
+/// the server fills in, metadata's, is the one that can differ).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.keys().eq(y.keys()) && a == b,
+        _ => a == b,
+    }
+}
+
 /// The object to store for an update of `old` with `body` through `endpoint`. The caller
 /// compares the result with `old` to skip writes that change nothing.
 pub fn prepare_update(
@@ -362,12 +371,26 @@ pub fn prepare_update(
             new
         }
         Endpoint::Status => {
-            // Only status changes; everything else stays as stored.
-            let mut kept = old_obj.clone();
-            match new.shift_remove("status") {
-                Some(s) => kept.insert("status".into(), s),
-                None => kept.shift_remove("status"),
-            };
+            // Only status changes; everything else stays as stored. A field the body carries as
+            // stored is taken from the body (a patch's are), any other copied from the stored.
+            let mut status = new.shift_remove("status");
+            let mut kept = Map::with_capacity(old_obj.len() + 1);
+            for (name, stored) in old_obj {
+                if name == "status" {
+                    if let Some(s) = status.take() {
+                        kept.insert(name.clone(), s);
+                    }
+                    continue;
+                }
+                let value = match new.shift_remove(name) {
+                    Some(given) if same(&given, stored) => given,
+                    _ => stored.clone(),
+                };
+                kept.insert(name.clone(), value);
+            }
+            if let Some(s) = status {
+                kept.insert("status".into(), s);
+            }
             kept
         }
     };
@@ -489,6 +512,8 @@ mod tests {
         let old = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": {"name": "d", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0", "generation": 2},
             "spec": {"replicas": 3}, "status": {"replicas": 3}});
+        let mut no_status = old.clone();
+        no_status.as_object_mut().unwrap().shift_remove("status");
         let old_cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0"}, "data": {"a": "1"}});
         let cases = [
@@ -512,6 +537,24 @@ mod tests {
             (
                 pdb,
                 &old,
+                json!({"metadata": {"name": "d"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}),
+                Endpoint::Status,
+                r#"{"apiVersion":"policy/v1","kind":"PodDisruptionBudget","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#,
+            ),
+            // A body carrying the stored fields (a patch's) keeps them and the stored order; a
+            // stored object without status gets the new one last.
+            (
+                pdb,
+                &old,
+                json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                    "metadata": {"name": "d", "namespace": "default", "uid": "u-1", "creationTimestamp": "t0", "generation": 2},
+                    "spec": {"replicas": 3}, "status": {"replicas": 2}}),
+                Endpoint::Status,
+                r#"{"apiVersion":"policy/v1","kind":"PodDisruptionBudget","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":2}}"#,
+            ),
+            (
+                pdb,
+                &no_status,
                 json!({"metadata": {"name": "d"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}),
                 Endpoint::Status,
                 r#"{"apiVersion":"policy/v1","kind":"PodDisruptionBudget","metadata":{"name":"d","namespace":"default","uid":"u-1","creationTimestamp":"t0","generation":2},"spec":{"replicas":3},"status":{"replicas":1}}"#,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::Value;
 use skiff_api::kinds::Kind;
 use skiff_api::object::Filter;
@@ -14,7 +15,7 @@ use skiff_controllers::cluster::{Changed, Cluster, ClusterError, Feed};
 use skiff_store::Revision;
 use tokio::sync::mpsc;
 
-use crate::cache::{Change, KindCache, Subscription};
+use crate::cache::{Cached, Change, KindCache, Subscription};
 use crate::parsed::{parse, without_managed_fields};
 use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
 use crate::server::Api;
@@ -23,6 +24,12 @@ use crate::status::ApiError;
 /// The manager the controllers' writes are recorded under in `managedFields`, as Kubernetes
 /// records its controllers'.
 pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+
+/// A list's objects: the watch cache's entries, or objects read from the store.
+enum Listed {
+    Cached(Vec<Arc<Cached>>),
+    Stored(Vec<Value>),
+}
 
 /// The controllers' client inside the server.
 pub struct InProcess {
@@ -37,6 +44,35 @@ impl InProcess {
             api,
             written: AtomicI64::new(0),
         }
+    }
+
+    /// The objects of a list, from the watch cache once it has every write of this client;
+    /// from the store when it is behind (a burst keeps its feed busy), as kubectl's lists are
+    /// answered then. Failing instead sent the controller's key into backoff, and at 150,000
+    /// pods Deployments waited for seconds between their syncs.
+    async fn listed(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Listed, ClusterError> {
+        let cache = self.cache(kind).await?;
+        let at_least = self.written.load(Ordering::SeqCst);
+        // An empty namespace lists them all.
+        let namespace = scope(namespace);
+        let prefix = kind.store_prefix_in(namespace);
+        Ok(match cache.snapshot(&prefix, filter, at_least).await {
+            Some(snapshot) => Listed::Cached(snapshot.items.into_iter().map(|(_, o)| o).collect()),
+            None => {
+                let page = self
+                    .api
+                    .registry
+                    .list(kind, namespace, filter, None, None, None)
+                    .await
+                    .map_err(error)?;
+                Listed::Stored(page.items)
+            }
+        })
     }
 
     async fn replace(
@@ -75,6 +111,16 @@ impl InProcess {
     }
 }
 
+/// Whether the objects of `kind` reach the controllers through the memo of parsed objects
+/// (`KindCache::parsed`). Only pods have several feeds and lists of many objects read again
+/// and again (a ReplicaSet's pods at each of its syncs). Every kind through the memo (5,000
+/// nodes' Leases among them) stalled the 150,000-pod density run, when a feed cut off for
+/// falling behind ended and its controller took in every pod again (`forward` now resumes
+/// instead).
+fn through_memo(kind: &Kind) -> bool {
+    kind.plural == "pods"
+}
+
 /// The namespace the controllers name ("" for cluster-scoped objects and for all of them), as
 /// the registry takes it.
 fn scope(namespace: &str) -> Option<&str> {
@@ -108,34 +154,55 @@ impl Cluster for InProcess {
         namespace: &str,
         filter: &Filter,
     ) -> Result<Vec<Value>, ClusterError> {
-        let cache = self.cache(kind).await?;
-        let at_least = self.written.load(Ordering::SeqCst);
-        // An empty namespace lists them all.
-        let namespace = scope(namespace);
-        let Some(snapshot) = cache
-            .snapshot(&kind.store_prefix_in(namespace), filter, at_least)
-            .await
-        else {
-            // The cache is behind this client's writes (a burst keeps its feed busy): the
-            // store answers, as it answers kubectl's lists then. Failing instead sent the
-            // controller's key into backoff, and at 150,000 pods Deployments waited for
-            // seconds between their syncs.
-            let page = self
-                .api
-                .registry
-                .list(kind, namespace, filter, None, None, None)
-                .await
-                .map_err(error)?;
-            return Ok(page.items);
-        };
-        // Selected before parsing: only the objects asked for are decoded.
-        snapshot
-            .items
-            .iter()
-            .map(|(_, obj)| {
-                without_managed_fields(&obj.json).map_err(|e| ClusterError::Other(e.to_string()))
-            })
-            .collect()
+        match self.listed(kind, namespace, filter).await? {
+            // Selected before parsing: only the objects asked for are decoded.
+            Listed::Cached(items) => items
+                .iter()
+                .map(|obj| {
+                    without_managed_fields(&obj.json)
+                        .map_err(|e| ClusterError::Other(e.to_string()))
+                })
+                .collect(),
+            Listed::Stored(items) => Ok(items),
+        }
+    }
+
+    async fn list_shared(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Arc<Value>>, ClusterError> {
+        match self.listed(kind, namespace, filter).await? {
+            Listed::Cached(items) if through_memo(kind) => {
+                let cache = self.cache(kind).await?;
+                Ok(items.iter().map(|obj| cache.parsed.object(obj)).collect())
+            }
+            Listed::Cached(items) => items
+                .iter()
+                .map(|obj| {
+                    without_managed_fields(&obj.json)
+                        .map(Arc::new)
+                        .map_err(|e| ClusterError::Other(e.to_string()))
+                })
+                .collect(),
+            Listed::Stored(items) => Ok(items.into_iter().map(Arc::new).collect()),
+        }
+    }
+
+    async fn list_json(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Bytes>, ClusterError> {
+        Ok(match self.listed(kind, namespace, filter).await? {
+            Listed::Cached(items) => items.iter().map(|obj| obj.json.clone()).collect(),
+            Listed::Stored(items) => items
+                .iter()
+                .map(|obj| Bytes::from(serde_json::to_vec(obj).expect("JSON serializes")))
+                .collect(),
+        })
     }
 
     async fn get(
@@ -181,11 +248,7 @@ impl Cluster for InProcess {
             .filter(|c| matches!(&***c, Change::Put { .. } | Change::Delete { .. }))
             .count();
         let (tx, rx) = mpsc::channel(1024);
-        // Only pods have several feeds. Every kind through the memo (5,000 nodes' Leases among
-        // them) stalled the 150,000-pod density run, when a feed cut off for falling behind
-        // ended and its controller took in every pod again (`forward` now resumes instead).
-        let parsed = kind.plural == "pods";
-        tokio::spawn(forward(cache, subscription, parsed, tx));
+        tokio::spawn(forward(cache, subscription, through_memo(kind), tx));
         Ok(Feed {
             initial,
             changes: rx,
@@ -197,7 +260,7 @@ impl Cluster for InProcess {
         kind: &'static Kind,
         namespace: &str,
         obj: Value,
-    ) -> Result<Value, ClusterError> {
+    ) -> Result<Arc<Value>, ClusterError> {
         let created = self
             .api
             .registry

@@ -252,7 +252,7 @@ pub async fn settle(api: &Api, kind: &'static Kind, name: &str) -> Result<(), Ap
                     "message": message, "lastUpdateTime": now, "lastTransitionTime": now,
                 }));
                 obj["status"]["conditions"] = json!(conditions);
-                Ok(())
+                Ok(true)
             })
             .await?;
         tracing::info!(csr = name, user = %requested.common_name, "certificate request approved");
@@ -274,8 +274,9 @@ pub async fn settle(api: &Api, kind: &'static Kind, name: &str) -> Result<(), Ap
     let encoded = base64::engine::general_purpose::STANDARD.encode(certificate);
     api.registry
         .modify(&target, |obj| {
+            let changed = obj["status"]["certificate"] != encoded.as_str();
             obj["status"]["certificate"] = json!(encoded);
-            Ok(())
+            Ok(changed)
         })
         .await?;
     tracing::info!(csr = name, user = %requested.common_name, "certificate issued");

@@ -25,3 +25,4 @@ pub mod status;
 pub mod subresources;
 pub mod tls;
 pub mod watch;
+pub mod written;

@@ -19,6 +19,7 @@ use skiff_store::{KeyValue, Op, RangeRequest, Revision, Store, StoreError, Txn};
 use crate::cache::{KindCache, Unversioned, WatchCache};
 use crate::services;
 use crate::status::{ApiError, Cause, Details};
+use crate::written::Written;
 
 /// How many times an unconditional write is retried when a concurrent writer got in first.
 const UNCONDITIONAL_RETRIES: usize = 16;
@@ -32,6 +33,8 @@ pub struct Registry {
     /// Every kind's watch cache (the handlers and controllers read from it); it is told of
     /// each write before it is made, so that the write's store event is not parsed.
     pub cache: Arc<WatchCache>,
+    /// The objects written last, parsed, for the next write of each.
+    pub(crate) written: Arc<Written>,
 }
 
 /// Where an object lives: its kind, namespace (for namespaced kinds) and name.
@@ -244,13 +247,42 @@ impl Registry {
 
     /// The object with its resourceVersion, and its mod revision.
     async fn get_raw(&self, target: &Target<'_>) -> Result<(Value, Revision), ApiError> {
+        let kv = self.read(target).await?;
+        Ok((decode(target.kind, &kv)?, kv.mod_revision))
+    }
+
+    /// [`Registry::get_raw`] for a write about to change the object: the object as this server
+    /// wrote it when the store still holds that write, rather than its JSON parsed again.
+    async fn get_for_write(&self, target: &Target<'_>) -> Result<(Value, Revision), ApiError> {
+        let kv = self.read(target).await?;
+        let revision = kv.mod_revision;
+        let obj = match self.written.take(target.kind, &kv.key, revision) {
+            Some(obj) => obj,
+            None => decode(target.kind, &kv)?,
+        };
+        Ok((obj, revision))
+    }
+
+    async fn read(&self, target: &Target<'_>) -> Result<KeyValue, ApiError> {
         let resp = self
             .store
             .get(&target.key(), None)
             .await
             .map_err(ApiError::from_store)?;
-        let kv = resp.kv.ok_or_else(|| target.not_found())?;
-        Ok((decode(target.kind, &kv)?, kv.mod_revision))
+        resp.kv.ok_or_else(|| target.not_found())
+    }
+
+    /// Keeps `obj` just written (its resourceVersion set) for the next write of it, when its
+    /// kind's objects are written again (see [`Written::keeps`]) and it is not being deleted.
+    fn remember(&self, target: &Target<'_>, obj: &Arc<Value>) {
+        if !Written::keeps(target.kind) || obj.lookup("/metadata/deletionTimestamp").is_some() {
+            return;
+        }
+        let revision = object::meta_str(obj, "resourceVersion").and_then(|rv| rv.parse().ok());
+        if let Some(revision) = revision {
+            self.written
+                .keep(target.kind, &target.key(), revision, obj.clone());
+        }
     }
 
     /// Refuses new objects in a namespace that does not exist or is being deleted. Like
@@ -295,7 +327,7 @@ impl Registry {
         body: Value,
         dry_run: bool,
         ownership: Ownership<'_>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Value>, ApiError> {
         if let (true, Some(ns)) = (kind.namespaced, namespace) {
             self.check_namespace(ns).await?;
         }
@@ -340,7 +372,7 @@ impl Registry {
             };
             let claims = self.claims(kind, None, &mut obj, &key).await?;
             if dry_run {
-                return Ok(obj);
+                return Ok(Arc::new(obj));
             }
             let encoded = self.encode(kind, &obj);
             let mut txn = Txn::new().create(key.clone(), encoded.bytes.clone());
@@ -352,6 +384,9 @@ impl Registry {
             match written {
                 Ok(resp) => {
                     set_resource_version(&mut obj, resp.revision);
+                    // Shared with the memo: a pod's binding comes next.
+                    let obj = Arc::new(obj);
+                    self.remember(&target, &obj);
                     return Ok(obj);
                 }
                 Err(StoreError::AlreadyExists { key: taken }) if taken == key => {
@@ -484,7 +519,7 @@ impl Registry {
         for _ in 0..UNCONDITIONAL_RETRIES {
             let (current, revision) = match read.take() {
                 Some(read) => read,
-                None => self.get_raw(target).await?,
+                None => self.get_for_write(target).await?,
             };
             if wanted_rv
                 .as_deref()
@@ -556,7 +591,7 @@ impl Registry {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
         let ty = skiff_api::schema::root(target.kind);
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let (current, revision) = self.get_raw(target).await?;
+            let (current, revision) = self.get_for_write(target).await?;
             let mut patched = current.clone();
             patch_type
                 .apply(&mut patched, patch, ty)
@@ -599,7 +634,7 @@ impl Registry {
             Endpoint::Main
         };
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let read = match self.get_raw(target).await {
+            let read = match self.get_for_write(target).await {
                 Ok(read) => Some(read),
                 Err(e) if e.code == 404 && subresource.is_none() => None,
                 Err(e) => return Err(e),
@@ -609,8 +644,8 @@ impl Registry {
                 .map_err(|c| conflict_error(target, &c))?;
             keep_last_applied(live, config, &mut merged);
             let result = match read {
-                None => {
-                    self.create(
+                None => self
+                    .create(
                         target.kind,
                         target.namespace,
                         merged,
@@ -618,7 +653,7 @@ impl Registry {
                         Ownership::AsGiven,
                     )
                     .await
-                }
+                    .map(Arc::unwrap_or_clone),
                 // The read's resourceVersion makes the write a compare-and-swap.
                 Some(read) => {
                     let ownership = Ownership::AsGiven;
@@ -636,23 +671,27 @@ impl Registry {
 
     /// Changes the stored object with `change`, as the server's own actions do (a binding),
     /// bypassing the create/update strategy; retries when another writer got in first.
+    /// `change` says whether it changed anything (it compares only what it touches: a pod is
+    /// not copied to be compared whole); nothing is written when it did not.
     pub async fn modify(
         &self,
         target: &Target<'_>,
-        change: impl Fn(&mut Value) -> Result<(), ApiError>,
+        change: impl Fn(&mut Value) -> Result<bool, ApiError>,
     ) -> Result<(), ApiError> {
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let (current, revision) = self.get_raw(target).await?;
-            let before = without_resource_version(current);
-            let mut obj = before.clone();
-            change(&mut obj)?;
-            if obj == before {
+            let (current, revision) = self.get_for_write(target).await?;
+            let mut obj = without_resource_version(current);
+            if !change(&mut obj)? {
                 return Ok(());
             }
             match self.write(target, obj, revision, Vec::new()).await {
+                Ok(written) => {
+                    self.remember(target, &Arc::new(written));
+                    return Ok(());
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::NotFound { .. }) => return Err(target.not_found()),
-                other => return other.map(|_| ()).map_err(ApiError::from_store),
+                Err(e) => return Err(ApiError::from_store(e)),
             }
         }
         Err(target.conflict())
@@ -1015,6 +1054,108 @@ fn conflict_error(target: &Target<'_>, conflicts: &apply::Conflicts) -> ApiError
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn registry() -> Registry {
+        let store: Arc<dyn Store> =
+            Arc::new(skiff_store::RedbStore::in_memory(Default::default()).unwrap());
+        Registry {
+            cache: Arc::new(WatchCache::new(store.clone(), Default::default())),
+            store,
+            ranges: ServiceRanges::default(),
+            written: Default::default(),
+        }
+    }
+
+    /// The object kept for the next write of `target` is exactly what a read of the store
+    /// decodes (key order included); taken, it is gone.
+    async fn kept_is_stored(registry: &Registry, target: &Target<'_>) {
+        let kv = registry.read(target).await.unwrap();
+        let kept = registry
+            .written
+            .take(target.kind, &kv.key, kv.mod_revision)
+            .expect("the write kept its object");
+        let stored = decode(target.kind, &kv).unwrap();
+        assert_eq!(kept.to_string(), stored.to_string());
+        assert!(registry
+            .written
+            .take(target.kind, &kv.key, kv.mod_revision)
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pod_s_writes_start_from_the_object_written_before_as_the_store_holds_it() {
+        let registry = registry();
+        let namespaces = kinds::find("", "v1", "namespaces").unwrap();
+        let pods = kinds::find("", "v1", "pods").unwrap();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
+        registry
+            .create(namespaces, None, ns, false, Ownership::by("test"))
+            .await
+            .unwrap();
+        let create = |name: &str| {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "a", "resourceVersion": ""},
+                "spec": {"containers": [{"name": "c", "image": "pause"}]}});
+            registry.create(pods, Some("a"), pod, false, Ownership::by("test"))
+        };
+        let target = |name| Target {
+            kind: pods,
+            namespace: Some("a"),
+            name,
+        };
+        let binding = json!({"target": {"name": "node-1"}});
+        let bind = |target| crate::subresources::bind(&registry, target, &binding);
+        let running = json!({"status": {"phase": "Running"}});
+        let status = |target| {
+            let (merge, by) = (PatchType::Merge, Ownership::by("node"));
+            registry.patch(target, merge, &running, Endpoint::Status, false, by)
+        };
+
+        // What a create and a binding keep is what the store holds.
+        let web = target("web");
+        create("web").await.unwrap();
+        kept_is_stored(&registry, &web).await;
+        bind(&web).await.unwrap();
+        kept_is_stored(&registry, &web).await;
+
+        // The binding starts from the created object, the status from the bound one; the
+        // answers are what the store holds, and an update keeps nothing.
+        let api = target("api");
+        let created = create("api").await.unwrap();
+        bind(&api).await.unwrap();
+        let bound = registry.get(&api).await.unwrap();
+        assert_eq!(bound["spec"]["nodeName"], "node-1");
+        assert_eq!(bound["metadata"]["uid"], created["metadata"]["uid"]);
+        let patched = status(&api).await.unwrap();
+        assert_eq!(patched["spec"]["nodeName"], "node-1");
+        assert_eq!(patched["status"]["phase"], "Running");
+        let stored = registry.get(&api).await.unwrap();
+        assert_eq!(patched.to_string(), stored.to_string());
+        let rv = object::meta_str(&stored, "resourceVersion").unwrap();
+        let key = api.key();
+        assert!(registry
+            .written
+            .take(pods, &key, rv.parse().unwrap())
+            .is_none());
+
+        // A kept object the store no longer holds is not used: a write by another path (here
+        // straight to the store) made it stale.
+        let db = target("db");
+        create("db").await.unwrap();
+        let kv = registry.read(&db).await.unwrap();
+        let mut changed = decode(pods, &kv).unwrap();
+        changed["metadata"]["labels"] = json!({"tier": "back"});
+        let bytes = serde_json::to_vec(&without_resource_version(changed)).unwrap();
+        registry
+            .store
+            .txn(Txn::new().update(kv.key.clone(), Bytes::from(bytes), kv.mod_revision))
+            .await
+            .unwrap();
+        bind(&db).await.unwrap();
+        let bound = registry.get(&db).await.unwrap();
+        assert_eq!(bound["metadata"]["labels"], json!({"tier": "back"}));
+        assert_eq!(bound["spec"]["nodeName"], "node-1");
+    }
 
     #[test]
     fn a_namespace_being_deleted_is_told_from_its_json() {

@@ -454,8 +454,9 @@ async fn serve_subresource(
                 .unwrap_or_else(|| json!([]));
             registry
                 .modify(target, |obj| {
+                    let changed = obj["status"]["conditions"] != conditions;
                     obj["status"]["conditions"] = conditions.clone();
-                    Ok(())
+                    Ok(changed)
                 })
                 .await?;
             api.settle_csr(target.kind, target.name);

@@ -481,6 +481,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
             cache: Arc::new(WatchCache::new(store.clone(), config.watch_history)),
             store,
             ranges: config.service_ranges,
+            written: Default::default(),
         },
         pki: pki.clone(),
         listen: addr,

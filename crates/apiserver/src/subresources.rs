@@ -203,7 +203,7 @@ pub async fn bind(
                 pod,
                 json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}),
             );
-            Ok(())
+            Ok(true)
         })
         .await
 }
@@ -253,10 +253,12 @@ pub async fn evict(
             let take = |obj: &mut Value| {
                 let now = jiff::Timestamp::now();
                 match disruption::evict(obj, &pod, now).map_err(|r| refused(&budget, r))? {
-                    Some(status) if !delete.dry_run => obj["status"] = status,
-                    _ => {}
+                    Some(status) if !delete.dry_run && obj["status"] != status => {
+                        obj["status"] = status;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
                 }
-                Ok(())
             };
             registry.modify(&budget, take).await?;
         }

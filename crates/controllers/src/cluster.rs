@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::Value;
 use skiff_api::kinds::Kind;
 use skiff_api::object::Filter;
@@ -49,6 +50,25 @@ pub trait Cluster: Send + Sync + 'static {
         filter: &Filter,
     ) -> Result<Vec<Value>, ClusterError>;
 
+    /// The objects [`Cluster::list`] gives, shared with the feeds rather than copied for the
+    /// caller (pods a feed has just delivered are not parsed again): for a caller that reads
+    /// them, copying only what it changes.
+    async fn list_shared(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Arc<Value>>, ClusterError>;
+
+    /// The JSON of each object [`Cluster::list`] gives, unparsed: for a caller that reads a few
+    /// fields of many objects (the events' expiry reads every event's times each minute).
+    async fn list_json(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Bytes>, ClusterError>;
+
     /// The object of `kind` named `name` in `namespace` ("" for cluster-scoped kinds), at least
     /// as new as every write made through this client so far.
     async fn get(
@@ -62,12 +82,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// client falls behind; the caller subscribes again.
     async fn changes(&self, kind: &'static Kind) -> Result<Feed, ClusterError>;
 
+    /// Creates an object; answers it as created, shared with the server (a pod's binding
+    /// starts from it).
     async fn create(
         &self,
         kind: &'static Kind,
         namespace: &str,
         obj: Value,
-    ) -> Result<Value, ClusterError>;
+    ) -> Result<Arc<Value>, ClusterError>;
 
     /// Replaces an object; its resourceVersion must still be current.
     async fn update(&self, kind: &'static Kind, obj: Value) -> Result<Value, ClusterError>;

@@ -194,32 +194,68 @@ impl Recorder {
     }
 }
 
+/// What the expiry reads of an event: who it is and when it was last seen (the rest of its
+/// JSON is skipped, not built: every event is read each minute).
+#[derive(serde::Deserialize)]
+struct Seen {
+    metadata: SeenMeta,
+    #[serde(rename = "lastTimestamp")]
+    last_timestamp: Option<String>,
+    #[serde(rename = "eventTime")]
+    event_time: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct SeenMeta {
+    #[serde(default)]
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    uid: String,
+    #[serde(rename = "creationTimestamp")]
+    creation_timestamp: Option<String>,
+}
+
+impl Seen {
+    /// When the event was last seen, in seconds: its lastTimestamp, eventTime or creation.
+    fn last(&self) -> Option<i64> {
+        [
+            &self.last_timestamp,
+            &self.event_time,
+            &self.metadata.creation_timestamp,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|t| !t.is_empty())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+    }
+}
+
 /// Deletes events last seen longer than `ttl` ago, every minute (or half the time to live, if
 /// shorter), for the life of the server.
 pub async fn expire(cluster: std::sync::Arc<dyn Cluster>, ttl: Duration) {
     let events = kind("", "events");
     loop {
         let cutoff = jiff::Timestamp::now().as_second() - ttl.as_secs() as i64;
-        match cluster.list(events, "", &Filter::default()).await {
+        match cluster.list_json(events, "", &Filter::default()).await {
             Ok(all) => {
-                for e in all {
-                    let last = [
-                        "/lastTimestamp",
-                        "/eventTime",
-                        "/metadata/creationTimestamp",
-                    ]
-                    .iter()
-                    .map(|p| text(&e, p))
-                    .find(|t| !t.is_empty())
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .map(|t| t.as_second());
-                    if last.is_some_and(|t| t < cutoff) {
-                        let (ns, name, uid) = (
-                            text(&e, "/metadata/namespace"),
-                            text(&e, "/metadata/name"),
-                            text(&e, "/metadata/uid"),
-                        );
-                        let _ = cluster.delete(events, ns, name, uid, false).await;
+                for json in all {
+                    let seen: Seen = match serde_json::from_slice(&json) {
+                        Ok(seen) => seen,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "an event without a name");
+                            continue;
+                        }
+                    };
+                    if seen.last().is_some_and(|t| t < cutoff) {
+                        let SeenMeta {
+                            namespace,
+                            name,
+                            uid,
+                            ..
+                        } = &seen.metadata;
+                        let _ = cluster.delete(events, namespace, name, uid, false).await;
                     }
                 }
             }
@@ -231,5 +267,49 @@ pub async fn expire(cluster: std::sync::Arc<dyn Cluster>, ttl: Duration) {
                 .max(Duration::from_secs(1)),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_was_last_seen_at_its_last_timestamp_event_time_or_creation() {
+        let cases = [
+            (
+                r#"{"metadata":{"name":"a","creationTimestamp":"2026-12-01T00:00:00Z"},"lastTimestamp":"2026-12-01T00:00:09Z","eventTime":null}"#,
+                Some(9),
+            ),
+            (
+                r#"{"metadata":{"name":"a","creationTimestamp":"2026-12-01T00:00:00Z"},"lastTimestamp":null,"eventTime":"2026-12-01T00:00:05.123456Z"}"#,
+                Some(5),
+            ),
+            (
+                r#"{"metadata":{"name":"a","creationTimestamp":"2026-12-01T00:00:02Z"},"lastTimestamp":""}"#,
+                Some(2),
+            ),
+            (r#"{"metadata":{"name":"a"},"count":3}"#, None),
+        ];
+        let base = "2026-12-01T00:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        for (json, want) in cases {
+            let seen: Seen = serde_json::from_str(json).unwrap();
+            assert_eq!(seen.last().map(|t| t - base), want, "{json}");
+        }
+        let named: Seen = serde_json::from_str(
+            r#"{"metadata":{"name":"web.1","namespace":"a","uid":"u","managedFields":[{"manager":"x"}]},"involvedObject":{"kind":"Pod"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                named.metadata.namespace.as_str(),
+                named.metadata.name.as_str(),
+                named.metadata.uid.as_str()
+            ),
+            ("a", "web.1", "u")
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The reconcilers: each reads the current state of one key through the cluster, decides with
 //! the pure cores (`replicaset`, `rollout`) and writes only what must change.
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use crate::cluster::{Cluster, ClusterError};
@@ -42,8 +44,8 @@ async fn claim(
     kind: &'static Kind,
     owner: &Value,
     owner_kind: &str,
-    selected: Vec<Value>,
-) -> Result<Vec<Value>, ClusterError> {
+    selected: Vec<Arc<Value>>,
+) -> Result<Vec<Arc<Value>>, ClusterError> {
     let uid = text(owner, "/metadata/uid");
     let has_controller = |o: &Value| {
         o.lookup("/metadata/ownerReferences")
@@ -55,13 +57,13 @@ async fn claim(
         if controller_of(&obj, owner_kind).is_some_and(|(_, u)| u == uid) {
             mine.push(obj);
         } else if !has_controller(&obj) && !deleting(&obj) && !deleting(owner) {
-            let mut adopted = obj;
+            let mut adopted = Arc::unwrap_or_clone(obj);
             let reference = owner_reference(owner_kind, "apps/v1", owner);
             match adopted["metadata"]["ownerReferences"].as_array_mut() {
                 Some(refs) => refs.push(reference),
                 None => adopted["metadata"]["ownerReferences"] = json!([reference]),
             }
-            mine.push(cluster.update(kind, adopted).await?);
+            mine.push(Arc::new(cluster.update(kind, adopted).await?));
         }
     }
     Ok(mine)
@@ -95,9 +97,9 @@ pub async fn replica_set(
         return Ok(());
     }
     let selects = selected_by(&rs);
-    let selected = cluster.list(pods, namespace, &selects).await?;
+    let selected = cluster.list_shared(pods, namespace, &selects).await?;
     let mut mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
-    let views: Vec<PodView> = mine.iter().map(PodView::of).collect();
+    let views: Vec<PodView> = mine.iter().map(|pod| PodView::of(pod)).collect();
     let desired = int(&rs, "/spec/replicas", 1).max(0) as usize;
     let plan = replicaset::plan(desired, &views);
     let note = |warning, reason, message| Note {
@@ -157,9 +159,9 @@ pub async fn replica_set(
         failure = failure.or(Some(("FailedDelete", e)));
     }
     let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
-        let selected = cluster.list(pods, namespace, &selects).await?;
+        let selected = cluster.list_shared(pods, namespace, &selects).await?;
         mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
-        mine.iter().map(PodView::of).collect()
+        mine.iter().map(|pod| PodView::of(pod)).collect()
     } else {
         views
     };
@@ -345,8 +347,12 @@ pub async fn deployment(
     }
     let template = d.lookup("/spec/template").cloned().unwrap_or(json!({}));
     let paused = d.lookup("/spec/paused") == Some(&json!(true));
-    let selected = cluster.list(sets_kind, namespace, &selected_by(&d)).await?;
-    let mut sets = claim(cluster, sets_kind, &d, "Deployment", selected).await?;
+    let selected = cluster
+        .list_shared(sets_kind, namespace, &selected_by(&d))
+        .await?;
+    let claimed = claim(cluster, sets_kind, &d, "Deployment", selected).await?;
+    // Changed below: each set's own copy (the shared one when nothing else holds it).
+    let mut sets: Vec<Value> = claimed.into_iter().map(Arc::unwrap_or_clone).collect();
     // Oldest first; revisions order sets made within the same second.
     sets.sort_by_key(|rs| {
         (

@@ -30,8 +30,6 @@ pub struct NodeInfo {
     pub scored_cpu_milli: i64,
     pub scored_memory: i64,
     pub pods: Vec<Arc<PodInfo>>,
-    /// How many pods of each controller (by uid) run here, for spreading.
-    pub owners: HashMap<String, u32>,
 }
 
 /// A node's status conditions say it is not ready: it is treated as tainted so, as the node
@@ -90,9 +88,6 @@ impl NodeInfo {
         let (cpu, memory) = scored(&pod.requests);
         self.scored_cpu_milli += cpu;
         self.scored_memory += memory;
-        if let Some(owner) = &pod.owner {
-            *self.owners.entry(owner.clone()).or_default() += 1;
-        }
         self.pods.push(pod);
     }
 
@@ -103,15 +98,16 @@ impl NodeInfo {
         let (cpu, memory) = scored(&pod.requests);
         self.scored_cpu_milli -= cpu;
         self.scored_memory -= memory;
-        if let Some(owner) = &pod.owner {
-            if let Some(n) = self.owners.get_mut(owner) {
-                *n -= 1;
-                if *n == 0 {
-                    self.owners.remove(owner);
-                }
-            }
-        }
         Some(pod)
+    }
+
+    /// How many pods of each controller (by uid) run here.
+    fn owners(&self) -> HashMap<&str, u32> {
+        let mut owners = HashMap::new();
+        for owner in self.pods.iter().filter_map(|p| p.owner.as_deref()) {
+            *owners.entry(owner).or_default() += 1;
+        }
+        owners
     }
 
     /// Host ports in use on the node.
@@ -148,6 +144,10 @@ pub struct Snapshot {
     /// Pods per (zone, controller uid), kept as pods come and go, so that spreading over zones
     /// costs a lookup rather than a walk over every node.
     zone_owners: HashMap<String, HashMap<String, u32>>,
+    /// Pods per controller uid and node name (known or not), for spreading over nodes: one
+    /// lookup per pod scored, not one per node scored in each node's own map (which cost
+    /// more than the rest of scoring at 5,000 nodes).
+    owner_nodes: HashMap<String, HashMap<String, u32>>,
 }
 
 impl Snapshot {
@@ -165,14 +165,14 @@ impl Snapshot {
             Some(&i) => {
                 let old = std::mem::take(&mut self.nodes[i]);
                 if old.zone != node.zone {
-                    self.count_zone(old.zone.as_deref(), &old.owners, -1);
-                    self.count_zone(node.zone.as_deref(), &old.owners, 1);
+                    let owners = old.owners();
+                    self.count_zone(old.zone.as_deref(), &owners, -1);
+                    self.count_zone(node.zone.as_deref(), &owners, 1);
                 }
                 node.requested = old.requested;
                 node.scored_cpu_milli = old.scored_cpu_milli;
                 node.scored_memory = old.scored_memory;
                 node.pods = old.pods;
-                node.owners = old.owners;
                 self.nodes[i] = node;
             }
             None => {
@@ -180,7 +180,7 @@ impl Snapshot {
                 for pod in self.waiting.remove(&name).unwrap_or_default() {
                     node.add_pod(pod);
                 }
-                self.count_zone(node.zone.as_deref(), &node.owners, 1);
+                self.count_zone(node.zone.as_deref(), &node.owners(), 1);
                 self.index.insert(name, self.nodes.len());
                 self.nodes.push(node);
             }
@@ -192,7 +192,7 @@ impl Snapshot {
             return;
         };
         let node = self.nodes.swap_remove(i);
-        self.count_zone(node.zone.as_deref(), &node.owners, -1);
+        self.count_zone(node.zone.as_deref(), &node.owners(), -1);
         if i < self.nodes.len() {
             self.index.insert(self.nodes[i].name.clone(), i);
         }
@@ -209,6 +209,10 @@ impl Snapshot {
         if pod.has_required_anti_affinity() {
             self.anti_affinity
                 .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
+        }
+        if let Some(owner) = &pod.owner {
+            let nodes = self.owner_nodes.entry(owner.clone()).or_default();
+            *nodes.entry(node.to_string()).or_default() += 1;
         }
         match self.index.get(node) {
             Some(&i) => {
@@ -231,14 +235,25 @@ impl Snapshot {
             .unwrap_or(0)
     }
 
-    fn count_zone(&mut self, zone: Option<&str>, owners: &HashMap<String, u32>, sign: i64) {
+    /// How many pods of a controller run on each node, by the nodes' places in [`Self::nodes`].
+    pub fn on_nodes(&self, owner: &str) -> Vec<u32> {
+        let mut counts = vec![0; self.nodes.len()];
+        for (node, n) in self.owner_nodes.get(owner).into_iter().flatten() {
+            if let Some(&i) = self.index.get(node) {
+                counts[i] = *n;
+            }
+        }
+        counts
+    }
+
+    fn count_zone(&mut self, zone: Option<&str>, owners: &HashMap<&str, u32>, sign: i64) {
         let Some(zone) = zone else { return };
         let counts = self.zone_owners.entry(zone.to_string()).or_default();
         for (owner, n) in owners {
-            let count = counts.entry(owner.clone()).or_default();
+            let count = counts.entry(owner.to_string()).or_default();
             *count = (i64::from(*count) + sign * i64::from(*n)).max(0) as u32;
             if *count == 0 {
-                counts.remove(owner);
+                counts.remove(*owner);
             }
         }
     }
@@ -246,20 +261,34 @@ impl Snapshot {
     pub fn unplace(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
         let node = self.placed.remove(uid)?;
         self.anti_affinity.remove(uid);
-        match self.index.get(&node) {
+        let pod = match self.index.get(&node) {
             Some(&i) => {
                 let pod = self.nodes[i].remove_pod(uid)?;
                 if let (Some(zone), Some(owner)) = (self.nodes[i].zone.clone(), &pod.owner) {
-                    self.count_zone(Some(&zone), &HashMap::from([(owner.clone(), 1)]), -1);
+                    self.count_zone(Some(&zone), &HashMap::from([(owner.as_str(), 1)]), -1);
                 }
-                Some(pod)
+                pod
             }
             None => {
                 let pods = self.waiting.get_mut(&node)?;
                 let i = pods.iter().position(|p| p.uid == uid)?;
-                Some(pods.swap_remove(i))
+                pods.swap_remove(i)
+            }
+        };
+        if let Some(owner) = &pod.owner {
+            if let Some(nodes) = self.owner_nodes.get_mut(owner) {
+                if let Some(n) = nodes.get_mut(&node) {
+                    *n -= 1;
+                    if *n == 0 {
+                        nodes.remove(&node);
+                    }
+                }
+                if nodes.is_empty() {
+                    self.owner_nodes.remove(owner);
+                }
             }
         }
+        Some(pod)
     }
 
     /// Placed pods with required anti-affinity, with their nodes.

@@ -213,10 +213,12 @@ pub fn scores(ctx: &Context, snapshot: &Snapshot, nodes: &[usize]) -> Vec<i64> {
     } else if let (Some(owner), true) = (&pod.owner, pod.spread.is_empty()) {
         // Counted once per zone (a few), not per node (thousands).
         let mut zones: Vec<(&str, i64)> = Vec::new();
+        let on_nodes = snapshot.on_nodes(owner);
         candidates
             .iter()
-            .map(|n| {
-                let on_node = i64::from(n.owners.get(owner).copied().unwrap_or(0));
+            .zip(nodes)
+            .map(|(n, &i)| {
+                let on_node = i64::from(on_nodes[i]);
                 let in_zone = n.zone.as_deref().map_or(0, |z| {
                     match zones.iter().find(|(seen, _)| *seen == z) {
                         Some((_, count)) => *count,

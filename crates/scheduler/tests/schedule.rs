@@ -427,8 +427,27 @@ fn zones_are_spread_over_and_their_counts_follow_pods_and_nodes() {
     // Two per node: hostname and zone spreading weigh against each other as in Kubernetes'
     // system defaults, which also end at 2-2-2 here.
     assert_eq!((s.in_zone("x", "rs-1"), s.in_zone("y", "rs-1")), (4, 2));
+    let on_nodes = |s: &Snapshot| -> Vec<(String, u32)> {
+        let names = s.nodes().iter().map(|n| n.name.clone());
+        let mut counts: Vec<_> = names.zip(s.on_nodes("rs-1")).collect();
+        counts.sort();
+        counts
+    };
+    let two_each = vec![("x1".into(), 2), ("x2".into(), 2), ("y1".into(), 2)];
+    assert_eq!(on_nodes(&s), two_each);
+    assert_eq!(s.on_nodes("another").iter().sum::<u32>(), 0);
+    let r0_node = s
+        .nodes()
+        .iter()
+        .find(|n| n.pods.iter().any(|p| p.uid == "uid-r0"));
+    let r0_node = r0_node.unwrap().name.clone();
     s.unplace("uid-r0");
     assert_eq!(s.in_zone("x", "rs-1") + s.in_zone("y", "rs-1"), 5);
+    let one_less: u32 = on_nodes(&s)
+        .iter()
+        .map(|(name, n)| if *name == r0_node { n + 1 } else { *n })
+        .sum();
+    assert_eq!(one_less, 6);
     let y_before = s.in_zone("y", "rs-1");
     // A node moving to another zone takes its pods' counts along; a node removed, its pods'.
     let moved = zoned("y1", "z");
@@ -439,4 +458,10 @@ fn zones_are_spread_over_and_their_counts_follow_pods_and_nodes() {
     );
     s.remove_node("y1");
     assert_eq!(s.in_zone("z", "rs-1"), 0);
+    assert!(on_nodes(&s).iter().all(|(name, _)| name != "y1"));
+    // Back, with the pods that waited for it.
+    s.set_node(NodeInfo::from_json(&moved));
+    let y1 = on_nodes(&s).into_iter().find(|(name, _)| name == "y1");
+    assert_eq!(y1, Some(("y1".into(), y_before)));
+    assert_eq!(s.in_zone("z", "rs-1"), y_before);
 }
