@@ -78,6 +78,7 @@ impl Cached {
 /// goes: what the store keeps of an object served as stored, from which the watch cache makes
 /// the JSON clients receive by splicing in the revision its write got, instead of parsing the
 /// store's event.
+#[derive(Clone)]
 pub struct Unversioned {
     pub json: Bytes,
     /// Just after `"metadata":{`; none when the object has no metadata.
@@ -134,7 +135,7 @@ impl Unversioned {
     }
 
     /// The JSON with `metadata.resourceVersion` set to `revision`.
-    fn at(&self, revision: Revision) -> Bytes {
+    pub fn at(&self, revision: Revision) -> Bytes {
         let Some(slot) = self.slot else {
             return self.json.clone();
         };

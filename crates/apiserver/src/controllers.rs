@@ -81,18 +81,31 @@ impl InProcess {
         obj: Value,
         endpoint: Endpoint,
     ) -> Result<Value, ClusterError> {
+        // The object goes to the registry whole: its name and namespace are copied, not it.
+        let (namespace, name) = {
+            let Target {
+                namespace, name, ..
+            } = target(kind, &obj);
+            (namespace.map(str::to_string), name.to_string())
+        };
+        let target = Target {
+            kind,
+            namespace: namespace.as_deref(),
+            name: &name,
+        };
         let updated = self
             .api
             .registry
             .update(
-                &target(kind, &obj),
-                obj.clone(),
+                &target,
+                obj,
                 endpoint,
                 false,
                 Ownership::by(CONTROLLER_MANAGER),
             )
             .await
-            .map_err(error)?;
+            .map_err(error)?
+            .object;
         self.wrote(&updated);
         Ok(updated)
     }

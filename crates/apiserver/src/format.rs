@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use skiff_api::kinds::Kind;
 use skiff_api::object::Lookup;
@@ -105,7 +106,12 @@ pub fn table(
 
 pub fn json_response(code: StatusCode, value: &Value) -> Response {
     let body = serde_json::to_vec(value).expect("a JSON value serializes");
-    (code, [("content-type", "application/json")], body).into_response()
+    json_bytes_response(code, body.into())
+}
+
+/// A response of JSON already written.
+pub fn json_bytes_response(code: StatusCode, json: Bytes) -> Response {
+    (code, [("content-type", "application/json")], json).into_response()
 }
 
 /// One object, as JSON or as a one-row Table.

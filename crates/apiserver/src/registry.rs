@@ -180,11 +180,27 @@ fn without_resource_version(mut obj: Value) -> Value {
     obj
 }
 
-/// An object as given to the store, and the watch cache told of that write (see
-/// [`KindCache::expect`]), which is to forget it if the write fails.
+/// An object as given to the store, its JSON as served without its resourceVersion (when
+/// made), and the watch cache told of that write (see [`KindCache::expect`]), which is to
+/// forget it if the write fails.
 struct Encoded {
     bytes: Bytes,
+    served: Option<Unversioned>,
     told: Option<Arc<KindCache>>,
+}
+
+/// An object as an update left it, with its JSON as served when the write made it: what
+/// answers the update, without serializing the object again.
+pub struct Updated {
+    pub object: Value,
+    pub json: Option<Bytes>,
+}
+
+impl Updated {
+    /// An answer to be serialized from its object (nothing written, a dry run).
+    pub fn shown(object: Value) -> Updated {
+        Updated { object, json: None }
+    }
 }
 
 impl Encoded {
@@ -493,7 +509,7 @@ impl Registry {
         endpoint: Endpoint,
         dry_run: bool,
         ownership: Ownership<'_>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Updated, ApiError> {
         self.update_from(None, target, body, endpoint, dry_run, ownership)
             .await
     }
@@ -508,7 +524,7 @@ impl Registry {
         endpoint: Endpoint,
         dry_run: bool,
         ownership: Ownership<'_>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Updated, ApiError> {
         let wanted_rv = object::meta_str(&body, "resourceVersion")
             .filter(|rv| !rv.is_empty())
             .map(str::to_string);
@@ -564,7 +580,7 @@ impl Registry {
             if new == old || dry_run {
                 let mut shown = new;
                 set_resource_version(&mut shown, revision);
-                return Ok(shown);
+                return Ok(Updated::shown(shown));
             }
             match self.write(target, new, revision, claims).await {
                 Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
@@ -587,7 +603,7 @@ impl Registry {
         endpoint: Endpoint,
         dry_run: bool,
         ownership: Ownership<'_>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Updated, ApiError> {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
         let ty = skiff_api::schema::root(target.kind);
         for _ in 0..UNCONDITIONAL_RETRIES {
@@ -619,7 +635,7 @@ impl Registry {
         (manager, subresource): (&str, Option<&'static str>),
         force: bool,
         dry_run: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Updated, ApiError> {
         if config.lookup("/metadata/managedFields").is_some() {
             return Err(ApiError::bad_request(
                 "metadata.managedFields must be nil in an applied configuration",
@@ -653,7 +669,7 @@ impl Registry {
                         Ownership::AsGiven,
                     )
                     .await
-                    .map(Arc::unwrap_or_clone),
+                    .map(|created| Updated::shown(Arc::unwrap_or_clone(created))),
                 // The read's resourceVersion makes the write a compare-and-swap.
                 Some(read) => {
                     let ownership = Ownership::AsGiven;
@@ -686,7 +702,7 @@ impl Registry {
             }
             match self.write(target, obj, revision, Vec::new()).await {
                 Ok(written) => {
-                    self.remember(target, &Arc::new(written));
+                    self.remember(target, &Arc::new(written.object));
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -705,12 +721,12 @@ impl Registry {
         mut obj: Value,
         expected: Revision,
         claims: Vec<Op>,
-    ) -> Result<Value, StoreError> {
+    ) -> Result<Updated, StoreError> {
         if obj.lookup("/metadata/deletionTimestamp").is_some()
             && object::finalizers(&obj).is_empty()
             && !deletion_waits_for_grace(target.kind, &obj)
         {
-            return self.remove(target, obj, expected).await;
+            return self.remove(target, obj, expected).await.map(Updated::shown);
         }
         let encoded = self.encode(target.kind, &obj);
         let mut txn = Txn::new().update(target.key(), encoded.bytes.clone(), expected);
@@ -721,7 +737,10 @@ impl Registry {
             .await
             .inspect_err(|_| encoded.failed())?;
         set_resource_version(&mut obj, resp.revision);
-        Ok(obj)
+        Ok(Updated {
+            object: obj,
+            json: encoded.served.map(|served| served.at(resp.revision)),
+        })
     }
 
     /// `obj` of `kind`'s endpoint as the store keeps it (serialized once: an object stored as
@@ -742,11 +761,19 @@ impl Registry {
             .events_carry_written_values()
             .then(|| self.cache.loaded(kind))
             .flatten();
-        if let Some(cache) = &told {
-            let served = served.unwrap_or_else(|| Unversioned::of(obj));
-            cache.expect(&bytes, obj, served);
+        let served = match &told {
+            Some(cache) => {
+                let served = served.unwrap_or_else(|| Unversioned::of(obj));
+                cache.expect(&bytes, obj, served.clone());
+                Some(served)
+            }
+            None => served,
+        };
+        Encoded {
+            bytes,
+            served,
+            told,
         }
-        Encoded { bytes, told }
     }
 
     /// Removes `obj` from the store with what it holds; answers it with the delete's revision.
@@ -797,7 +824,10 @@ impl Registry {
             let result = match next {
                 DeletionStep::Unchanged => return Ok(current),
                 _ if options.dry_run => return Ok(current),
-                DeletionStep::Mark(obj) => self.write(target, obj, revision, Vec::new()).await,
+                DeletionStep::Mark(obj) => self
+                    .write(target, obj, revision, Vec::new())
+                    .await
+                    .map(|written| written.object),
                 DeletionStep::Remove => self.remove(target, old, revision).await,
             };
             match result {
@@ -1126,11 +1156,14 @@ mod tests {
         let bound = registry.get(&api).await.unwrap();
         assert_eq!(bound["spec"]["nodeName"], "node-1");
         assert_eq!(bound["metadata"]["uid"], created["metadata"]["uid"]);
-        let patched = status(&api).await.unwrap();
-        assert_eq!(patched["spec"]["nodeName"], "node-1");
-        assert_eq!(patched["status"]["phase"], "Running");
+        let Updated { object, json } = status(&api).await.unwrap();
+        assert_eq!(object["spec"]["nodeName"], "node-1");
+        assert_eq!(object["status"]["phase"], "Running");
         let stored = registry.get(&api).await.unwrap();
-        assert_eq!(patched.to_string(), stored.to_string());
+        assert_eq!(object.to_string(), stored.to_string());
+        // The answer's JSON is the write's, resourceVersion spliced in.
+        let json: Value = serde_json::from_slice(&json.expect("the write made its JSON")).unwrap();
+        assert_eq!(json, stored);
         let rv = object::meta_str(&stored, "resourceVersion").unwrap();
         let key = api.key();
         assert!(registry

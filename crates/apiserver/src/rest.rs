@@ -21,7 +21,7 @@ use skiff_store::Revision;
 
 use crate::format::{self, json_response, Format};
 use crate::paths::{self, ApiPath, ResourcePath};
-use crate::registry::{DeleteOptions, Ownership, Registry, Target};
+use crate::registry::{DeleteOptions, Ownership, Registry, Target, Updated};
 use crate::server::Api;
 use crate::status::ApiError;
 use crate::subresources::{self, ScaleChange};
@@ -318,7 +318,7 @@ async fn serve_resource(
         name,
     };
     let mut warnings = Vec::new();
-    let obj = match parts.method {
+    let answer = match parts.method {
         Method::GET => {
             let obj = registry.get(&target).await?;
             return Ok(format::object(kind, format, StatusCode::OK, &obj));
@@ -382,14 +382,16 @@ async fn serve_resource(
             let options = delete_options(&parts.headers, body, &query).await?;
             let obj = registry.delete(&target, &options).await?;
             api.after_delete(kind, &obj);
-            obj
+            Updated::shown(obj)
         }
         ref m => return Err(ApiError::method_not_allowed(m.as_str())),
     };
-    Ok(with_warnings(
-        json_response(StatusCode::OK, &obj),
-        &warnings,
-    ))
+    // The JSON the write made, when it made it; the object serialized otherwise.
+    let response = match answer.json {
+        Some(json) => format::json_bytes_response(StatusCode::OK, json),
+        None => json_response(StatusCode::OK, &answer.object),
+    };
+    Ok(with_warnings(response, &warnings))
 }
 
 /// `scale`, `binding`, `eviction`, `log`.

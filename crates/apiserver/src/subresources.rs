@@ -101,7 +101,7 @@ pub async fn update_scale(
     let updated = registry
         .update(target, obj, Endpoint::Main, dry_run, ownership)
         .await?;
-    scale_of(&updated)
+    scale_of(&updated.object)
 }
 
 /// Server-side apply of a Scale: `manager` then owns the workload's `spec.replicas` through the
@@ -139,7 +139,7 @@ pub async fn apply_scale(
     let updated = registry
         .apply(target, &parent, (manager, Some("scale")), force, dry_run)
         .await?;
-    scale_of(&updated)
+    scale_of(&updated.object)
 }
 
 /// A patch that cannot be applied, as Kubernetes answers it.
