@@ -25,9 +25,9 @@ use crate::status::ApiError;
 /// records its controllers'.
 pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
 
-/// A list's objects: the watch cache's entries, or objects read from the store.
+/// A list's objects: entries of the kind's watch cache, or objects read from the store.
 enum Listed {
-    Cached(Vec<Arc<Cached>>),
+    Cached(Arc<KindCache>, Vec<Arc<Cached>>),
     Stored(Vec<Value>),
 }
 
@@ -62,7 +62,10 @@ impl InProcess {
         let namespace = scope(namespace);
         let prefix = kind.store_prefix_in(namespace);
         Ok(match cache.snapshot(&prefix, filter, at_least).await {
-            Some(snapshot) => Listed::Cached(snapshot.items.into_iter().map(|(_, o)| o).collect()),
+            Some(snapshot) => {
+                let items = snapshot.items.into_iter().map(|(_, o)| o).collect();
+                Listed::Cached(cache, items)
+            }
             None => {
                 let page = self
                     .api
@@ -169,7 +172,7 @@ impl Cluster for InProcess {
     ) -> Result<Vec<Value>, ClusterError> {
         match self.listed(kind, namespace, filter).await? {
             // Selected before parsing: only the objects asked for are decoded.
-            Listed::Cached(items) => items
+            Listed::Cached(_, items) => items
                 .iter()
                 .map(|obj| {
                     without_managed_fields(&obj.json)
@@ -187,11 +190,10 @@ impl Cluster for InProcess {
         filter: &Filter,
     ) -> Result<Vec<Arc<Value>>, ClusterError> {
         match self.listed(kind, namespace, filter).await? {
-            Listed::Cached(items) if through_memo(kind) => {
-                let cache = self.cache(kind).await?;
+            Listed::Cached(cache, items) if through_memo(kind) => {
                 Ok(items.iter().map(|obj| cache.parsed.object(obj)).collect())
             }
-            Listed::Cached(items) => items
+            Listed::Cached(_, items) => items
                 .iter()
                 .map(|obj| {
                     without_managed_fields(&obj.json)
@@ -210,7 +212,7 @@ impl Cluster for InProcess {
         filter: &Filter,
     ) -> Result<Vec<Bytes>, ClusterError> {
         Ok(match self.listed(kind, namespace, filter).await? {
-            Listed::Cached(items) => items.iter().map(|obj| obj.json.clone()).collect(),
+            Listed::Cached(_, items) => items.iter().map(|obj| obj.json.clone()).collect(),
             Listed::Stored(items) => items
                 .iter()
                 .map(|obj| Bytes::from(serde_json::to_vec(obj).expect("JSON serializes")))

@@ -189,6 +189,14 @@ struct Encoded {
     told: Option<Arc<KindCache>>,
 }
 
+impl Encoded {
+    fn failed(&self) {
+        if let Some(cache) = &self.told {
+            cache.forget(&self.bytes);
+        }
+    }
+}
+
 /// An object as an update left it, with its JSON as served when the write made it: what
 /// answers the update, without serializing the object again.
 pub struct Updated {
@@ -200,14 +208,6 @@ impl Updated {
     /// An answer to be serialized from its object (nothing written, a dry run).
     pub fn shown(object: Value) -> Updated {
         Updated { object, json: None }
-    }
-}
-
-impl Encoded {
-    fn failed(&self) {
-        if let Some(cache) = &self.told {
-            cache.forget(&self.bytes);
-        }
     }
 }
 
