@@ -116,6 +116,31 @@ impl NodeInfo {
     }
 }
 
+/// Adds `delta` to the count kept for (`outer`, `inner`), never below zero; counts (and
+/// inner maps) that reach zero go.
+fn add_count(
+    counts: &mut HashMap<String, HashMap<String, u32>>,
+    outer: &str,
+    inner: &str,
+    delta: i64,
+) {
+    if !counts.contains_key(outer) {
+        counts.insert(outer.to_string(), HashMap::new());
+    }
+    let map = counts.get_mut(outer).expect("just made");
+    let count = match map.get_mut(inner) {
+        Some(count) => count,
+        None => map.entry(inner.to_string()).or_default(),
+    };
+    *count = (i64::from(*count) + delta).max(0) as u32;
+    if *count == 0 {
+        map.remove(inner);
+        if map.is_empty() {
+            counts.remove(outer);
+        }
+    }
+}
+
 pub(crate) fn scored(requests: &Resources) -> (i64, i64) {
     let cpu = if requests.cpu_milli == 0 {
         DEFAULT_CPU_MILLI
@@ -211,14 +236,12 @@ impl Snapshot {
                 .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
         }
         if let Some(owner) = &pod.owner {
-            let nodes = self.owner_nodes.entry(owner.clone()).or_default();
-            *nodes.entry(node.to_string()).or_default() += 1;
+            add_count(&mut self.owner_nodes, owner, node, 1);
         }
         match self.index.get(node) {
             Some(&i) => {
                 if let (Some(zone), Some(owner)) = (&self.nodes[i].zone, &pod.owner) {
-                    let owners = self.zone_owners.entry(zone.clone()).or_default();
-                    *owners.entry(owner.clone()).or_default() += 1;
+                    add_count(&mut self.zone_owners, zone, owner, 1);
                 }
                 self.nodes[i].add_pod(pod)
             }
@@ -248,13 +271,8 @@ impl Snapshot {
 
     fn count_zone(&mut self, zone: Option<&str>, owners: &HashMap<&str, u32>, sign: i64) {
         let Some(zone) = zone else { return };
-        let counts = self.zone_owners.entry(zone.to_string()).or_default();
         for (owner, n) in owners {
-            let count = counts.entry(owner.to_string()).or_default();
-            *count = (i64::from(*count) + sign * i64::from(*n)).max(0) as u32;
-            if *count == 0 {
-                counts.remove(*owner);
-            }
+            add_count(&mut self.zone_owners, zone, owner, sign * i64::from(*n));
         }
     }
 
@@ -264,8 +282,8 @@ impl Snapshot {
         let pod = match self.index.get(&node) {
             Some(&i) => {
                 let pod = self.nodes[i].remove_pod(uid)?;
-                if let (Some(zone), Some(owner)) = (self.nodes[i].zone.clone(), &pod.owner) {
-                    self.count_zone(Some(&zone), &HashMap::from([(owner.as_str(), 1)]), -1);
+                if let (Some(zone), Some(owner)) = (&self.nodes[i].zone, &pod.owner) {
+                    add_count(&mut self.zone_owners, zone, owner, -1);
                 }
                 pod
             }
@@ -276,17 +294,7 @@ impl Snapshot {
             }
         };
         if let Some(owner) = &pod.owner {
-            if let Some(nodes) = self.owner_nodes.get_mut(owner) {
-                if let Some(n) = nodes.get_mut(&node) {
-                    *n -= 1;
-                    if *n == 0 {
-                        nodes.remove(&node);
-                    }
-                }
-                if nodes.is_empty() {
-                    self.owner_nodes.remove(owner);
-                }
-            }
+            add_count(&mut self.owner_nodes, owner, &node, -1);
         }
         Some(pod)
     }
