@@ -568,13 +568,18 @@ impl Entry {
 /// A `managedFields` entry of `[manager, operation, apiVersion, time]`.
 fn entry_json(names: [&str; 4], fields_v1: Value, subresource: Option<&str>) -> Value {
     let [manager, operation, api_version, time] = names;
-    let mut v = json!({"manager": manager, "operation": operation,
-        "apiVersion": api_version, "time": time, "fieldsType": "FieldsV1",
-        "fieldsV1": fields_v1});
+    // Built field by field: `json!` would serialize `fields_v1` into a copy of itself.
+    let mut v = Map::with_capacity(7);
+    v.insert("manager".into(), manager.into());
+    v.insert("operation".into(), operation.into());
+    v.insert("apiVersion".into(), api_version.into());
+    v.insert("time".into(), time.into());
+    v.insert("fieldsType".into(), "FieldsV1".into());
+    v.insert("fieldsV1".into(), fields_v1);
     if let Some(sub) = subresource {
-        v["subresource"] = json!(sub);
+        v.insert("subresource".into(), sub.into());
     }
-    v
+    Value::Object(v)
 }
 
 /// The entries of an object's `managedFields`.

@@ -58,9 +58,23 @@ impl Kind {
         self.subresources.contains(&"status")
     }
 
+    /// The (group, plural) whose store prefix holds this kind's objects.
+    fn stored_in(&self) -> (&'static str, &'static str) {
+        self.stored_as.unwrap_or((self.group, self.plural))
+    }
+
+    /// The other kinds served from this kind's stored objects (another version of them:
+    /// events.k8s.io/v1 Events of core/v1's, and the other way round).
+    pub fn stored_with(&self) -> impl Iterator<Item = &'static Kind> + '_ {
+        all().iter().filter(move |k| {
+            k.stored_in() == self.stored_in()
+                && (k.group, k.version, k.plural) != (self.group, self.version, self.plural)
+        })
+    }
+
     /// The store prefix holding every object of this kind; a namespaced kind adds `ns/`.
     pub fn store_prefix(&self) -> String {
-        let (group, plural) = self.stored_as.unwrap_or((self.group, self.plural));
+        let (group, plural) = self.stored_in();
         let group = if group.is_empty() { "core" } else { group };
         format!("/registry/{group}/{plural}/")
     }

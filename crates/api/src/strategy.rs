@@ -406,12 +406,22 @@ pub fn prepare_update(
     let mut result = Value::Object(result);
     strip_nulls(&mut result);
     defaults::apply(kind, &mut result);
-    validate(&result, kind)?;
-    // Through the status endpoint only the status changes: nothing fixed can have moved.
-    if endpoint == Endpoint::Main {
-        let errs = validation::validate_update(kind, old, &result);
-        if !errs.is_empty() {
-            return Err(Rejection::Invalid(errs));
+    match endpoint {
+        Endpoint::Main => {
+            validate(&result, kind)?;
+            let errs = validation::validate_update(kind, old, &result);
+            if !errs.is_empty() {
+                return Err(Rejection::Invalid(errs));
+            }
+        }
+        // Through the status endpoint only the status changes (the kind's checks are of the
+        // rest, which stays as stored) and nothing fixed can have moved: as Kubernetes'
+        // status strategies, only the metadata is checked.
+        Endpoint::Status => {
+            let errs = object::validate_metadata(&result, name_is_label(kind));
+            if !errs.is_empty() {
+                return Err(Rejection::Invalid(errs));
+            }
         }
     }
     Ok(result)

@@ -181,17 +181,17 @@ fn without_resource_version(mut obj: Value) -> Value {
 }
 
 /// An object as given to the store, its JSON as served without its resourceVersion (when
-/// made), and the watch cache told of that write (see [`KindCache::expect`]), which is to
+/// made), and the watch caches told of that write (see [`KindCache::expect`]), which are to
 /// forget it if the write fails.
 struct Encoded {
     bytes: Bytes,
     served: Option<Unversioned>,
-    told: Option<Arc<KindCache>>,
+    told: Vec<Arc<KindCache>>,
 }
 
 impl Encoded {
     fn failed(&self) {
-        if let Some(cache) = &self.told {
+        for cache in &self.told {
             cache.forget(&self.bytes);
         }
     }
@@ -746,25 +746,33 @@ impl Registry {
     /// `obj` of `kind`'s endpoint as the store keeps it (serialized once: an object stored as
     /// served is also what its watch cache serves, with the revision spliced in). The kind's
     /// watch cache, when loaded, is told of the write before it is made, so that its store
-    /// event costs no parsing.
+    /// event costs no parsing; so are the caches of the kind's other versions (a core/v1 Event
+    /// is also an events.k8s.io/v1 one), with the object converted.
     fn encode(&self, kind: &'static Kind, obj: &Value) -> Encoded {
         let served = conversion::stored_as_served(kind).then(|| Unversioned::of(obj));
-        let bytes = match &served {
-            Some(served) => served.json.clone(),
-            None => Bytes::from(
-                serde_json::to_vec(&conversion::to_storage(kind, obj.clone()))
+        let stored = (!conversion::stored_as_served(kind))
+            .then(|| conversion::to_storage(kind, obj.clone()));
+        let bytes = match (&served, &stored) {
+            (Some(served), _) => served.json.clone(),
+            (None, stored) => Bytes::from(
+                serde_json::to_vec(stored.as_ref().unwrap_or(obj))
                     .expect("a JSON value serializes"),
             ),
         };
-        let told = self
-            .store
-            .events_carry_written_values()
-            .then(|| self.cache.loaded(kind))
-            .flatten();
-        let served = match &told {
+        let telling = self.store.events_carry_written_values();
+        let mut told = Vec::new();
+        for other in kind.stored_with().filter(|_| telling) {
+            if let Some(cache) = self.cache.loaded(other) {
+                let seen = conversion::from_storage(other, stored.clone().unwrap_or(obj.clone()));
+                cache.expect(&bytes, &seen, Unversioned::of(&seen));
+                told.push(cache);
+            }
+        }
+        let served = match telling.then(|| self.cache.loaded(kind)).flatten() {
             Some(cache) => {
                 let served = served.unwrap_or_else(|| Unversioned::of(obj));
                 cache.expect(&bytes, obj, served.clone());
+                told.push(cache);
                 Some(served)
             }
             None => served,
@@ -1188,6 +1196,86 @@ mod tests {
         let bound = registry.get(&db).await.unwrap();
         assert_eq!(bound["metadata"]["labels"], json!({"tier": "back"}));
         assert_eq!(bound["spec"]["nodeName"], "node-1");
+    }
+
+    /// A write told to its own kind's cache is told to the caches of the kind's other version
+    /// too, in that version's form: what each serves is what a read of the store through that
+    /// version decodes (but for where the resourceVersion sits, first in what caches serve).
+    #[tokio::test]
+    async fn an_event_written_in_one_version_is_served_by_both_caches_as_read() {
+        let registry = registry();
+        let namespaces = kinds::find("", "v1", "namespaces").unwrap();
+        let core = kinds::find("", "v1", "events").unwrap();
+        let new = kinds::find("events.k8s.io", "v1", "events").unwrap();
+        assert_eq!(core.stored_with().collect::<Vec<_>>(), [new]);
+        assert_eq!(new.stored_with().collect::<Vec<_>>(), [core]);
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
+        registry
+            .create(namespaces, None, ns, false, Ownership::by("test"))
+            .await
+            .unwrap();
+        let (core_cache, new_cache) = (
+            registry.cache.of(core).await.unwrap(),
+            registry.cache.of(new).await.unwrap(),
+        );
+        let involved = json!({"kind": "Pod", "namespace": "a", "name": "web"});
+        // Once both caches have a first event, their feeds follow the store's writes as they
+        // are made (an event replayed from the store's history is decoded).
+        let first = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "e0", "namespace": "a"}, "involvedObject": involved});
+        let first = registry
+            .create(core, Some("a"), first, false, Ownership::by("test"))
+            .await
+            .unwrap();
+        let revision: Revision = object::meta_str(&first, "resourceVersion")
+            .unwrap()
+            .parse()
+            .unwrap();
+        for cache in [&core_cache, &new_cache] {
+            let key = cache.kind().store_key(Some("a"), "e0");
+            let seen = cache.object(&key, revision).await.flatten();
+            assert!(seen.is_some(), "{} has e0", cache.kind().api_version());
+        }
+        let written = [
+            (
+                core,
+                json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "e1", "namespace": "a"}, "involvedObject": involved,
+                "reason": "Scheduled", "message": "to node-1", "type": "Normal",
+                "source": {"component": "default-scheduler"}, "count": 1}),
+            ),
+            (
+                new,
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                "metadata": {"name": "e2", "namespace": "a"}, "regarding": involved,
+                "reason": "Pulled", "note": "pulled", "type": "Normal", "action": "Pull",
+                "reportingController": "kubelet", "reportingInstance": "node-1",
+                "eventTime": "2026-12-02T00:00:00.000000Z"}),
+            ),
+        ];
+        for (kind, event) in written {
+            let created = registry
+                .create(kind, Some("a"), event, false, Ownership::by("test"))
+                .await
+                .unwrap();
+            let name = object::name(&created);
+            let revision = object::meta_str(&created, "resourceVersion").unwrap();
+            for (version, cache) in [(core, &core_cache), (new, &new_cache)] {
+                let target = Target {
+                    kind: version,
+                    namespace: Some("a"),
+                    name,
+                };
+                let cached = cache
+                    .object(&target.key(), revision.parse().unwrap())
+                    .await
+                    .expect("the cache caught up")
+                    .expect("the cache has the event");
+                let served: Value = serde_json::from_slice(&cached.json).unwrap();
+                let read = registry.get(&target).await.unwrap();
+                assert_eq!(served, read, "{name} through {}", version.api_version());
+            }
+        }
     }
 
     #[test]

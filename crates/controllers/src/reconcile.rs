@@ -112,6 +112,7 @@ pub async fn replica_set(
     // ReplicaSet whose pods cannot be made finds out after one try, and one whose pods can is
     // not held up by one write (and its event) at a time.
     let (mut left, mut batch) = (plan.create, 1);
+    let mut created = Vec::new();
     while left > 0 && failure.is_none() {
         let size = batch.min(left);
         let made = futures::future::join_all((0..size).map(|_| async {
@@ -128,10 +129,12 @@ pub async fn replica_set(
             made
         }))
         .await;
-        failure = made
-            .into_iter()
-            .find_map(Result::err)
-            .map(|e| ("FailedCreate", e));
+        for result in made {
+            match result {
+                Ok(pod) => created.push(pod),
+                Err(e) => failure = failure.or(Some(("FailedCreate", e))),
+            }
+        }
         left -= size;
         batch *= 2;
     }
@@ -158,10 +161,18 @@ pub async fn replica_set(
     if let Some(e) = deleted.into_iter().find_map(Result::err) {
         failure = failure.or(Some(("FailedDelete", e)));
     }
-    let views: Vec<PodView> = if plan.create > 0 || !plan.delete.is_empty() {
+    // The status counts the pods as they are after this sync: listed again after deletions
+    // (a pod deleted with a grace period stays, terminating); the pods just made are added
+    // as their creates answered them, rather than listing (and parsing) all the others again.
+    let views: Vec<PodView> = if !plan.delete.is_empty() {
         let selected = cluster.list_shared(pods, namespace, &selects).await?;
         mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
         mine.iter().map(|pod| PodView::of(pod)).collect()
+    } else if !created.is_empty() {
+        let mut views = views;
+        views.extend(created.iter().map(|pod| PodView::of(pod)));
+        mine.extend(created);
+        views
     } else {
         views
     };
