@@ -111,11 +111,23 @@ pub async fn replica_set(
     // Kubernetes' slow start: pods are made in concurrent batches of 1, 2, 4, ..., so that a
     // ReplicaSet whose pods cannot be made finds out after one try, and one whose pods can is
     // not held up by one write (and its event) at a time.
+    // Pods carrying every label of the template (a pod relabelled by hand may not).
+    let template_labels = rs
+        .lookup("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
+    let fully_labeled = |pod: &Value| {
+        template_labels
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| pod.lookup("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
+    };
     let (mut left, mut batch) = (plan.create, 1);
-    let mut created = Vec::new();
+    // The pods made, as the status counts them: not the pods themselves, which their binding
+    // takes over without a copy once nothing else holds them.
+    let mut made = Vec::new();
     while left > 0 && failure.is_none() {
         let size = batch.min(left);
-        let made = futures::future::join_all((0..size).map(|_| async {
+        let results = futures::future::join_all((0..size).map(|_| async {
             let made = cluster.create(pods, namespace, pod_from(&rs)).await;
             let said = match &made {
                 Ok(pod) => note(
@@ -129,9 +141,9 @@ pub async fn replica_set(
             made
         }))
         .await;
-        for result in made {
+        for result in results {
             match result {
-                Ok(pod) => created.push(pod),
+                Ok(pod) => made.push((PodView::of(&pod), fully_labeled(&pod))),
                 Err(e) => failure = failure.or(Some(("FailedCreate", e))),
             }
         }
@@ -162,40 +174,33 @@ pub async fn replica_set(
         failure = failure.or(Some(("FailedDelete", e)));
     }
     // The status counts the pods as they are after this sync: listed again after deletions
-    // (a pod deleted with a grace period stays, terminating); the pods just made are added
-    // as their creates answered them, rather than listing (and parsing) all the others again.
-    let views: Vec<PodView> = if !plan.delete.is_empty() {
+    // (a pod deleted with a grace period stays, terminating); else the pods just made are
+    // added as their creates answered them, rather than listing (and parsing) all the others
+    // again.
+    let mut views: Vec<PodView> = if !plan.delete.is_empty() {
         let selected = cluster.list_shared(pods, namespace, &selects).await?;
         mine = claim(cluster, pods, &rs, "ReplicaSet", selected).await?;
         mine.iter().map(|pod| PodView::of(pod)).collect()
-    } else if !created.is_empty() {
-        let mut views = views;
-        views.extend(created.iter().map(|pod| PodView::of(pod)));
-        mine.extend(created);
-        views
     } else {
         views
     };
+    let mut labeled = mine
+        .iter()
+        .zip(&views)
+        .filter(|(pod, view)| !view.gone && fully_labeled(pod))
+        .count();
+    if plan.delete.is_empty() {
+        for (view, carries) in made {
+            labeled += usize::from(carries);
+            views.push(view);
+        }
+    }
     let now = jiff::Timestamp::now().as_second();
     let counts = replicaset::counts(&views, int(&rs, "/spec/minReadySeconds", 0), now);
-    // Pods carrying every label of the template (a pod relabelled by hand may not).
-    let template_labels = rs
-        .lookup("/spec/template/metadata/labels")
-        .and_then(Value::as_object);
-    let fully_labeled =
-        mine.iter()
-            .zip(&views)
-            .filter(|(pod, view)| {
-                !view.gone
-                    && template_labels.into_iter().flatten().all(|(k, v)| {
-                        pod.lookup("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
-                    })
-            })
-            .count();
     let mut status = Map::new();
     status.insert("replicas".into(), counts.replicas.into());
-    if fully_labeled > 0 {
-        status.insert("fullyLabeledReplicas".into(), fully_labeled.into());
+    if labeled > 0 {
+        status.insert("fullyLabeledReplicas".into(), labeled.into());
     }
     for (field, n) in [
         ("readyReplicas", counts.ready),
