@@ -4,6 +4,7 @@
 //! for its own changes). Lists are served from it too, once it has caught up with the store's
 //! current revision.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -396,12 +397,19 @@ impl KindCache {
     /// written values, that write's event is served from `served` with the revision spliced
     /// in, and costs no parsing, nor does it for the controllers' feeds. Told before the write,
     /// as the event may be applied before the write returns.
-    pub fn expect(&self, stored: &Bytes, obj: &Value, served: Unversioned) {
+    /// The object given is the controllers' view of the write (without copying it) when it is
+    /// the caller's to give.
+    pub fn expect(&self, stored: &Bytes, obj: Cow<'_, Value>, served: Unversioned) {
+        let selectable = Selectable::of(self.kind, &obj);
+        let view = self.parsed.is_wanted().then(|| match obj {
+            Cow::Borrowed(obj) => parsed::view(obj),
+            Cow::Owned(obj) => parsed::into_view(obj),
+        });
         let expected = Expected {
             stored: stored.clone(),
             served,
-            selectable: Selectable::of(self.kind, obj),
-            view: self.parsed.is_wanted().then(|| parsed::view(obj)),
+            selectable,
+            view,
             since: Instant::now(),
         };
         let mut pending = self.expected.lock().expect("expected lock");
@@ -753,7 +761,7 @@ mod tests {
         let bytes = Unversioned::of(&stored).json;
         let mut marked = stored.clone();
         marked["data"] = json!({"expected": "yes"});
-        cms.expect(&bytes, &marked, Unversioned::of(&marked));
+        cms.expect(&bytes, Cow::Borrowed(&marked), Unversioned::of(&marked));
         let written = store.create(&key, bytes.clone()).await.unwrap();
         applied(written.mod_revision).await.unwrap();
         let mut want = marked.clone();
@@ -765,7 +773,7 @@ mod tests {
         let other = kind.store_key(Some("default"), "d");
         let stored = json!({"metadata": {"name": "d", "namespace": "default"}});
         let told = Unversioned::of(&stored).json;
-        cms.expect(&told, &marked, Unversioned::of(&marked));
+        cms.expect(&told, Cow::Borrowed(&marked), Unversioned::of(&marked));
         let given = Bytes::from(told.to_vec());
         let written = store.create(&other, given).await.unwrap();
         applied(written.mod_revision).await.unwrap();

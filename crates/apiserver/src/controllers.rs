@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::{Cached, Change, KindCache, Subscription};
 use crate::parsed::{parse, without_managed_fields};
-use crate::registry::{DeleteOptions, Ownership, Propagation, Target};
+use crate::registry::{DeleteOptions, Ownership, Propagation, Run, Target};
 use crate::server::Api;
 use crate::status::ApiError;
 
@@ -103,7 +103,7 @@ impl InProcess {
                 &target,
                 obj,
                 endpoint,
-                false,
+                Run::Object,
                 Ownership::by(CONTROLLER_MANAGER),
             )
             .await

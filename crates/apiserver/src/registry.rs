@@ -1,6 +1,7 @@
 //! Object operations on the store, generic over kinds: create, get, list, update, delete. Objects
 //! are stored as JSON without `resourceVersion`, which is the key's store revision on the way out.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,6 +156,31 @@ impl<'a> Ownership<'a> {
         Ownership::Manager {
             name,
             subresource: None,
+        }
+    }
+}
+
+/// How an update runs, and what its caller takes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// Checked and answered, not written (`dryRun=All`).
+    Dry,
+    /// Written; answered with the object as written.
+    Object,
+    /// Written; answered with the JSON the write made (what a REST handler sends). When the
+    /// kind's watch cache is told of the write, the object itself goes to it as what the
+    /// controllers read, rather than a copy of it: `Updated::object` is then null (and
+    /// `Updated::json` always there).
+    Json,
+}
+
+impl Run {
+    /// This run, or a dry one when `dry_run`.
+    pub fn or_dry(self, dry_run: bool) -> Run {
+        if dry_run {
+            Run::Dry
+        } else {
+            self
         }
     }
 }
@@ -390,7 +416,7 @@ impl Registry {
             if dry_run {
                 return Ok(Arc::new(obj));
             }
-            let encoded = self.encode(kind, &obj);
+            let encoded = self.encode(kind, &mut obj, false);
             let mut txn = Txn::new().create(key.clone(), encoded.bytes.clone());
             txn.ops.extend(claims);
             let written = self.store.txn(txn).await;
@@ -507,10 +533,10 @@ impl Registry {
         target: &Target<'_>,
         body: Value,
         endpoint: Endpoint,
-        dry_run: bool,
+        run: Run,
         ownership: Ownership<'_>,
     ) -> Result<Updated, ApiError> {
-        self.update_from(None, target, body, endpoint, dry_run, ownership)
+        self.update_from(None, target, body, endpoint, run, ownership)
             .await
     }
 
@@ -522,7 +548,7 @@ impl Registry {
         target: &Target<'_>,
         body: Value,
         endpoint: Endpoint,
-        dry_run: bool,
+        run: Run,
         ownership: Ownership<'_>,
     ) -> Result<Updated, ApiError> {
         let wanted_rv = object::meta_str(&body, "resourceVersion")
@@ -577,12 +603,12 @@ impl Registry {
             let claims = self
                 .claims(target.kind, Some(&old), &mut new, &target.key())
                 .await?;
-            if new == old || dry_run {
+            if new == old || run == Run::Dry {
                 let mut shown = new;
                 set_resource_version(&mut shown, revision);
                 return Ok(Updated::shown(shown));
             }
-            match self.write(target, new, revision, claims).await {
+            match self.write(target, new, revision, claims, run).await {
                 Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
                 Err(StoreError::AlreadyExists { key }) if services::is_claim(&key) => continue,
                 Err(StoreError::Conflict { .. }) => return Err(target.conflict()),
@@ -601,7 +627,7 @@ impl Registry {
         patch_type: PatchType,
         patch: &Value,
         endpoint: Endpoint,
-        dry_run: bool,
+        run: Run,
         ownership: Ownership<'_>,
     ) -> Result<Updated, ApiError> {
         let pinned = object::meta_str(patch, "resourceVersion").is_some();
@@ -614,7 +640,7 @@ impl Registry {
                 .map_err(|e| crate::subresources::patch_error(target.name, e))?;
             let read = Some((current, revision));
             match self
-                .update_from(read, target, patched, endpoint, dry_run, ownership)
+                .update_from(read, target, patched, endpoint, run, ownership)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
@@ -634,7 +660,7 @@ impl Registry {
         config: &Value,
         (manager, subresource): (&str, Option<&'static str>),
         force: bool,
-        dry_run: bool,
+        run: Run,
     ) -> Result<Updated, ApiError> {
         if config.lookup("/metadata/managedFields").is_some() {
             return Err(ApiError::bad_request(
@@ -665,7 +691,7 @@ impl Registry {
                         target.kind,
                         target.namespace,
                         merged,
-                        dry_run,
+                        run == Run::Dry,
                         Ownership::AsGiven,
                     )
                     .await
@@ -673,7 +699,7 @@ impl Registry {
                 // The read's resourceVersion makes the write a compare-and-swap.
                 Some(read) => {
                     let ownership = Ownership::AsGiven;
-                    self.update_from(Some(read), target, merged, endpoint, dry_run, ownership)
+                    self.update_from(Some(read), target, merged, endpoint, run, ownership)
                         .await
                 }
             };
@@ -700,7 +726,10 @@ impl Registry {
             if !change(&mut obj)? {
                 return Ok(());
             }
-            match self.write(target, obj, revision, Vec::new()).await {
+            match self
+                .write(target, obj, revision, Vec::new(), Run::Object)
+                .await
+            {
                 Ok(written) => {
                     self.remember(target, &Arc::new(written.object));
                     return Ok(());
@@ -714,13 +743,15 @@ impl Registry {
     }
 
     /// Writes `obj` over the stored revision `expected`, with the `claims` that go with it; an
-    /// object being deleted whose last finalizer went is removed instead.
+    /// object being deleted whose last finalizer went is removed instead. Answers as `run`
+    /// says (`Run::Object` or `Run::Json`).
     async fn write(
         &self,
         target: &Target<'_>,
         mut obj: Value,
         expected: Revision,
         claims: Vec<Op>,
+        run: Run,
     ) -> Result<Updated, StoreError> {
         if obj.lookup("/metadata/deletionTimestamp").is_some()
             && object::finalizers(&obj).is_empty()
@@ -728,7 +759,7 @@ impl Registry {
         {
             return self.remove(target, obj, expected).await.map(Updated::shown);
         }
-        let encoded = self.encode(target.kind, &obj);
+        let encoded = self.encode(target.kind, &mut obj, run == Run::Json);
         let mut txn = Txn::new().update(target.key(), encoded.bytes.clone(), expected);
         txn.ops.extend(claims);
         let resp = self
@@ -747,8 +778,10 @@ impl Registry {
     /// served is also what its watch cache serves, with the revision spliced in). The kind's
     /// watch cache, when loaded, is told of the write before it is made, so that its store
     /// event costs no parsing; so are the caches of the kind's other versions (a core/v1 Event
-    /// is also an events.k8s.io/v1 one), with the object converted.
-    fn encode(&self, kind: &'static Kind, obj: &Value) -> Encoded {
+    /// is also an events.k8s.io/v1 one), with the object converted. With `hand_over`, the
+    /// object itself goes to its kind's cache (when that is told: the write's JSON is then
+    /// made), leaving null in its place.
+    fn encode(&self, kind: &'static Kind, obj: &mut Value, hand_over: bool) -> Encoded {
         let served = conversion::stored_as_served(kind).then(|| Unversioned::of(obj));
         let stored = (!conversion::stored_as_served(kind))
             .then(|| conversion::to_storage(kind, obj.clone()));
@@ -764,14 +797,19 @@ impl Registry {
         for other in kind.stored_with().filter(|_| telling) {
             if let Some(cache) = self.cache.loaded(other) {
                 let seen = conversion::from_storage(other, stored.clone().unwrap_or(obj.clone()));
-                cache.expect(&bytes, &seen, Unversioned::of(&seen));
+                let served = Unversioned::of(&seen);
+                cache.expect(&bytes, Cow::Owned(seen), served);
                 told.push(cache);
             }
         }
         let served = match telling.then(|| self.cache.loaded(kind)).flatten() {
             Some(cache) => {
                 let served = served.unwrap_or_else(|| Unversioned::of(obj));
-                cache.expect(&bytes, obj, served.clone());
+                let given = match hand_over {
+                    true => Cow::Owned(std::mem::take(obj)),
+                    false => Cow::Borrowed(&*obj),
+                };
+                cache.expect(&bytes, given, served.clone());
                 told.push(cache);
                 Some(served)
             }
@@ -833,7 +871,7 @@ impl Registry {
                 DeletionStep::Unchanged => return Ok(current),
                 _ if options.dry_run => return Ok(current),
                 DeletionStep::Mark(obj) => self
-                    .write(target, obj, revision, Vec::new())
+                    .write(target, obj, revision, Vec::new(), Run::Object)
                     .await
                     .map(|written| written.object),
                 DeletionStep::Remove => self.remove(target, old, revision).await,
@@ -889,7 +927,7 @@ impl Registry {
                     &target,
                     current,
                     Endpoint::Main,
-                    false,
+                    Run::Json,
                     Ownership::by(API_SERVER),
                 )
                 .await
@@ -1146,7 +1184,7 @@ mod tests {
         let running = json!({"status": {"phase": "Running"}});
         let status = |target| {
             let (merge, by) = (PatchType::Merge, Ownership::by("node"));
-            registry.patch(target, merge, &running, Endpoint::Status, false, by)
+            registry.patch(target, merge, &running, Endpoint::Status, Run::Object, by)
         };
 
         // What a create and a binding keep is what the store holds.
@@ -1196,6 +1234,30 @@ mod tests {
         let bound = registry.get(&db).await.unwrap();
         assert_eq!(bound["metadata"]["labels"], json!({"tier": "back"}));
         assert_eq!(bound["spec"]["nodeName"], "node-1");
+
+        // Answered with its JSON, a write gives its object to the pods' cache: the answer is
+        // the JSON alone, the stored object; without a cache told, the object stays.
+        let done = json!({"status": {"phase": "Succeeded"}});
+        let by = Ownership::by("node");
+        let patch = |target| {
+            registry.patch(
+                target,
+                PatchType::Merge,
+                &done,
+                Endpoint::Status,
+                Run::Json,
+                by,
+            )
+        };
+        let untold = patch(&db).await.unwrap();
+        assert_eq!(untold.object["status"]["phase"], "Succeeded");
+        registry.cache.of(pods).await.unwrap();
+        let given = patch(&api).await.unwrap();
+        assert!(given.object.is_null(), "{}", given.object);
+        let json = given.json.expect("the write made its JSON");
+        let answered: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(answered, registry.get(&api).await.unwrap());
+        assert_eq!(answered["status"]["phase"], "Succeeded");
     }
 
     /// A write told to its own kind's cache is told to the caches of the kind's other version

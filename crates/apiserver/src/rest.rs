@@ -21,7 +21,7 @@ use skiff_store::Revision;
 
 use crate::format::{self, json_response, Format};
 use crate::paths::{self, ApiPath, ResourcePath};
-use crate::registry::{DeleteOptions, Ownership, Registry, Target, Updated};
+use crate::registry::{DeleteOptions, Ownership, Registry, Run, Target, Updated};
 use crate::server::Api;
 use crate::status::ApiError;
 use crate::subresources::{self, ScaleChange};
@@ -332,7 +332,7 @@ async fn serve_resource(
                     &target,
                     body,
                     endpoint,
-                    query.dry_run()?,
+                    Run::Json.or_dry(query.dry_run()?),
                     Ownership::by(&manager),
                 )
                 .await?
@@ -350,7 +350,7 @@ async fn serve_resource(
                         &config,
                         (manager, subresource),
                         query.flag("force"),
-                        query.dry_run()?,
+                        Run::Json.or_dry(query.dry_run()?),
                     )
                     .await?
             }
@@ -372,7 +372,7 @@ async fn serve_resource(
                         patch_type,
                         &patch,
                         endpoint,
-                        query.dry_run()?,
+                        Run::Json.or_dry(query.dry_run()?),
                         Ownership::by(&manager),
                     )
                     .await?

@@ -9,7 +9,7 @@ use skiff_api::object::{self, selector_from_json, Filter};
 use skiff_api::patch::PatchType;
 use skiff_api::strategy::Endpoint;
 
-use crate::registry::{DeleteOptions, Ownership, Registry, Target};
+use crate::registry::{DeleteOptions, Ownership, Registry, Run, Target};
 use crate::status::{ApiError, Cause, Details};
 
 /// The `autoscaling/v1` Scale of a workload object.
@@ -99,7 +99,13 @@ pub async fn update_scale(
         subresource: Some("scale"),
     };
     let updated = registry
-        .update(target, obj, Endpoint::Main, dry_run, ownership)
+        .update(
+            target,
+            obj,
+            Endpoint::Main,
+            Run::Object.or_dry(dry_run),
+            ownership,
+        )
         .await?;
     scale_of(&updated.object)
 }
@@ -137,7 +143,13 @@ pub async fn apply_scale(
         parent["spec"] = json!({"replicas": replicas});
     }
     let updated = registry
-        .apply(target, &parent, (manager, Some("scale")), force, dry_run)
+        .apply(
+            target,
+            &parent,
+            (manager, Some("scale")),
+            force,
+            Run::Object.or_dry(dry_run),
+        )
         .await?;
     scale_of(&updated.object)
 }
