@@ -499,6 +499,16 @@ fn a_replica_sets_many_creations_are_combined_into_counted_events() {
     eventually("40 pods", || {
         (pods(&server) != 40).then(|| format!("{} pods", pods(&server)))
     });
+    // Its ReplicaSet counts them, each carrying every label of its template.
+    eventually(
+        "the ReplicaSet's count of 40 pods, 40 fully labeled",
+        || {
+            let counts =
+                "jsonpath={.items[0].status.replicas}/{.items[0].status.fullyLabeledReplicas}";
+            let counts = kubectl(&server, &["get", "rs", "-o", counts]).out();
+            (counts != "40/40").then_some(counts)
+        },
+    );
     // As Kubernetes' recorders: nine events name a pod each, the next ones are combined into
     // one counted event, and the ReplicaSet's budget of 25 events at once drops the last 15.
     // The pods are made in concurrent batches (up to 16), whose combined repeats race to
