@@ -782,21 +782,25 @@ impl Registry {
     /// object itself goes to its kind's cache (when that is told: the write's JSON is then
     /// made), leaving null in its place.
     fn encode(&self, kind: &'static Kind, obj: &mut Value, hand_over: bool) -> Encoded {
-        let served = conversion::stored_as_served(kind).then(|| Unversioned::of(obj));
+        // A kind stored in another version is converted for the store (and its JSON as served
+        // made only for a cache told); any other's JSON as served is what the store keeps.
         let stored = (!conversion::stored_as_served(kind))
             .then(|| conversion::to_storage(kind, obj.clone()));
-        let bytes = match (&served, &stored) {
-            (Some(served), _) => served.json.clone(),
-            (None, stored) => Bytes::from(
-                serde_json::to_vec(stored.as_ref().unwrap_or(obj))
-                    .expect("a JSON value serializes"),
+        let (bytes, served) = match &stored {
+            Some(stored) => (
+                Bytes::from(serde_json::to_vec(stored).expect("a JSON value serializes")),
+                None,
             ),
+            None => {
+                let served = Unversioned::of(obj);
+                (served.json.clone(), Some(served))
+            }
         };
         let telling = self.store.events_carry_written_values();
         let mut told = Vec::new();
         for other in kind.stored_with().filter(|_| telling) {
             if let Some(cache) = self.cache.loaded(other) {
-                let seen = conversion::from_storage(other, stored.clone().unwrap_or(obj.clone()));
+                let seen = conversion::from_storage(other, stored.as_ref().unwrap_or(obj).clone());
                 let served = Unversioned::of(&seen);
                 cache.expect(&bytes, Cow::Owned(seen), served);
                 told.push(cache);
